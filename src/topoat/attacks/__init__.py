@@ -1,0 +1,5 @@
+"""Attacks with one call shape, `attack(x, y) -> x_adv`, over models that take [0, 1] inputs."""
+from .base import Attack, eval_mode
+from .pgd import CW, FGSM, PGD, margin_loss, maximize, project, random_init
+
+__all__ = ["Attack", "CW", "FGSM", "PGD", "eval_mode", "margin_loss", "maximize", "project", "random_init"]

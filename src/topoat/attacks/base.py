@@ -1,0 +1,37 @@
+"""What every attack shares: the `attack(x, y) -> x_adv` call over a model taking [0, 1] inputs."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """BatchNorm and dropout in eval mode for the attack, restored to the caller's mode after."""
+    was_training = model.training
+    if enabled and was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if enabled and was_training:
+            model.train()
+
+
+class Attack:
+    """Subclasses implement `perturb(x, y)`; calling the attack runs it in eval mode without
+    touching parameter gradients and returns a detached x_adv inside the threat model."""
+
+    def __init__(self, model: nn.Module, eval_mode: bool = True):
+        self.model = model
+        self.use_eval_mode = eval_mode
+
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        with eval_mode(self.model, self.use_eval_mode):
+            return self.perturb(x, y).detach()

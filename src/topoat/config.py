@@ -1,0 +1,293 @@
+"""Typed, validated configuration: YAML in, dataclasses out, one-line errors naming the key."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import TopoatError
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 0
+    flip: bool = False
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    root: Optional[str] = None
+    train_subset: Optional[int] = None  # first-k of a fixed shuffle of the train split
+    val_size: int = 1000  # held out of train, fixed by val_seed so every run sees the same split
+    val_seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # synthetic data only
+    synthetic_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    synthetic_classes: int = 10
+    synthetic_train: int = 512
+    synthetic_test: int = 256
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "small-cnn"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackConfig:
+    norm: Literal["Linf", "L2"] = "Linf"
+    eps: float = 0.1
+    step_size: float = 0.025
+    steps: int = 10
+    random_start: bool = True
+    eval_mode: bool = True  # BatchNorm in eval mode while the attack runs
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["standard", "pgd-at"] = "pgd-at"
+    beta: float = 6.0
+
+
+@dataclass
+class TopologyConfig:
+    teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
+    lambda_nat: float = 30.0
+    lambda_adv: float = 30.0
+    kernel: Literal["cosine", "gaussian", "student-t"] = "cosine"
+    layer: str = "features"  # "features" (penultimate), "logits", or a named module
+    teacher_layer: Optional[str] = None  # defaults to `layer`
+    class_aware: Literal["off", "within", "across"] = "off"
+    memory_bank: int = 0  # number of past teacher/student feature pairs kept as extra graph nodes
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Literal["constant", "multistep", "cosine", "onecycle"] = "multistep"
+    milestones: list[float] = field(default_factory=list)  # in epochs; fractions allowed
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    max_loss: float = 1e4  # a larger (or non-finite) training loss stops the run
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 1
+    n: int = 1000
+    attack_steps: int = 10  # PGD steps for the validation robust accuracy
+    topology: bool = True  # log graph KL and kNN overlap to the teacher per epoch (TRAIN runs)
+
+
+@dataclass
+class EvaluationConfig:
+    n: Optional[int] = 1000  # test images, a fixed seeded choice; null = the whole test set
+    attacks: list[str] = field(default_factory=lambda: ["pgd-20"])
+    step_size: Optional[float] = None  # PGD/CW step; default eps / 4
+    batch_size: int = 500
+    seed: int = 0
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"
+    deterministic: bool = False
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    compile: bool = False
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    progress: bool = True
+    threads: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    topology: Optional[TopologyConfig] = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.attack.eps >= 0, "attack.eps must be >= 0"),
+            (self.attack.step_size > 0, "attack.step_size must be > 0"),
+            (self.attack.steps >= 0, "attack.steps must be >= 0"),
+            (self.optim.epochs >= 1, "optim.epochs must be >= 1"),
+            (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.data.val_size >= 0, "data.val_size must be >= 0"),
+            (self.data.train_subset is None or self.data.train_subset >= 2, "data.train_subset must be >= 2"),
+            (self.validation.every >= 1, "validation.every must be >= 1"),
+            (self.method.beta >= 0, "method.beta must be >= 0"),
+        ]
+        if self.topology is not None:
+            t = self.topology
+            checks += [
+                (t.lambda_nat >= 0 and t.lambda_adv >= 0, "topology.lambda_nat and lambda_adv must be >= 0"),
+                (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
+            ]
+        checks += [(self.evaluation.n is None or self.evaluation.n >= 1, "evaluation.n must be >= 1"),
+                   (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1")]
+        for ok, message in checks:
+            if not ok:
+                raise TopoatError(f"config: {message}")
+        return self
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and gently convert) `value` against annotation `tp`; raise naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except TopoatError as e:
+                errors.append(str(e))
+        raise TopoatError(errors[0] if errors else f"config: {key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise TopoatError(f"config: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TopoatError(f"config: {key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TopoatError(f"config: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TopoatError(f"config: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TopoatError(f"config: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TopoatError(f"config: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TopoatError(f"config: {key} must be a string, got {value!r}")
+        return value
+    raise TopoatError(f"config: {key}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types are TopoatErrors."""
+    if data is None:
+        data = {}
+    where = prefix or "top level"
+    if not isinstance(data, dict):
+        raise TopoatError(f"config: {where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise TopoatError(f"config: unknown key '{full}' (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            full = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(data[name], hints[name], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise TopoatError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise TopoatError(f"--set: bad key {key!r}")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise TopoatError(f"--set: {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TopoatError(f"config file not found: {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise TopoatError(f"cannot read config file {path}: {e.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TopoatError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TopoatError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> TrainConfig:
+    raw = dict(data or {}) if path is None else read_yaml(path)
+    raw = apply_overrides(raw, list(overrides or []))
+    return from_dict(TrainConfig, raw).validate()
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

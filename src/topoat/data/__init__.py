@@ -1,0 +1,38 @@
+"""Datasets by name. Each returns an `ImageDataset` of uint8 tensors; batching lives in `loader`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import TopoatError
+from .base import ImageDataset
+from .fashion_mnist import load_fashion_mnist
+from .loader import DeviceLoader, random_crop_flip, to_float
+from .npz import load_npz
+from .synthetic import make_synthetic
+
+DATASETS = ("fashion-mnist", "npz", "synthetic")
+
+
+def load_dataset(name: str, root: Optional[str] = None, *, synthetic_shape=(1, 28, 28),
+                 synthetic_classes: int = 10, synthetic_train: int = 512, synthetic_test: int = 256,
+                 seed: int = 0) -> ImageDataset:
+    if name == "fashion-mnist":
+        return load_fashion_mnist(root)
+    if name == "npz":
+        return load_npz(root)
+    if name == "synthetic":
+        return make_synthetic(tuple(synthetic_shape), synthetic_classes, synthetic_train, synthetic_test, seed)
+    raise TopoatError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def dataset_from_config(data_cfg) -> ImageDataset:
+    """Load, split off validation and subset the training split, as a DataConfig says."""
+    ds = load_dataset(data_cfg.dataset, data_cfg.root, synthetic_shape=data_cfg.synthetic_shape,
+                      synthetic_classes=data_cfg.synthetic_classes, synthetic_train=data_cfg.synthetic_train,
+                      synthetic_test=data_cfg.synthetic_test)
+    ds = ds.split_validation(data_cfg.val_size, data_cfg.val_seed)
+    return ds.subset_train(data_cfg.train_subset, data_cfg.val_seed)
+
+
+__all__ = ["DATASETS", "DeviceLoader", "ImageDataset", "dataset_from_config", "load_dataset",
+           "random_crop_flip", "to_float"]

@@ -1,0 +1,40 @@
+"""Model registry: architecture name -> builder. Every model takes [0, 1] inputs and normalises inside."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+from ..errors import TopoatError
+from .base import ImageClassifier
+from .preact_resnet import PreActResNet
+from .resnet import ResNet
+from .small_cnn import SmallCNN
+from .wide_resnet import WideResNet
+
+ARCHITECTURES: dict[str, Callable[..., ImageClassifier]] = {
+    "small-cnn": SmallCNN,
+    "preact-resnet18": PreActResNet,
+    "resnet18": ResNet,
+    "wrn-34-10": WideResNet,
+}
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, mean: Sequence[float],
+                std: Sequence[float], **args: Any) -> ImageClassifier:
+    if arch not in ARCHITECTURES:
+        raise TopoatError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    builder = ARCHITECTURES[arch]
+    allowed = set(inspect.signature(builder).parameters) - {"num_classes", "in_channels", "mean", "std"}
+    unknown = set(args) - allowed
+    if unknown:
+        raise TopoatError(f"model.args: unknown argument(s) {', '.join(sorted(unknown))} for {arch} "
+                          f"(allowed: {', '.join(sorted(allowed))})")
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise TopoatError(f"normalisation has {len(mean)} channels, the data {in_channels}")
+    try:
+        return builder(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **args)
+    except (TypeError, ValueError) as e:
+        raise TopoatError(f"model {arch}: {e}") from None
+
+
+__all__ = ["ARCHITECTURES", "ImageClassifier", "build_model"]

@@ -1,0 +1,120 @@
+"""A study: several named runs (a teacher and the models that use it, over seeds), trained, evaluated
+and tabulated into one results.json. Re-running with resume continues where it stopped."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import from_dict, load_config, read_yaml
+from .errors import TopoatError
+from .runs import evaluate_run, format_table, read_json, results_document, write_json_atomic
+from .train import Trainer, prepare_output
+
+
+@dataclass
+class StudyRun:
+    name: str
+    config: str  # relative to the study file
+    set: list[str] = field(default_factory=list)
+    teacher: Optional[str] = None  # name of the run whose last checkpoint is the TRAIN teacher
+
+
+@dataclass
+class StudySpec:
+    name: str = "study"
+    runs: list[StudyRun] = field(default_factory=list)
+    set: list[str] = field(default_factory=list)  # overrides applied to every run
+    seeds: Optional[list[int]] = None  # each run once per seed, named NAME-sSEED
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    config_path: Path
+    overrides: list[str]
+    teacher: Optional[str]
+
+
+def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[StudySpec, list[PlannedRun]]:
+    path = Path(path)
+    spec = from_dict(StudySpec, read_yaml(path))
+    if not spec.runs:
+        raise TopoatError(f"study {path}: no runs listed")
+    names = [r.name for r in spec.runs]
+    if len(set(names)) != len(names):
+        raise TopoatError(f"study {path}: run names must be unique")
+    planned: list[PlannedRun] = []
+    for seed in spec.seeds if spec.seeds is not None else [None]:
+        suffix = "" if seed is None else f"-s{seed}"
+        for r in spec.runs:
+            if r.teacher is not None and r.teacher not in names:
+                raise TopoatError(f"study {path}: run {r.name!r} names unknown teacher run {r.teacher!r}")
+            if r.teacher is not None and names.index(r.teacher) > names.index(r.name):
+                raise TopoatError(f"study {path}: teacher run {r.teacher!r} must come before {r.name!r}")
+            overrides = list(spec.set) + list(r.set) + list(extra or [])
+            if seed is not None:
+                overrides.append(f"seed={seed}")
+            planned.append(PlannedRun(r.name + suffix, (path.parent / r.config), overrides,
+                                      None if r.teacher is None else r.teacher + suffix))
+    return spec, planned
+
+
+def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Optional[list[str]] = None,
+              progress: bool = True, echo=print) -> dict:
+    spec, planned = load_study(path, extra)
+    out = Path(out).resolve()
+    if resume:
+        if not out.is_dir():
+            raise TopoatError(f"nothing to resume: {out} does not exist")
+    else:
+        prepare_output(out, resume=False)
+        shutil.copyfile(path, out / "study.yaml")
+    # Validate every config before the first hour of training is spent.
+    configs = {}
+    for p in planned:
+        teacher = [] if p.teacher is None else [f"topology.teacher={out / p.teacher / 'last.pt'}"]
+        cfg = load_config(p.config_path, p.overrides + teacher + [f"name={p.name}"])
+        if not progress:
+            cfg.runtime.progress = False
+        configs[p.name] = cfg
+    runs: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    for p in planned:
+        cfg = configs[p.name]
+        run_dir = out / p.name
+        done = run_dir / "results.json"
+        if done.is_file():
+            runs[p.name] = read_json(done)["runs"][p.name]
+            echo(f"[{p.name}] already done")
+            continue
+        if p.teacher is not None and p.teacher in failed:
+            failed[p.name] = f"teacher run {p.teacher} failed"
+            continue
+        echo(f"[{p.name}] training ({cfg.method.name}"
+             f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)")
+        try:
+            summary = Trainer(cfg, run_dir, resume=(run_dir / "last.pt").is_file()).run()
+        except TopoatError as e:
+            if "diverged" not in str(e):
+                raise
+            failed[p.name] = str(e)
+            echo(f"[{p.name}] failed: {e}")
+            continue
+        echo(f"[{p.name}] evaluating {', '.join(cfg.evaluation.attacks)} on {cfg.evaluation.n or 'all'} test images")
+        entry = evaluate_run(cfg, run_dir, p.name, summary["train_seconds"], relative_to=run_dir, progress=progress)
+        write_json_atomic(results_document(cfg, {p.name: entry}), done)
+        entry = dict(entry, checkpoint=f"{p.name}/{entry['checkpoint']}")
+        runs[p.name] = entry
+    first = configs[planned[0].name]
+    document = results_document(first, runs)
+    if failed:
+        document["failed"] = failed
+    write_json_atomic(document, out / "results.json")
+    echo("")
+    echo(format_table(runs))
+    for name, why in failed.items():
+        echo(f"{name}: FAILED: {why}")
+    echo(f"\nresults: {out / 'results.json'}")
+    return document

@@ -1,0 +1,345 @@
+"""The one training loop, shared by every method: schedule, validation, checkpoints, resume, signals."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .analysis import extract, topology_metrics
+from .checkpoint import load_checkpoint, load_model, model_record, save_atomic, unwrap
+from .config import TrainConfig, dump_config, from_dict, to_dict
+from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
+from .errors import TopoatError
+from .evaluate import build_attack, evaluate
+from .models import build_model
+from .objectives import build_objective
+from .runtime import (autocast, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
+                      use_channels_last)
+
+GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was saved."""
+
+    def __init__(self, signum: int, checkpoint: Path):
+        super().__init__(f"interrupted by signal {signum}; checkpoint saved to {checkpoint}; "
+                         f"continue with --resume")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+
+def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
+    """Learning-rate multiplier at a fractional epoch, for every schedule."""
+    o = cfg.optim
+    t, total = epoch_float, float(o.epochs)
+    if o.schedule == "onecycle":
+        peak = o.warmup_epochs if o.warmup_epochs > 0 else 0.4 * total
+        return t / peak if t < peak else max(0.0, (total - t) / max(total - peak, 1e-12))
+    if o.warmup_epochs > 0 and t < o.warmup_epochs:
+        return t / o.warmup_epochs
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "multistep":
+        return o.gamma ** sum(1 for m in o.milestones if t >= m)
+    if o.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(t / total, 1.0)))
+    raise TopoatError(f"unknown schedule {o.schedule!r}")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop polls between steps (it then saves and stops)."""
+    flag: dict[str, Optional[int]] = {"signum": None}
+
+    def handler(signum, _frame):
+        flag["signum"] = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def prepare_output(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise TopoatError(f"nothing to resume in {out} (no last.pt)")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TopoatError(f"output folder {out} already exists and is not empty; pass --resume to continue "
+                          "that run, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TopoatError(f"cannot create output folder {out}: {e.strerror}") from None
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False,
+                 dataset: Optional[ImageDataset] = None, rank: int = 0, world: int = 1):
+        self.paths = RunPaths(Path(out))
+        self.rank, self.world = rank, world
+        if resume:
+            prepare_output(self.paths.root, True)
+            saved = from_dict(TrainConfig, load_checkpoint(self.paths.last)["config"]).validate()
+            if to_dict(saved) != to_dict(cfg):
+                raise TopoatError(f"the config differs from the one {self.paths.root} was started with; "
+                                  "resume without changing it")
+        elif rank == 0:
+            prepare_output(self.paths.root, False)
+        self.cfg, self.resume = cfg, resume
+        self.device = resolve_device(cfg.runtime.device)
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        set_deterministic(cfg.runtime.deterministic)
+        seed_everything(cfg.seed)
+        self.data = dataset if dataset is not None else dataset_from_config(cfg.data)
+        d = self.data
+        self.x_train, self.y_train = d.x_train.to(self.device), d.y_train.to(self.device)
+        if d.x_val is not None:
+            n_val = min(cfg.validation.n, d.x_val.shape[0])
+            self.x_val, self.y_val = to_float(d.x_val[:n_val].to(self.device)), d.y_val[:n_val].to(self.device)
+        else:
+            self.x_val = self.y_val = None
+        self.channels_last = use_channels_last(self.device, cfg.runtime.channels_last)
+        self.model = build_model(cfg.model.arch, d.num_classes, d.in_channels, d.mean, d.std,
+                                 **cfg.model.args).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.teacher = None
+        if cfg.topology is not None:
+            if not cfg.topology.teacher:
+                raise TopoatError("topology.teacher: give the path of a standard model's checkpoint")
+            self.teacher = load_model(cfg.topology.teacher, self.device)
+            if self.channels_last:
+                self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        self.train_model = self.model
+        if cfg.runtime.compile:
+            self.train_model = torch.compile(self.model)
+        self.objective = build_objective(cfg, self.teacher)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+                                         **({"fused": True} if fused else {"foreach": True}))
+        self.data_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.loader = DeviceLoader(self.x_train, self.y_train, cfg.optim.batch_size, shuffle=True,
+                                   crop_padding=cfg.data.augment.crop_padding, flip=cfg.data.augment.flip,
+                                   drop_last=True, generator=self.data_gen, shard=(rank, world))
+        if len(self.loader) == 0:
+            raise TopoatError(f"optim.batch_size {cfg.optim.batch_size} is larger than the training set "
+                              f"({self.x_train.shape[0]} images)")
+        self.epoch, self.step_in_epoch, self.perm = 0, 0, None
+        self.best = {"metric": -1.0, "epoch": 0}
+        self.train_seconds = 0.0
+        if resume:
+            self._load_state()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _record(self) -> dict:
+        d = self.data
+        return model_record(self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels)
+
+    def _save_state(self, perm: Optional[Tensor]) -> None:
+        if self.rank != 0:
+            return
+        state = self._record()
+        state.update({
+            "config": to_dict(self.cfg),
+            "dataset": self.data.name,
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step_in_epoch,
+            "perm": None if perm is None else perm.cpu(),
+            "rng": rng_state(self.device),
+            "data_rng": self.data_gen.get_state(),
+            "best": dict(self.best),
+            "train_seconds": self.train_seconds,
+        })
+        save_atomic(state, self.paths.last)
+
+    def _load_state(self) -> None:
+        state = load_checkpoint(self.paths.last, map_location="cpu")
+        try:
+            self.model.load_state_dict(state["model_state"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
+            self.perm = state["perm"]
+            set_rng_state(state["rng"], self.device)
+            self.data_gen.set_state(state["data_rng"])
+            self.best = dict(state["best"])
+            self.train_seconds = float(state["train_seconds"])
+        except (KeyError, RuntimeError, TypeError) as e:
+            raise TopoatError(f"{self.paths.last} is not a resumable training checkpoint ({e.__class__.__name__})") from None
+        if self.rank == 0:
+            _truncate_metrics(self.paths.metrics, self.epoch)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _set_lr(self, global_step: int) -> float:
+        lr = self.cfg.optim.lr * lr_factor(self.cfg, global_step / len(self.loader))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.rank == 0 and not self.resume:
+            self.paths.config.write_text(dump_config(cfg))
+        steps = len(self.loader)
+        max_loss = cfg.optim.max_loss
+        with stop_on_signals() as stop:
+            while self.epoch < cfg.optim.epochs:
+                t0 = time.perf_counter()
+                if self.perm is None:
+                    self.perm = self.loader.new_epoch()
+                perm = self.perm
+                sums: dict[str, Tensor] = {}
+                n_seen = torch.zeros((), device=self.device)
+                bad = torch.zeros((), dtype=torch.bool, device=self.device)
+                bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=not (cfg.runtime.progress and self.rank == 0),
+                           desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
+                self.model.train()
+                lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
+                for x, y in self.loader.batches(self.step_in_epoch, perm):
+                    lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with autocast(self.device, cfg.runtime.amp):
+                        out = self.objective(self.train_model, x, y)
+                    loss = out.loss
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    self.step_in_epoch += 1
+                    bad |= ~torch.isfinite(loss) | (loss.detach() > max_loss)
+                    self._accumulate(sums, out, loss, y)
+                    n_seen += y.shape[0]
+                    bar.update(1)
+                    if self.step_in_epoch % GUARD_EVERY == 0 or self.step_in_epoch == steps:
+                        self._check_divergence(bad)
+                        bar.set_postfix(loss=f"{float(sums['loss'] / n_seen):.4f}", lr=f"{lr:.3g}")
+                    if stop["signum"] is not None:
+                        bar.close()
+                        self._check_divergence(bad)
+                        self.train_seconds += time.perf_counter() - t0
+                        self._save_state(perm)
+                        raise TrainingInterrupted(stop["signum"], self.paths.last)
+                bar.close()
+                self.train_seconds += time.perf_counter() - t0
+                self.epoch += 1
+                self.step_in_epoch, self.perm = 0, None
+                record = {"epoch": self.epoch, "lr": lr}
+                if float(n_seen) > 0:  # zero only when a resume landed exactly on an epoch's end
+                    record.update({k: float(v / n_seen) for k, v in sums.items()})
+                record.update(self._validate())
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                record["train_seconds"] = round(self.train_seconds, 3)
+                self._save_state(None)
+                self._log(record)
+        return {"epochs": self.epoch, "train_seconds": self.train_seconds, "best": dict(self.best)}
+
+    def _check_divergence(self, bad: Tensor) -> None:
+        if bool(bad):
+            hint = " (lower topology.lambda_* or use topology.layer: features)" if self.cfg.topology else ""
+            raise TopoatError(f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
+                              f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; "
+                              f"the last good checkpoint is kept in {self.paths.last}")
+
+    @staticmethod
+    def _accumulate(sums: dict[str, Tensor], out, loss: Tensor, y: Tensor) -> None:
+        n = y.shape[0]
+        items = {"loss": loss.detach().float() * n}
+        for k, v in out.parts.items():
+            items[k] = v.float() * n
+        logits = out.logits_adv if out.logits_adv is not None else out.logits_nat
+        if logits is not None:
+            key = "train_adv_acc" if out.logits_adv is not None else "train_acc"
+            items[key] = (logits.detach().argmax(1) == y).sum().float()
+        for k, v in items.items():
+            sums[k] = sums[k] + v if k in sums else v
+
+    def _validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.x_val is None or self.epoch % cfg.validation.every != 0 and self.epoch != cfg.optim.epochs:
+            return {}
+        model = self.model
+        attacks = [f"pgd-{cfg.validation.attack_steps}"] if cfg.validation.attack_steps > 0 else []
+        res = evaluate(model, self.x_val, self.y_val, attacks, norm=cfg.attack.norm, eps=cfg.attack.eps,
+                       batch_size=cfg.evaluation.batch_size, progress=False)
+        record = {"val_natural_acc": res.natural_acc}
+        if attacks:
+            record["val_robust_acc"] = res.robust_acc[attacks[0]]
+        if self.teacher is not None and cfg.validation.topology and self.x_val.shape[0] > 10:
+            layer = cfg.topology.layer
+            s = extract(model, self.x_val, layer)
+            t = extract(self.teacher, self.x_val, cfg.topology.teacher_layer or layer)
+            m = topology_metrics(s, t, graph_size=cfg.optim.batch_size, kernel=cfg.topology.kernel)
+            record.update({f"val_{k}": v for k, v in m.items()})
+        metric = record.get("val_robust_acc", record["val_natural_acc"])
+        if metric > self.best["metric"]:
+            self.best = {"metric": metric, "epoch": self.epoch}
+            if self.rank == 0:
+                best = self._record()
+                best.update({"epoch": self.epoch, "config": to_dict(cfg), "dataset": self.data.name,
+                             "validation": record})
+                save_atomic(best, self.paths.best)
+        return record
+
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        with self.paths.metrics.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, **kwargs) -> dict[str, Any]:
+    """Train one run into folder `out` (see `Trainer`); returns a short summary."""
+    return Trainer(cfg, out, resume=resume, **kwargs).run()

@@ -1,0 +1,56 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from topoat import CW, FGSM, PGD, build_model, evaluate
+from topoat.data import load_dataset, to_float
+
+
+@pytest.fixture(scope="module")
+def undefended():
+    """A small CNN trained for a few seconds on easy synthetic data: accurate, and not robust."""
+    torch.manual_seed(0)
+    ds = load_dataset("synthetic", synthetic_shape=(1, 12, 12), synthetic_train=512, synthetic_test=128)
+    model = build_model("small-cnn", 10, 1, ds.mean, ds.std, width=8, feature_dim=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = to_float(ds.x_train), ds.y_train
+    for _ in range(15):
+        for i in range(0, 512, 64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    return model.eval(), to_float(ds.x_test), ds.y_test
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 0.5), ("L2", 6.0)])
+def test_pgd_breaks_undefended_model_and_stays_in_the_ball(undefended, norm, eps):
+    model, x, y = undefended
+    assert (model(x).argmax(1) == y).float().mean() > 0.9
+    attack = PGD(model, eps=eps, step_size=eps / 4, steps=10, norm=norm)
+    x_adv = attack(x, y)
+    assert (model(x_adv).argmax(1) == y).float().mean() < 0.05
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all()
+
+
+def test_attacks_leave_parameters_and_mode_alone(undefended):
+    model, x, y = undefended
+    model.train()
+    for attack in (FGSM(model, 0.1), PGD(model, 0.1, 0.025, 3, restarts=2), CW(model, 0.1, 0.025, 3)):
+        attack(x[:8], y[:8])
+        assert model.training
+        assert all(p.grad is None for p in model.parameters())
+    model.eval()
+
+
+def test_evaluate_worst_case_is_per_sample(undefended):
+    model, x, y = undefended
+    res = evaluate(model, x, y, ["fgsm", "pgd-5"], eps=0.05, batch_size=50, progress=False)
+    assert 0 <= res.robust_acc["worst"] <= min(res.robust_acc["fgsm"], res.robust_acc["pgd-5"])
+    assert res.robust_acc["pgd-5"] <= res.natural_acc
+    small = evaluate(model, x, y, ["pgd-10"], eps=0.02, progress=False).robust_acc["pgd-10"]
+    large = evaluate(model, x, y, ["pgd-10"], eps=0.3, progress=False).robust_acc["pgd-10"]
+    assert large <= small and large < 0.05

@@ -1,0 +1,80 @@
+import pickle
+
+import pytest
+import torch
+
+from topoat import build_model, load_model
+from topoat.checkpoint import load_checkpoint, model_record, save_atomic
+from topoat.config import load_config
+from topoat.errors import TopoatError
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(TopoatError, match="unknown key 'optim.lrate'"):
+        load_config(data={"optim": {"lrate": 0.1}})
+    with pytest.raises(TopoatError, match="optim.epochs must be an integer"):
+        load_config(data={"optim": {"epochs": "ten"}})
+    with pytest.raises(TopoatError, match="topology.kernel must be one of"):
+        load_config(data={}, overrides=["topology.kernel=rbf"])
+    with pytest.raises(TopoatError, match="attack.eps must be >= 0"):
+        load_config(data={}, overrides=["attack.eps=-1"])
+    with pytest.raises(TopoatError, match="key=value"):
+        load_config(data={}, overrides=["nonsense"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(TopoatError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(TopoatError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_create_sections():
+    cfg = load_config(data={}, overrides=["topology.lambda_nat=5", "optim.milestones=[1, 2]", "attack.eps=0.25"])
+    assert cfg.topology.lambda_nat == 5.0 and cfg.topology.lambda_adv == 30.0
+    assert cfg.optim.milestones == [1.0, 2.0] and cfg.attack.eps == 0.25
+    assert load_config(data={"topology": {}}, overrides=["topology=null"]).topology is None
+
+
+def make_checkpoint(path):
+    model = build_model("small-cnn", 10, 1, [0.3], [0.4], width=4)
+    save_atomic(model_record(model, "small-cnn", {"width": 4}, 10, 1), path)
+    return model
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    path = tmp_path / "m.pt"
+    model = make_checkpoint(path)
+    loaded = load_model(path)
+    assert not loaded.training
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(loaded(x), model.eval()(x))
+    assert loaded.mean.item() == pytest.approx(0.3)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary files left
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_hostile_and_broken_checkpoints_are_refused(tmp_path):
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"format": "topoat-checkpoint", "payload": Exploit()}, hostile)
+    with pytest.raises(TopoatError, match="refusing"):
+        load_checkpoint(hostile)
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(TopoatError):
+        load_checkpoint(raw)
+    good = tmp_path / "good.pt"
+    make_checkpoint(good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(TopoatError, match="corrupt"):
+        load_checkpoint(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(TopoatError, match="not a topoat checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(TopoatError, match="not found"):
+        load_model(tmp_path / "none.pt")

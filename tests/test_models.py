@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from topoat import build_model
+from topoat.errors import TopoatError
+
+SMALL_ARGS = {
+    "small-cnn": {"width": 4, "feature_dim": 8},
+    "preact-resnet18": {"width": 4},
+    "resnet18": {"width": 4},
+    "wrn-34-10": {"depth": 10, "widen_factor": 1},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL_ARGS))
+@pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 100), ((3, 64, 64), 200), ((2, 9, 13), 3)])
+def test_every_architecture_any_shape(arch, shape, classes):
+    c = shape[0]
+    model = build_model(arch, classes, c, [0.5] * c, [0.25] * c, **SMALL_ARGS[arch])
+    x = torch.rand(2, *shape)
+    logits, feats = model(x, return_features=True)
+    assert logits.shape == (2, classes) and feats.shape[0] == 2 and feats.dim() == 2
+    assert torch.allclose(model(x), logits)
+    assert torch.allclose(model.head(feats), logits)
+
+
+def test_normalisation_lives_inside():
+    torch.manual_seed(0)
+    a = build_model("small-cnn", 10, 1, [0.0], [1.0], width=4)
+    b = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4)
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if k not in ("mean", "std")}, strict=False)
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(b(x), a((x - 0.5) / 0.25), atol=1e-5)
+
+
+def test_bad_arguments_are_user_errors():
+    with pytest.raises(TopoatError, match="unknown architecture"):
+        build_model("vgg", 10, 3, [0.5] * 3, [0.5] * 3)
+    with pytest.raises(TopoatError, match="unknown argument"):
+        build_model("small-cnn", 10, 1, [0.5], [0.5], depth=3)
+    with pytest.raises(TopoatError, match="depth"):
+        build_model("wrn-34-10", 10, 3, [0.5] * 3, [0.5] * 3, depth=11)

@@ -1,0 +1,185 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from topoat import load_model
+from topoat.checkpoint import load_checkpoint
+from topoat.cli import main
+from topoat.errors import TopoatError
+from topoat.train import Trainer, TrainingInterrupted, lr_factor
+
+
+def weights(path):
+    return load_checkpoint(path)["model_state"]
+
+
+def train_teacher(tmp_path):
+    out = tmp_path / "teacher"
+    Trainer(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0}), out).run()
+    return out / "last.pt"
+
+
+def test_standard_and_pgd_at_write_a_run_folder(tmp_path):
+    out = tmp_path / "run"
+    summary = Trainer(tiny_config(), out).run()
+    assert summary["epochs"] == 2
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"loss", "val_natural_acc", "val_robust_acc", "seconds", "lr"} <= set(lines[0])
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"]["name"] == "pgd-at"
+    assert (out / "best.pt").is_file()
+    assert not load_model(out / "last.pt").training
+    with pytest.raises(TopoatError, match="already exists"):
+        Trainer(tiny_config(), out)
+
+
+def test_train_adds_topology_logs_and_accepts_another_teacher_architecture(tmp_path):
+    teacher = train_teacher(tmp_path)
+    cfg = tiny_config(**{"topology.teacher": str(teacher), "topology.lambda_nat": 5, "topology.lambda_adv": 5,
+                         "model.arch": "preact-resnet18", "model.args": "{width: 4}", "optim.epochs": 1})
+    Trainer(cfg, tmp_path / "train").run()
+    record = json.loads((tmp_path / "train" / "metrics.jsonl").read_text())
+    assert record["topo_nat"] > 0 and record["topo_adv"] > 0
+    assert 0 <= record["val_knn_overlap"] <= 1 and record["val_graph_kl"] >= 0
+
+
+class SignalAfter:
+    """Wraps an objective and raises SIGINT in-process after `n` calls, like a user's Ctrl-C."""
+
+    def __init__(self, objective, n):
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.objective(*args)
+
+
+@pytest.mark.parametrize("stop_after", [5, 7])  # 7 steps per epoch: mid-epoch, and an epoch boundary
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_after):
+    teacher = train_teacher(tmp_path)
+    overrides = {"topology.teacher": str(teacher), "topology.lambda_nat": 5, "data.augment.crop_padding": 2,
+                 "data.augment.flip": True}
+    Trainer(tiny_config(**overrides), tmp_path / "straight").run()
+
+    trainer = Trainer(tiny_config(**overrides), tmp_path / "stopped")
+    trainer.objective = SignalAfter(trainer.objective, stop_after)
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+    Trainer(tiny_config(**overrides), tmp_path / "stopped", resume=True).run()
+
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "r").run()
+    with pytest.raises(TopoatError, match="differs"):
+        Trainer(tiny_config(**{"optim.epochs": 2}), tmp_path / "r", resume=True)
+    with pytest.raises(TopoatError, match="nothing to resume"):
+        Trainer(tiny_config(), tmp_path / "empty", resume=True)
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    teacher = train_teacher(tmp_path)
+    cfg = tiny_config(**{"topology.teacher": str(teacher), "optim.max_loss": 1e-3})
+    with pytest.raises(TopoatError, match="diverged"):
+        Trainer(cfg, tmp_path / "boom").run()
+
+
+def test_schedules():
+    cfg = tiny_config(**{"optim.epochs": 10, "optim.schedule": "multistep", "optim.milestones": "[5, 8]"})
+    assert [lr_factor(cfg, t) for t in (0, 4.9, 5, 8.5)] == pytest.approx([1, 1, 0.1, 0.01])
+    cfg.optim.schedule = "cosine"
+    assert lr_factor(cfg, 5) == pytest.approx(0.5)
+    cfg.optim.schedule = "onecycle"
+    assert lr_factor(cfg, 0) == 0 and lr_factor(cfg, 4) == pytest.approx(1) and lr_factor(cfg, 10) == 0
+
+
+def write_config(tmp_path, **overrides):
+    cfg = tiny_config(**overrides)
+    from topoat.config import dump_config
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def test_cli_train_writes_results_contract(tmp_path, capsys):
+    cfg = write_config(tmp_path, **{"optim.epochs": 1})
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert doc["dataset"] == "synthetic" and doc["threat"] == {"norm": "Linf", "eps": 0.1}
+    run = doc["runs"]["tiny"]
+    assert run["method"] == "pgd-at" and run["topology"] is None and run["checkpoint"] == "last.pt"
+    assert 0 <= run["natural_acc"] <= 1 and set(run["robust_acc"]) == {"pgd-3"} and run["train_seconds"] > 0
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--attacks", "fgsm,pgd-3", "--n", "32", "--no-progress",
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 32
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--out", "x"], "--config is required"),
+    (["train", "--config", "/nonexistent.yaml", "--out", "x"], "config file not found"),
+    (["eval", "/nonexistent.pt"], "checkpoint not found"),
+    (["frobnicate"], "invalid choice"),
+    ([], "give a command"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_bad_config_key(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o"), "--set", "optim.momentun=0.5"]) == 2
+    assert "unknown key 'optim.momentun'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
+    cfg = write_config(tmp_path, **{"optim.epochs": 1})
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "tiny-study",
+        "runs": [
+            {"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
+            {"name": "pgd-at", "config": "cfg.yaml"},
+            {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard", "set": ["topology.lambda_nat=5"]},
+        ]}))
+    out = tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert list(doc["runs"]) == ["standard", "pgd-at", "pgd-at-train"]
+    assert doc["runs"]["pgd-at-train"]["topology"]["lambda_nat"] == 5
+    assert (out / doc["runs"]["pgd-at"]["checkpoint"]).is_file()
+    assert main(["study", str(spec), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("already done") == 3
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    cfg = write_config(tmp_path, **{"optim.epochs": 200, "data.synthetic_train": 2048})
+    proc = subprocess.Popen([sys.executable, "-m", "topoat", "train", "--config", str(cfg), "--out",
+                             str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "--resume" in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] >= 1
