@@ -1,13 +1,31 @@
-"""Topology metrics of a model's representation against a reference (standard) model's."""
+"""Topology metrics of a model's representation against a reference (standard) model's, and t-SNE maps.
+
+"Topology preserved" is measured on a fixed held-out set of natural test images, model against the
+reference model:
+  graph_kl          the TRAIN loss itself (cosine graphs of `graph_size` samples) between the two
+                    representations of the natural images
+  graph_kl_adv      the same for the model's representations of PGD examples made against the model,
+                    against the reference's *natural* graph (what the adversarial TRAIN term pulls)
+  knn_overlap       mean Jaccard overlap of each sample's k nearest neighbours in both spaces
+  trustworthiness   scikit-learn's, with the reference space as the original and the model's as the
+                    embedding: 1 when no sample gains neighbours that the reference does not have
+"""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .errors import TopoatError
+from .evaluate import build_attack, fixed_subset
 from .objectives.train_wrapper import representation
 from .topology import TopologyLoss, knn_overlap
+
+TOPOLOGY_METRICS = ("graph_kl", "graph_kl_adv", "knn_overlap", "trustworthiness")
 
 
 @torch.no_grad()
@@ -23,7 +41,10 @@ def extract(model: nn.Module, x: Tensor, layer: str = "features", batch_size: in
 
 
 def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: str = "cosine") -> float:
-    """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale)."""
+    """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale).
+
+    A graph's KL depends on its size, so a remainder smaller than `graph_size` is left out rather than
+    averaged in as a smaller graph."""
     loss = TopologyLoss(kernel)
     values = [loss(student[i:i + graph_size], teacher[i:i + graph_size])
               for i in range(0, student.shape[0] - graph_size + 1, graph_size)]
@@ -32,10 +53,130 @@ def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, ke
     return float(torch.stack(values).mean())
 
 
+def trustworthiness(embedded: Tensor, original: Tensor, k: int = 10) -> float:
+    """scikit-learn's trustworthiness of `embedded` with respect to `original` (same samples, any widths)."""
+    from sklearn.manifold import trustworthiness as sk_trustworthiness
+
+    n = original.shape[0]
+    if k >= n / 2:
+        raise TopoatError(f"trustworthiness at k={k} needs more than {2 * k} samples, got {n}")
+    return float(sk_trustworthiness(original.double().cpu().numpy(), embedded.double().cpu().numpy(),
+                                    n_neighbors=k))
+
+
 def topology_metrics(student: Tensor, teacher: Tensor, k: int = 10, graph_size: int = 128,
-                     kernel: str = "cosine", student_adv: Optional[Tensor] = None) -> dict[str, float]:
+                     kernel: str = "cosine", student_adv: Optional[Tensor] = None,
+                     with_trustworthiness: bool = False) -> dict[str, float]:
+    """Metrics of `student` features against `teacher` features of the same natural samples.
+
+    Graph KL and kNN overlap are cheap (per-epoch logging uses them); trustworthiness ranks all pairs
+    and is left to the full analysis."""
     out = {"graph_kl": batched_graph_kl(student, teacher, graph_size, kernel),
            "knn_overlap": knn_overlap(student, teacher, k)}
     if student_adv is not None:
         out["graph_kl_adv"] = batched_graph_kl(student_adv, teacher, graph_size, kernel)
+    if with_trustworthiness:
+        out["trustworthiness"] = trustworthiness(student, teacher, k)
     return out
+
+
+@dataclass
+class Representations:
+    """One model's representations of a fixed set of natural images and of PGD examples made against it."""
+    natural: Tensor  # (n, d), fp32, on the CPU
+    adversarial: Tensor  # (n, d): x' from `attack` against this model, same order as `natural`
+    labels: Tensor  # (n,)
+    natural_acc: float
+    robust_acc: float
+    attack: str
+
+
+def representations(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf", eps: float = 8 / 255,
+                    attack: str = "pgd-20", step_size: Optional[float] = None, layer: str = "features",
+                    batch_size: int = 500, seed: int = 0) -> Representations:
+    """Representations of (x, y) (on the model's device) and of the model's own adversarial examples.
+
+    The attack's random start is drawn from `seed` without touching the caller's RNG state, so the same
+    call gives the same metrics."""
+    was_training = model.training
+    model.eval()
+    attacker = build_attack(attack, model, norm, eps, step_size)
+    nat, adv, correct_nat, correct_adv = [], [], [], []
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for i in range(0, x.shape[0], batch_size):
+                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                x_adv = attacker(xb, yb)
+                with torch.no_grad():
+                    logits, z = representation(model, xb, layer)
+                    logits_adv, z_adv = representation(model, x_adv, layer)
+                nat.append(z.float().cpu())
+                adv.append(z_adv.float().cpu())
+                correct_nat.append((logits.argmax(1) == yb).cpu())
+                correct_adv.append((logits_adv.argmax(1) == yb).cpu())
+    finally:
+        model.train(was_training)
+    natural_ok, adv_ok = torch.cat(correct_nat), torch.cat(correct_adv)
+    return Representations(torch.cat(nat), torch.cat(adv), y.cpu(), float(natural_ok.float().mean()),
+                           float((natural_ok & adv_ok).float().mean()), attack)
+
+
+def compare(model: Representations, reference: Representations, k: int = 10, graph_size: int = 128,
+            kernel: str = "cosine") -> dict[str, float]:
+    """The four topology metrics of `model` against `reference`, plus the model's accuracies on the set."""
+    n = reference.natural.shape[0]
+    if model.natural.shape[0] != n:
+        raise ValueError("model and reference representations must be of the same samples")
+    if k < 1 or n <= 2 * k:
+        raise TopoatError(f"topology metrics at k={k} need more than {2 * k} samples, got {n}")
+    metrics = topology_metrics(model.natural, reference.natural, k, graph_size, kernel,
+                               student_adv=model.adversarial, with_trustworthiness=True)
+    metrics = {name: metrics[name] for name in TOPOLOGY_METRICS}
+    metrics.update({"natural_acc": model.natural_acc, "robust_acc": model.robust_acc})
+    return metrics
+
+
+def held_out_subset(dataset, n: Optional[int], seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call."""
+    from .data import to_float
+
+    idx = fixed_subset(dataset.x_test.shape[0], n, seed)
+    return to_float(dataset.x_test[idx].to(device)), dataset.y_test[idx].to(device)
+
+
+def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path, x: Tensor, y: Tensor, *,
+                        norm: str = "Linf", eps: float = 8 / 255, attack: str = "pgd-20",
+                        step_size: Optional[float] = None, k: int = 10, layer: str = "features",
+                        graph_size: int = 128, kernel: str = "cosine", seed: int = 0) -> dict[str, dict]:
+    """Topology metrics of each checkpoint against the `reference` checkpoint on (x, y), keyed by path.
+
+    The reference itself is included (as a checkpoint among the others or first): its natural metrics
+    are trivially 0 / 1 / 1, but its graph_kl_adv shows how far an attack moves a standard model."""
+    from .checkpoint import load_model
+
+    device = x.device
+    kwargs = dict(norm=norm, eps=eps, attack=attack, step_size=step_size, layer=layer, seed=seed)
+    ref = representations(load_model(reference, device), x, y, **kwargs)
+    results = {str(reference): compare(ref, ref, k, graph_size, kernel)}
+    for path in checkpoints:
+        if str(path) in results:
+            continue
+        reps = representations(load_model(path, device), x, y, **kwargs)
+        results[str(path)] = compare(reps, ref, k, graph_size, kernel)
+    return results
+
+
+def tsne_map(natural: Tensor, adversarial: Tensor, seed: int = 0, perplexity: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """One joint 2-D t-SNE of a model's natural and adversarial representations.
+
+    Joint rather than one map each, so the two share coordinates: an adversarial point drawn inside
+    another class's cluster is one the attack moved there."""
+    from sklearn.manifold import TSNE
+
+    both = torch.cat([natural, adversarial]).double().numpy()
+    perplexity = min(perplexity, (both.shape[0] - 1) / 3)  # scikit-learn needs perplexity < n
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+              random_state=seed).fit_transform(both)
+    return xy[: natural.shape[0]], xy[natural.shape[0]:]

@@ -31,7 +31,15 @@ def _train(args) -> int:
         cfg = load_config(args.config, args.set)
     if args.no_progress:
         cfg.runtime.progress = False
-    summary = Trainer(cfg, out, resume=args.resume).run()
+    from .distributed import init_from_env, shutdown
+
+    dist = init_from_env(cfg.runtime.device)
+    try:
+        summary = Trainer(cfg, out, resume=args.resume, dist=dist).run()
+    finally:
+        shutdown()
+    if not dist.is_main:  # rank 0 alone evaluates and writes results
+        return 0
     entry = evaluate_run(cfg, out, cfg.name, summary["train_seconds"], relative_to=out,
                          progress=cfg.runtime.progress)
     document = results_document(cfg, {cfg.name: entry})
@@ -73,6 +81,70 @@ def _eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(dict(res.as_dict(), checkpoint=str(args.checkpoint),
                                                    norm=args.norm, eps=args.eps), indent=2) + "\n")
+    return 0
+
+
+def _analysis_data(args, reference_ckpt: dict):
+    """The dataset the topology metrics use: --dataset, else the reference checkpoint's own data config."""
+    from .config import TrainConfig, from_dict
+    from .data import dataset_from_config, load_dataset
+
+    if args.dataset:
+        return load_dataset(args.dataset, args.data_root)
+    if isinstance(reference_ckpt.get("config"), dict):
+        try:
+            cfg = from_dict(TrainConfig, reference_ckpt["config"])
+        except TopoatError:
+            cfg = None  # a config from another topoat version: fall back to the dataset name
+        if cfg is not None:
+            if args.data_root:
+                cfg.data.root = args.data_root
+            return dataset_from_config(cfg.data)
+    if reference_ckpt.get("dataset"):
+        return load_dataset(reference_ckpt["dataset"], args.data_root)
+    raise TopoatError("analyze: --dataset is required (the reference checkpoint does not name its dataset)")
+
+
+def _analyze(args) -> int:
+    from .analysis import analyze_checkpoints, held_out_subset
+    from .checkpoint import load_checkpoint
+    from .report import format_topology_table
+    from .runtime import resolve_device
+
+    if args.k < 1 or args.n <= 2 * args.k:
+        raise TopoatError(f"analyze: --n must be more than twice --k (got n={args.n}, k={args.k})")
+    if args.attack_steps < 1:
+        raise TopoatError("analyze: --attack-steps must be >= 1")
+    reference = load_checkpoint(args.reference)
+    for path in args.checkpoints:
+        load_checkpoint(path)  # a bad path fails now, not after the reference's attack has run
+    eps = args.eps
+    if eps is None:
+        eps = (reference.get("config") or {}).get("attack", {}).get("eps")
+        if eps is None:
+            raise TopoatError("analyze: --eps is required (the reference checkpoint does not record one)")
+    norm = args.norm or (reference.get("config") or {}).get("attack", {}).get("norm", "Linf")
+    device = resolve_device(args.device)
+    x, y = held_out_subset(_analysis_data(args, reference), args.n, args.seed, device)
+    attack = f"pgd-{args.attack_steps}"
+    metrics = analyze_checkpoints(args.checkpoints, args.reference, x, y, norm=norm, eps=eps, attack=attack,
+                                  step_size=args.step_size, k=args.k, layer=args.layer, seed=args.seed)
+    print(f"topology against {args.reference}: {x.shape[0]} test images, {norm} eps={eps:.4g}, "
+          f"adversarial = {attack} against each model, k={args.k}")
+    print(format_topology_table(metrics, args.k))
+    if args.json:
+        document = {"reference": str(args.reference), "n": int(x.shape[0]), "k": args.k, "attack": attack,
+                    "norm": norm, "eps": eps, "layer": args.layer, "seed": args.seed, "models": metrics}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import ReportSettings, write_report
+
+    settings = ReportSettings(n=args.n, k=args.k, attack_steps=args.attack_steps, tsne_points=args.tsne_points,
+                              device=args.device)
+    write_report(args.run_dirs, args.out, reference=args.reference, settings=settings)
     return 0
 
 
@@ -122,6 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("analyze", help="topology metrics of checkpoints against a reference (standard) model")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    p.add_argument("--reference", required=True, metavar="TEACHER", help="the standard model's checkpoint")
+    p.add_argument("--dataset", help="dataset name (default: the reference checkpoint's data config)")
+    p.add_argument("--data-root")
+    p.add_argument("--n", type=int, default=1000, help="held-out test images (a fixed seeded choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=10, help="neighbours for kNN overlap and trustworthiness")
+    p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the reference's config")
+    p.add_argument("--eps", type=_eps, default=None, help="default: the reference's config")
+    p.add_argument("--attack-steps", type=int, default=20, help="PGD steps for the adversarial representations")
+    p.add_argument("--step-size", type=_eps, default=None, help="PGD step (default eps / 4)")
+    p.add_argument("--layer", default="features", help="features (penultimate), logits, or a module name")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the metrics here")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("report", help="report.md with tables, topology metrics and pictures of finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a study folder or single run folders")
+    p.add_argument("--out", help="where report.md and figures/ go (default: the only RUN_DIR)")
+    p.add_argument("--reference", help="checkpoint every run is compared with (default: each run's standard model)")
+    p.add_argument("--n", type=int, default=1000, help="held-out test images for the topology metrics")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--attack-steps", type=int, default=20)
+    p.add_argument("--tsne-points", type=int, default=1000, help="natural images per t-SNE map")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_report)
     return parser
 
 
@@ -131,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise TopoatError("topoat: give a command: train, study or eval (see --help)")
+            raise TopoatError("topoat: give a command: train, study, eval, analyze or report (see --help)")
         return args.func(args)
     except TopoatError as e:
         print(f"topoat: error: {e}", file=sys.stderr)

@@ -23,6 +23,9 @@ class AugmentConfig:
 class DataConfig:
     dataset: str = "fashion-mnist"
     root: Optional[str] = None
+    # cifar10/cifar100/tiny-imagenet: fetch the official archive into `root` (default ./data) when it
+    # is not there, verifying its MD5. Off by default so nothing reaches the network unasked.
+    download: bool = False
     train_subset: Optional[int] = None  # first-k of a fixed shuffle of the train split
     val_size: int = 1000  # held out of train, fixed by val_seed so every run sees the same split
     val_seed: int = 0
@@ -66,6 +69,7 @@ class TopologyConfig:
     teacher_layer: Optional[str] = None  # defaults to `layer`
     class_aware: Literal["off", "within", "across"] = "off"
     memory_bank: int = 0  # number of past teacher/student feature pairs kept as extra graph nodes
+    global_graph: bool = False  # under DDP: one graph over the global batch, not one per process
 
 
 @dataclass
@@ -88,7 +92,10 @@ class ValidationConfig:
     every: int = 1
     n: int = 1000
     attack_steps: int = 10  # PGD steps for the validation robust accuracy
-    topology: bool = True  # log graph KL and kNN overlap to the teacher per epoch (TRAIN runs)
+    topology: bool = True  # log graph KL and kNN overlap to the reference model per epoch
+    # Checkpoint of the reference (standard) model those metrics compare with; TRAIN runs default to
+    # their teacher, other runs log no topology metrics without one (a study fills it from `reference`).
+    reference: Optional[str] = None
 
 
 @dataclass
@@ -107,6 +114,7 @@ class RuntimeConfig:
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False
     channels_last: Literal["auto", "on", "off"] = "auto"
+    sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch
     progress: bool = True
     threads: Optional[int] = None
 

@@ -27,6 +27,9 @@ class StudySpec:
     runs: list[StudyRun] = field(default_factory=list)
     set: list[str] = field(default_factory=list)  # overrides applied to every run
     seeds: Optional[list[int]] = None  # each run once per seed, named NAME-sSEED
+    # Name of the standard run whose last checkpoint every later run logs its per-epoch topology
+    # metrics against (validation.reference), so PGD-AT gets curves as well as TRAIN.
+    reference: Optional[str] = None
 
 
 @dataclass
@@ -35,6 +38,7 @@ class PlannedRun:
     config_path: Path
     overrides: list[str]
     teacher: Optional[str]
+    reference: Optional[str] = None
 
 
 def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[StudySpec, list[PlannedRun]]:
@@ -45,6 +49,8 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
     names = [r.name for r in spec.runs]
     if len(set(names)) != len(names):
         raise TopoatError(f"study {path}: run names must be unique")
+    if spec.reference is not None and spec.reference not in names:
+        raise TopoatError(f"study {path}: reference {spec.reference!r} is not one of its runs")
     planned: list[PlannedRun] = []
     for seed in spec.seeds if spec.seeds is not None else [None]:
         suffix = "" if seed is None else f"-s{seed}"
@@ -56,8 +62,10 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
             overrides = list(spec.set) + list(r.set) + list(extra or [])
             if seed is not None:
                 overrides.append(f"seed={seed}")
+            after_reference = spec.reference is not None and names.index(r.name) > names.index(spec.reference)
             planned.append(PlannedRun(r.name + suffix, (path.parent / r.config), overrides,
-                                      None if r.teacher is None else r.teacher + suffix))
+                                      None if r.teacher is None else r.teacher + suffix,
+                                      spec.reference + suffix if after_reference else None))
     return spec, planned
 
 
@@ -74,8 +82,10 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
     # Validate every config before the first hour of training is spent.
     configs = {}
     for p in planned:
-        teacher = [] if p.teacher is None else [f"topology.teacher={out / p.teacher / 'last.pt'}"]
-        cfg = load_config(p.config_path, p.overrides + teacher + [f"name={p.name}"])
+        links = [] if p.teacher is None else [f"topology.teacher={out / p.teacher / 'last.pt'}"]
+        if p.reference is not None:
+            links.append(f"validation.reference={out / p.reference / 'last.pt'}")
+        cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
         if not progress:
             cfg.runtime.progress = False
         configs[p.name] = cfg

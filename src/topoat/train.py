@@ -18,6 +18,7 @@ from .analysis import extract, topology_metrics
 from .checkpoint import load_checkpoint, load_model, model_record, save_atomic, unwrap
 from .config import TrainConfig, dump_config, from_dict, to_dict
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
+from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier, device_for
 from .errors import TopoatError
 from .evaluate import build_attack, evaluate
 from .models import build_model
@@ -102,7 +103,7 @@ def stop_on_signals() -> Iterator[dict]:
             signal.signal(sig, h)
 
 
-def prepare_output(out: Path, resume: bool) -> None:
+def prepare_output(out: Path, resume: bool, create: bool = True) -> None:
     if resume:
         if not (out / "last.pt").is_file():
             raise TopoatError(f"nothing to resume in {out} (no last.pt)")
@@ -110,10 +111,19 @@ def prepare_output(out: Path, resume: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TopoatError(f"output folder {out} already exists and is not empty; pass --resume to continue "
                           "that run, or choose another --out")
+    if not create:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TopoatError(f"cannot create output folder {out}: {e.strerror}") from None
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The config minus the switches that do not change what is trained (progress bars)."""
+    d = to_dict(cfg)
+    d["runtime"].pop("progress", None)
+    return d
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
@@ -125,19 +135,27 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False,
-                 dataset: Optional[ImageDataset] = None, rank: int = 0, world: int = 1):
+                 dataset: Optional[ImageDataset] = None, dist: DistContext = SINGLE):
         self.paths = RunPaths(Path(out))
-        self.rank, self.world = rank, world
+        self.dist = dist
+        self.rank, self.world = dist.rank, dist.world
         if resume:
             prepare_output(self.paths.root, True)
             saved = from_dict(TrainConfig, load_checkpoint(self.paths.last)["config"]).validate()
-            if to_dict(saved) != to_dict(cfg):
+            if _comparable(saved) != _comparable(cfg):
                 raise TopoatError(f"the config differs from the one {self.paths.root} was started with; "
                                   "resume without changing it")
-        elif rank == 0:
-            prepare_output(self.paths.root, False)
+        else:
+            # every rank checks before rank 0 creates, so all of them agree on an error
+            prepare_output(self.paths.root, False, create=False)
+            barrier()
+            if dist.is_main:
+                prepare_output(self.paths.root, False)
+        if cfg.optim.batch_size % dist.world:
+            raise TopoatError(f"optim.batch_size {cfg.optim.batch_size} (the global batch) must be divisible "
+                              f"by the {dist.world} processes")
         self.cfg, self.resume = cfg, resume
-        self.device = resolve_device(cfg.runtime.device)
+        self.device = resolve_device(device_for(dist, cfg.runtime.device))
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         set_deterministic(cfg.runtime.deterministic)
@@ -162,18 +180,33 @@ class Trainer:
             self.teacher = load_model(cfg.topology.teacher, self.device)
             if self.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        # The model the per-epoch topology metrics compare with: validation.reference, else the teacher.
+        self.reference = self.teacher
+        reference = cfg.validation.reference
+        if reference and cfg.validation.topology and not (
+                cfg.topology is not None and Path(reference).resolve() == Path(cfg.topology.teacher).resolve()):
+            self.reference = load_model(reference, self.device)
+        self.reference_features: Optional[Tensor] = None  # frozen model, fixed split: computed once
         self.train_model = self.model
         if cfg.runtime.compile:
             self.train_model = torch.compile(self.model)
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if cfg.runtime.sync_bn:
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.train_model = torch.compile(self.model) if cfg.runtime.compile else self.model
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         self.objective = build_objective(cfg, self.teacher)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
                                          **({"fused": True} if fused else {"foreach": True}))
         self.data_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.loader = DeviceLoader(self.x_train, self.y_train, cfg.optim.batch_size, shuffle=True,
+        self.loader = DeviceLoader(self.x_train, self.y_train, cfg.optim.batch_size // dist.world, shuffle=True,
                                    crop_padding=cfg.data.augment.crop_padding, flip=cfg.data.augment.flip,
-                                   drop_last=True, generator=self.data_gen, shard=(rank, world))
+                                   drop_last=True, generator=self.data_gen, shard=(dist.rank, dist.world))
         if len(self.loader) == 0:
             raise TopoatError(f"optim.batch_size {cfg.optim.batch_size} is larger than the training set "
                               f"({self.x_train.shape[0]} images)")
@@ -266,17 +299,19 @@ class Trainer:
                     if self.step_in_epoch % GUARD_EVERY == 0 or self.step_in_epoch == steps:
                         self._check_divergence(bad)
                         bar.set_postfix(loss=f"{float(sums['loss'] / n_seen):.4f}", lr=f"{lr:.3g}")
-                    if stop["signum"] is not None:
+                    if self._should_stop(stop):
                         bar.close()
                         self._check_divergence(bad)
                         self.train_seconds += time.perf_counter() - t0
                         self._save_state(perm)
-                        raise TrainingInterrupted(stop["signum"], self.paths.last)
+                        raise TrainingInterrupted(stop["signum"] or signal.SIGTERM, self.paths.last)
                 bar.close()
                 self.train_seconds += time.perf_counter() - t0
                 self.epoch += 1
                 self.step_in_epoch, self.perm = 0, None
                 record = {"epoch": self.epoch, "lr": lr}
+                for v in [n_seen, *sums.values()]:
+                    all_reduce_sum(v)
                 if float(n_seen) > 0:  # zero only when a resume landed exactly on an epoch's end
                     record.update({k: float(v / n_seen) for k, v in sums.items()})
                 record.update(self._validate())
@@ -286,8 +321,18 @@ class Trainer:
                 self._log(record)
         return {"epochs": self.epoch, "train_seconds": self.train_seconds, "best": dict(self.best)}
 
+    def _should_stop(self, stop: dict) -> bool:
+        """A signal seen by any process stops all of them at the same step (checked every GUARD_EVERY
+        steps under DDP, where agreeing costs a collective)."""
+        if not self.dist.enabled:
+            return stop["signum"] is not None
+        if self.step_in_epoch % GUARD_EVERY:
+            return False
+        flag = torch.tensor(0 if stop["signum"] is None else 1, device=self.device)
+        return bool(all_reduce_max(flag))
+
     def _check_divergence(self, bad: Tensor) -> None:
-        if bool(bad):
+        if bool(all_reduce_max(bad.to(torch.int32))):
             hint = " (lower topology.lambda_* or use topology.layer: features)" if self.cfg.topology else ""
             raise TopoatError(f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
                               f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; "
@@ -312,16 +357,25 @@ class Trainer:
             return {}
         model = self.model
         attacks = [f"pgd-{cfg.validation.attack_steps}"] if cfg.validation.attack_steps > 0 else []
-        res = evaluate(model, self.x_val, self.y_val, attacks, norm=cfg.attack.norm, eps=cfg.attack.eps,
+        # Each process validates its strided share; the counts are summed, so every rank agrees on "best".
+        x_val, y_val = self.x_val[self.rank::self.world], self.y_val[self.rank::self.world]
+        res = evaluate(model, x_val, y_val, attacks, norm=cfg.attack.norm, eps=cfg.attack.eps,
                        batch_size=cfg.evaluation.batch_size, progress=False)
-        record = {"val_natural_acc": res.natural_acc}
+        counts = torch.tensor([res.natural_acc * res.n] + [res.robust_acc[a] * res.n for a in attacks] + [res.n],
+                              device=self.device, dtype=torch.float64)
+        counts = all_reduce_sum(counts).tolist()
+        record = {"val_natural_acc": counts[0] / counts[-1]}
         if attacks:
-            record["val_robust_acc"] = res.robust_acc[attacks[0]]
-        if self.teacher is not None and cfg.validation.topology and self.x_val.shape[0] > 10:
-            layer = cfg.topology.layer
+            record["val_robust_acc"] = counts[1] / counts[-1]
+        if self.rank == 0 and self.reference is not None and cfg.validation.topology and self.x_val.shape[0] > 10:
+            topo = cfg.topology
+            layer = topo.layer if topo is not None else "features"
+            if self.reference_features is None:
+                reference_layer = (topo.teacher_layer or layer) if topo is not None else "features"
+                self.reference_features = extract(self.reference, self.x_val, reference_layer)
             s = extract(model, self.x_val, layer)
-            t = extract(self.teacher, self.x_val, cfg.topology.teacher_layer or layer)
-            m = topology_metrics(s, t, graph_size=cfg.optim.batch_size, kernel=cfg.topology.kernel)
+            m = topology_metrics(s, self.reference_features, graph_size=cfg.optim.batch_size,
+                                 kernel=topo.kernel if topo is not None else "cosine")
             record.update({f"val_{k}": v for k, v in m.items()})
         metric = record.get("val_robust_acc", record["val_natural_acc"])
         if metric > self.best["metric"]:

@@ -26,6 +26,10 @@ class Attack:
     touching parameter gradients and returns a detached x_adv inside the threat model."""
 
     def __init__(self, model: nn.Module, eval_mode: bool = True):
+        # Under DDP, attack passes go to the wrapped module: they need no gradient sync, and a DDP
+        # forward without a parameter backward would leave its reducer waiting.
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         self.model = model
         self.use_eval_mode = eval_mode
 

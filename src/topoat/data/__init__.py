@@ -5,19 +5,26 @@ from typing import Optional
 
 from ..errors import TopoatError
 from .base import ImageDataset
+from .cifar import load_cifar
 from .fashion_mnist import load_fashion_mnist
 from .loader import DeviceLoader, random_crop_flip, to_float
 from .npz import load_npz
 from .synthetic import make_synthetic
+from .tiny_imagenet import load_tiny_imagenet
 
-DATASETS = ("fashion-mnist", "npz", "synthetic")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "npz", "synthetic")
 
 
 def load_dataset(name: str, root: Optional[str] = None, *, synthetic_shape=(1, 28, 28),
                  synthetic_classes: int = 10, synthetic_train: int = 512, synthetic_test: int = 256,
-                 seed: int = 0) -> ImageDataset:
+                 seed: int = 0, download: bool = False) -> ImageDataset:
+    """`download` lets cifar10/cifar100/tiny-imagenet fetch their official archive into `root` if missing."""
     if name == "fashion-mnist":
         return load_fashion_mnist(root)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, root, download=download)
+    if name == "tiny-imagenet":
+        return load_tiny_imagenet(root, download=download)
     if name == "npz":
         return load_npz(root)
     if name == "synthetic":
@@ -29,7 +36,7 @@ def dataset_from_config(data_cfg) -> ImageDataset:
     """Load, split off validation and subset the training split, as a DataConfig says."""
     ds = load_dataset(data_cfg.dataset, data_cfg.root, synthetic_shape=data_cfg.synthetic_shape,
                       synthetic_classes=data_cfg.synthetic_classes, synthetic_train=data_cfg.synthetic_train,
-                      synthetic_test=data_cfg.synthetic_test)
+                      synthetic_test=data_cfg.synthetic_test, download=data_cfg.download)
     ds = ds.split_validation(data_cfg.val_size, data_cfg.val_seed)
     return ds.subset_train(data_cfg.train_subset, data_cfg.val_seed)
 

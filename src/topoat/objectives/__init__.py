@@ -32,7 +32,7 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None) -> Ob
     if teacher is None:
         raise TopoatError("topology: a teacher model is required (topology.teacher)")
     return TopologyRegularized(base, teacher, t.lambda_nat, t.lambda_adv, t.kernel, t.layer, t.teacher_layer,
-                               t.class_aware, t.memory_bank)
+                               t.class_aware, t.memory_bank, t.global_graph)
 
 
 __all__ = ["METHODS", "MemoryBank", "Objective", "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized",

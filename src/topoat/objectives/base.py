@@ -1,18 +1,21 @@
-"""The objective interface: a base AT method is one module that maps (model, x, y) to its loss.
+"""The objective interface: a base AT method is one module that makes its adversarial examples and
+turns (model, x, y, x') into its loss.
 
-It returns, besides the loss, what the topology term needs (the student's natural and adversarial
-representations, when its own forward passes already produced them), so TRAIN can wrap any method
-without a second copy of the method.
+The two halves are separate methods so that wrappers fit every method without a copy of any:
+TRAIN adds its term to `loss` (and, if asked, to the attack), AWP perturbs the weights between
+`adversarial` (made by the unperturbed model) and `loss`. Besides the loss, the output carries what the
+topology term needs: the student's natural and adversarial logits and features, when the method's own
+forward passes produced them, so TRAIN needs no extra pass.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import PGD
+from ..attacks import PGD, eval_mode, maximize, random_init
 from ..config import AttackConfig
 
 
@@ -25,16 +28,72 @@ class ObjectiveOutput:
     features_adv: Optional[Tensor] = None
     x_adv: Optional[Tensor] = None
     parts: dict[str, Tensor] = field(default_factory=dict)  # detached loss components for logging
+    # The training loop calls this right after optimizer.step() (AWP takes its weight perturbation back
+    # there); a loop of your own must do the same.
+    after_step: Optional[Callable[[], None]] = None
+
+
+def cross_entropy_per_sample(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def attack_view(model: nn.Module) -> nn.Module:
+    """The module attack passes go through: under DDP the wrapped one, since an attack needs no gradient
+    sync and a DDP forward without a parameter backward would leave its reducer waiting."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class Objective:
-    """`objective(model, x, y) -> ObjectiveOutput`; the model is in train mode when called."""
+    """`objective(model, x, y) -> ObjectiveOutput` is `loss(model, x, y, adversarial(model, x, y))`;
+    the model is in train mode when called.
+
+    A base method with an attack sets `attack` and defines `attack_loss` (what its attack ascends) and
+    `loss`; `attack_start` defaults to a uniform start in the eps-ball when `attack.random_start`.
+    """
 
     name = "objective"
     makes_adversarial = True
+    attack: Optional[AttackConfig] = None
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:  # pragma: no cover
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
+        return self.loss(model, x, y, self.adversarial(model, x, y))
+
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Optional[Tensor]:
+        """x' for this batch (detached), made in the attack's BatchNorm mode; None without an attack."""
+        if not self.makes_adversarial:
+            return None
+        a = self.attack
+        if a.eps == 0:
+            return x.detach().clone()
+        net = attack_view(model)
+        with eval_mode(net, a.eval_mode):
+            objective = self.attack_objective(net, x, y)
+            return maximize(objective, x, a.eps, a.step_size, a.steps, a.norm, self.attack_start(x))
+
+    def attack_objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+        """x' -> what the attack ascends (`maximize` sums it over the batch)."""
+        per_sample = self.attack_loss(model, x, y)
+        return lambda x_adv: per_sample(model(x_adv))
+
+    def attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+        """logits at x' -> the per-sample loss the attack ascends. Called in the attack's BatchNorm mode,
+        so anything it precomputes from x (TRADES' target p(x)) is taken in that mode too."""
         raise NotImplementedError
+
+    def attack_start(self, x: Tensor) -> Optional[Tensor]:
+        """The starting perturbation; None starts at x."""
+        a = self.attack
+        return random_init(x, a.eps, a.norm) if a.random_start else None
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def base_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]) -> Tensor:
+        """The base method's loss alone, without any wrapper's term (what AWP's weight perturbation ascends)."""
+        return self.loss(model, x, y, x_adv).loss
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop at the start of every epoch (0-based), resumed ones included."""
 
 
 def pgd_from_config(model: nn.Module, attack: AttackConfig) -> PGD:

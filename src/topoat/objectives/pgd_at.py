@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..config import AttackConfig
-from .base import Objective, ObjectiveOutput, pgd_from_config
+from .base import Objective, ObjectiveOutput, cross_entropy_per_sample
 
 
 class PGDAT(Objective):
@@ -13,8 +13,10 @@ class PGDAT(Objective):
     def __init__(self, attack: AttackConfig):
         self.attack = attack
 
-    def __call__(self, model, x, y) -> ObjectiveOutput:
-        x_adv = pgd_from_config(model, self.attack)(x, y)
+    def attack_loss(self, model, x, y):
+        return lambda logits: cross_entropy_per_sample(logits, y)
+
+    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         logits, feats = model(x_adv, return_features=True)
         loss = F.cross_entropy(logits.float(), y)
         return ObjectiveOutput(loss, logits_adv=logits, features_adv=feats, x_adv=x_adv,

@@ -10,7 +10,7 @@ class Standard(Objective):
     name = "standard"
     makes_adversarial = False
 
-    def __call__(self, model, x, y) -> ObjectiveOutput:
+    def loss(self, model, x, y, x_adv=None) -> ObjectiveOutput:
         logits, feats = model(x, return_features=True)
         loss = F.cross_entropy(logits.float(), y)
         return ObjectiveOutput(loss, logits_nat=logits, features_nat=feats, parts={"ce": loss.detach()})

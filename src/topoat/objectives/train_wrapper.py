@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..distributed import gather, gather_with_grad
 from ..topology import TopologyLoss
 from .base import Objective, ObjectiveOutput
 
@@ -61,7 +62,8 @@ class TopologyRegularized(Objective):
 
     def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 30.0,
                  lambda_adv: float = 30.0, kernel: str = "cosine", layer: str = "features",
-                 teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0):
+                 teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
+                 global_graph: bool = False):
         self.base = base
         self.teacher = teacher.eval().requires_grad_(False)
         self.lambda_nat, self.lambda_adv = lambda_nat, lambda_adv
@@ -71,6 +73,7 @@ class TopologyRegularized(Objective):
         self.name = f"{base.name}+train"
         self.makes_adversarial = base.makes_adversarial
         self.banks = {k: MemoryBank(memory_bank) for k in ("nat", "adv")} if memory_bank > 0 else None
+        self.global_graph = global_graph
 
     def _student(self, model: nn.Module, x: Tensor, logits: Optional[Tensor], feats: Optional[Tensor]) -> Tensor:
         if self.layer == "features" and feats is not None:
@@ -80,6 +83,10 @@ class TopologyRegularized(Objective):
         return representation(model, x, self.layer)[1]
 
     def _term(self, key: str, student: Tensor, teacher: Tensor, y: Tensor) -> Tensor:
+        if self.global_graph:
+            # One graph over the global batch: every rank computes the same loss, the student rows
+            # keep their gradient (all_gather's backward), and DDP's averaging restores the scale.
+            student, teacher, y = gather_with_grad(student), gather(teacher), gather(y)
         if self.banks is None:
             return self.topology(student, teacher, y)
         s_all, t_all, y_all = self.banks[key].extend(student, teacher, y)

@@ -1,0 +1,305 @@
+"""Downloads with checksum verification, and reading or extracting tar/zip archives without trusting them.
+
+A dataset archive comes from the network or from a user's disk, so every member is checked before a
+byte of it is used: no absolute paths, no `..` components, no links or device files, and no member
+(nor total) larger than a limit, so a crafted archive can neither write outside its folder nor fill
+the disk. Corrupt or truncated archives end in a one-line `TopoatError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterator, Optional
+
+from tqdm.auto import tqdm
+
+from ..errors import TopoatError
+
+MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: the largest real member (CIFAR-100 train.bin) is 154 MB
+MAX_TOTAL_BYTES = 8 << 30  # 8 GiB: the largest real archive (Tiny ImageNet) unpacks to about 0.5 GB
+CHUNK = 1 << 20
+# Errors a damaged gzip/tar/zip stream raises somewhere in the standard library.
+CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
+
+
+# -- checksums and downloads ------------------------------------------------------------------------
+def file_digest(path: str | Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | Path, *, md5: Optional[str] = None, sha256: Optional[str] = None) -> None:
+    """Raise TopoatError unless `path` has the given digest(s); with neither given, check nothing."""
+    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+        if expected is None:
+            continue
+        got = file_digest(path, algorithm)
+        if got != expected.lower():
+            raise TopoatError(f"{path}: {algorithm} checksum mismatch (got {got}, expected {expected.lower()}); "
+                              "the file is corrupt, truncated or not the official one")
+
+
+def download(url: str, dest: str | Path, *, md5: Optional[str] = None, sha256: Optional[str] = None,
+             progress: bool = True, timeout: float = 60.0) -> Path:
+    """Fetch `url` into file `dest` and verify its checksum.
+
+    The bytes go to a temporary file next to `dest` and are renamed into place only once the
+    checksum matches, so `dest` is never a partial or wrong file; on a mismatch nothing is left behind.
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TopoatError(f"cannot create {dest.parent}: {e.strerror or e}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http/https/file)
+                    total = response.headers.get("Content-Length")
+                    bar = tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
+                               unit_divisor=1024, desc=f"downloading {dest.name}", disable=not progress,
+                               leave=False)
+                    with bar:
+                        for chunk in iter(lambda: response.read(CHUNK), b""):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+                raise TopoatError(f"cannot download {url}: {reason}; download it yourself and point "
+                                  f"data.root at the file") from None
+        verify_checksum(tmp, md5=md5, sha256=sha256)
+        os.replace(tmp, dest)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return dest
+
+
+def _remove_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- member checks ----------------------------------------------------------------------------------
+def safe_member_name(name: str, archive: str | Path) -> str:
+    """The member's relative POSIX path, or TopoatError if it could land outside the target folder."""
+    if not name or "\x00" in name:
+        raise TopoatError(f"{archive}: refusing a member with an empty or NUL-containing name")
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
+        raise TopoatError(f"{archive}: refusing member {name!r}: absolute path")
+    parts = [p for p in PurePosixPath(unified).parts if p != "."]
+    if ".." in parts:
+        raise TopoatError(f"{archive}: refusing member {name!r}: '..' in its path")
+    return "/".join(parts)
+
+
+def _check_size(name: str, size: int, total: int, archive, max_member_bytes: int, max_total_bytes: int) -> None:
+    if size > max_member_bytes:
+        raise TopoatError(f"{archive}: refusing member {name!r}: {size} bytes exceeds the "
+                          f"{max_member_bytes}-byte limit per member")
+    if total > max_total_bytes:
+        raise TopoatError(f"{archive}: refusing archive: members add up to more than {max_total_bytes} bytes")
+
+
+def _read_limited(f: BinaryIO, name: str, archive, limit: int) -> bytes:
+    """Read a member's bytes, refusing more than `limit` whatever its header claimed."""
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TopoatError(f"{archive}: refusing member {name!r}: it unpacks to more than {limit} bytes")
+    return data
+
+
+def _corrupt(archive, e: BaseException) -> TopoatError:
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+    return TopoatError(f"{archive} is corrupt or truncated ({detail}); delete it and download it again")
+
+
+# -- tar --------------------------------------------------------------------------------------------
+def _checked_tar_members(tar: tarfile.TarFile, archive, max_member_bytes: int,
+                         max_total_bytes: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    total = 0
+    for info in tar:
+        name = safe_member_name(info.name, archive)
+        if not (info.isreg() or info.isdir()):
+            kind = "link" if info.issym() or info.islnk() else "special file"
+            raise TopoatError(f"{archive}: refusing member {info.name!r}: it is a {kind}")
+        total += info.size
+        _check_size(info.name, info.size, total, archive, max_member_bytes, max_total_bytes)
+        yield info, name
+
+
+def read_tar_members(archive: str | Path, wanted: Callable[[str], bool], *,
+                     max_member_bytes: int = MAX_MEMBER_BYTES,
+                     max_total_bytes: int = MAX_TOTAL_BYTES) -> dict[str, bytes]:
+    """Read the regular-file members whose checked name satisfies `wanted`, in one streaming pass.
+
+    Every member is checked, wanted or not: an archive with one hostile entry is refused whole.
+    """
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for info, name in _checked_tar_members(tar, archive, max_member_bytes, max_total_bytes):
+                if info.isreg() and wanted(name):
+                    f = tar.extractfile(info)
+                    found[name] = _read_limited(f, info.name, archive, info.size)
+                    if len(found[name]) != info.size:
+                        raise EOFError(f"member {info.name} is cut short")
+    except FileNotFoundError:
+        raise TopoatError(f"archive not found: {archive}") from None
+    except TopoatError:
+        raise
+    except CORRUPT as e:
+        raise _corrupt(archive, e) from None
+    return found
+
+
+# -- zip --------------------------------------------------------------------------------------------
+class SafeZip:
+    """A zip archive whose member list has been checked; `read` refuses more bytes than declared."""
+
+    def __init__(self, archive: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 max_total_bytes: int = MAX_TOTAL_BYTES):
+        self.archive = Path(archive)
+        self.max_member_bytes = max_member_bytes
+        try:
+            self.zip = zipfile.ZipFile(self.archive)
+        except FileNotFoundError:
+            raise TopoatError(f"archive not found: {archive}") from None
+        except CORRUPT as e:
+            raise _corrupt(archive, e) from None
+        self.files: dict[str, zipfile.ZipInfo] = {}
+        self.dirs: set[str] = set()
+        total = 0
+        try:
+            for info in self.zip.infolist():
+                name = safe_member_name(info.filename, archive)
+                # Unix file type bits, when the zip recorded them (many writers leave them 0).
+                file_type = stat.S_IFMT(info.external_attr >> 16)
+                if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+                    kind = "link" if file_type == stat.S_IFLNK else "special file"
+                    raise TopoatError(f"{archive}: refusing member {info.filename!r}: it is a {kind}")
+                total += info.file_size
+                _check_size(info.filename, info.file_size, total, archive, max_member_bytes, max_total_bytes)
+                if info.is_dir():
+                    self.dirs.add(name)
+                elif name:
+                    self.files[name] = info
+        except BaseException:
+            self.zip.close()
+            raise
+
+    def read(self, name: str) -> bytes:
+        info = self.files.get(name)
+        if info is None:
+            raise TopoatError(f"{self.archive}: member {name!r} is missing")
+        try:
+            with self.zip.open(info) as f:
+                data = _read_limited(f, info.filename, self.archive, info.file_size)
+        except TopoatError:
+            raise
+        except CORRUPT as e:
+            raise _corrupt(self.archive, e) from None
+        if len(data) != info.file_size:
+            raise _corrupt(self.archive, EOFError(f"member {info.filename} is cut short"))
+        return data
+
+    def close(self) -> None:
+        self.zip.close()
+
+    def __enter__(self) -> "SafeZip":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- extraction -------------------------------------------------------------------------------------
+def safe_extract(archive: str | Path, dest: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
+    """Extract a .tar(.gz/.bz2/.xz) or .zip into the new folder `dest`, all or nothing.
+
+    Members are checked (see the module docstring) and written into a temporary folder beside
+    `dest`, which is renamed to `dest` only when everything was extracted: an interrupted or refused
+    extraction leaves no half-filled `dest`. File modes from the archive are not applied.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise TopoatError(f"cannot extract {archive}: {dest} already exists")
+    if not archive.is_file():
+        raise TopoatError(f"archive not found: {archive}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    except OSError as e:
+        raise TopoatError(f"cannot create {dest.parent}: {e.strerror or e}") from None
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, tmp, max_member_bytes, max_total_bytes)
+        else:
+            _extract_tar(archive, tmp, max_member_bytes, max_total_bytes)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _write_member(root: Path, name: str, source: BinaryIO, size: int, archive, limit: int) -> None:
+    target = root / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(target, "wb") as out:
+        for chunk in iter(lambda: source.read(CHUNK), b""):
+            written += len(chunk)
+            if written > min(size, limit):
+                raise TopoatError(f"{archive}: refusing member {name!r}: it unpacks to more bytes than declared")
+            out.write(chunk)
+    if written != size:
+        raise _corrupt(archive, EOFError(f"member {name} is cut short"))
+
+
+def _extract_tar(archive: Path, root: Path, max_member_bytes: int, max_total_bytes: int) -> None:
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for info, name in _checked_tar_members(tar, archive, max_member_bytes, max_total_bytes):
+                if not name:
+                    continue
+                if info.isdir():
+                    (root / name).mkdir(parents=True, exist_ok=True)
+                else:
+                    _write_member(root, name, tar.extractfile(info), info.size, archive, max_member_bytes)
+    except TopoatError:
+        raise
+    except CORRUPT as e:
+        raise _corrupt(archive, e) from None
+
+
+def _extract_zip(archive: Path, root: Path, max_member_bytes: int, max_total_bytes: int) -> None:
+    with SafeZip(archive, max_member_bytes=max_member_bytes, max_total_bytes=max_total_bytes) as z:
+        for name in sorted(z.dirs):
+            if name:
+                (root / name).mkdir(parents=True, exist_ok=True)
+        for name, info in z.files.items():
+            try:
+                with z.zip.open(info) as f:
+                    _write_member(root, name, f, info.file_size, archive, max_member_bytes)
+            except TopoatError:
+                raise
+            except CORRUPT as e:
+                raise _corrupt(archive, e) from None
