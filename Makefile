@@ -29,6 +29,7 @@ data:
 
 run: setup data
 	$(PY) -m topoat study studies/main.yaml --out $(RUN_DIR) --set data.root=$(FMNIST_DIR) $$([ -d "$(RUN_DIR)" ] && echo --resume)
+	$(PY) -m topoat report $(RUN_DIR)
 
 test: setup
 	$(PY) -m pytest

@@ -56,32 +56,135 @@ def _study(args) -> int:
 
 
 def _eval(args) -> int:
-    import torch
-
-    from .checkpoint import load_checkpoint, model_from_record
-    from .data import load_dataset, to_float
-    from .evaluate import evaluate, fixed_subset
+    from .checkpoint import load_checkpoint, load_model, model_from_record
+    from .data import to_float
+    from .evaluate import evaluate, fixed_subset, format_result, parse_attack
+    from .runs import find_run_slot, merge_evaluation
     from .runtime import resolve_device
 
-    device = resolve_device(args.device)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not attacks:
+        raise TopoatError("eval: --attacks lists no attack")
+    for a in attacks:
+        parse_attack(a)
+    for flag, value, low in (("--n", args.n, 1), ("--batch-size", args.batch_size, 1),
+                             ("--autoattack-n", args.autoattack_n, 1), ("--sanity-steps", args.sanity_steps, 1)):
+        if value is not None and value < low:
+            raise TopoatError(f"eval: {flag} must be >= {low}, got {value}")
+    if args.eps is not None and args.eps < 0:
+        raise TopoatError(f"eval: --eps must be >= 0, got {args.eps:g}")
+    if args.step_size is not None and args.step_size <= 0:
+        raise TopoatError(f"eval: --step-size must be > 0, got {args.step_size:g}")
+    if (args.results is None) != (args.run is None):
+        raise TopoatError("eval: --results and --run go together")
+    if args.reference and not args.sanity:
+        raise TopoatError("eval: --reference is used by --sanity only")
     ckpt = load_checkpoint(args.checkpoint)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    norm = args.norm or config.get("attack", {}).get("norm", "Linf")
+    eps = args.eps if args.eps is not None else config.get("attack", {}).get("eps")
+    if eps is None:
+        raise TopoatError("eval: --eps is required (the checkpoint does not record its threat model)")
+    if args.sanity and eps == 0:
+        raise TopoatError("eval: --sanity needs --eps > 0")
+    device = resolve_device(args.device)
     model = model_from_record(ckpt, device).eval()
-    dataset = args.dataset or ckpt.get("dataset")
-    if not dataset:
-        raise TopoatError("eval: --dataset is required (the checkpoint does not name its dataset)")
-    ds = load_dataset(dataset, args.data_root)
+    ds = _eval_data(ckpt, args.dataset, args.data_root)
+    _check_fits(model, ckpt, ds, args.checkpoint, device)
+    if args.results:  # a results.json that does not fit fails before the attacks run, not after
+        find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=ds.name)
+        run_seed = config.get("evaluation", {}).get("seed", args.seed)
+        if run_seed != args.seed:
+            raise TopoatError(f"eval: the run chose its test images with seed {run_seed}; pass --seed {run_seed} "
+                              "to merge into its results")
+    reference = None
+    if args.reference:
+        reference_ckpt = load_checkpoint(args.reference)
+        reference = load_model(args.reference, device)
+        _check_fits(reference, reference_ckpt, ds, args.reference, device)
     idx = fixed_subset(ds.x_test.shape[0], args.n, args.seed)
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
-    attacks = [a for a in args.attacks.split(",") if a]
-    res = evaluate(model, x, y, attacks, norm=args.norm, eps=args.eps, step_size=args.step_size,
-                   batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"natural   {100 * res.natural_acc:.2f}")
-    for name, acc in res.robust_acc.items():
-        print(f"{name:<9} {100 * acc:.2f}")
+    epoch = f", epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else ""
+    print(f"{args.checkpoint} ({ckpt['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images (seed {args.seed}), "
+          f"{norm} eps {eps:.6g}")
+    res = evaluate(model, x, y, attacks, norm=norm, eps=eps, step_size=args.step_size, batch_size=args.batch_size,
+                   progress=not args.no_progress, autoattack_n=args.autoattack_n, seed=args.seed)
+    print(format_result(res))
+    for note in res.notes:
+        print(f"note: {note}")
+    report = None
+    if args.sanity:
+        from .sanity import sanity_checks
+
+        report = sanity_checks(model, x, y, norm=norm, eps=eps, step_size=args.step_size, steps=args.sanity_steps,
+                               reference=reference, autoattack_n=args.autoattack_n, known=res,
+                               batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
+        print()
+        print(report.format())
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(res.as_dict(), checkpoint=str(args.checkpoint),
-                                                   norm=args.norm, eps=args.eps), indent=2) + "\n")
+        document = dict(res.as_dict(), checkpoint=str(args.checkpoint), dataset=ds.name, norm=norm, eps=eps,
+                        step_size=args.step_size if args.step_size is not None else eps / 4, seed=args.seed)
+        if report is not None:
+            document["sanity"] = report.as_dict()
+        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+    if args.results:
+        slot = merge_evaluation(Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps,
+                                dataset=ds.name, sanity=report)
+        print(f"merged into {args.results}: run {args.run} ({slot} checkpoint)")
+    if report is not None and not report.passed:
+        names = ", ".join(c.name for c in report.failed)
+        bar = "!" * 78
+        print(f"\n{bar}\nWARNING: {len(report.failed)} sanity check(s) FAILED ({names}).\n"
+              f"The robust accuracies above are probably overestimated (gradient masking or a broken attack):\n"
+              f"do not report them without an adaptive attack.\n{bar}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _eval_data(ckpt: dict, dataset: Optional[str], root: Optional[str]):
+    """The test split for a checkpoint: --dataset (default: the checkpoint's), read with the checkpoint's own
+    data settings (root, synthetic shape) when it names the same dataset; --data-root overrides the root."""
+    from .config import TrainConfig, from_dict
+    from .data import load_dataset
+
+    name = dataset or ckpt.get("dataset")
+    if not name:
+        raise TopoatError("eval: --dataset is required (the checkpoint does not name its dataset)")
+    data = None
+    if isinstance(ckpt.get("config"), dict):
+        try:
+            data = from_dict(TrainConfig, ckpt["config"]).data
+        except TopoatError:
+            data = None  # a config from another topoat version: use the dataset name alone
+    if data is None or data.dataset != name:
+        return load_dataset(name, root)
+    return load_dataset(name, root or data.root, synthetic_shape=data.synthetic_shape,
+                        synthetic_classes=data.synthetic_classes, synthetic_train=data.synthetic_train,
+                        synthetic_test=data.synthetic_test)
+
+
+def _check_fits(model, ckpt: dict, ds, path, device) -> None:
+    """A model built for other images or classes fails here with one line, not deep inside an attack."""
+    import torch
+
+    from .data import to_float
+
+    if ckpt["in_channels"] != ds.in_channels or ckpt["num_classes"] != ds.num_classes:
+        raise TopoatError(f"{path} takes {ckpt['in_channels']}-channel images and {ckpt['num_classes']} classes, "
+                          f"but {ds.name} has {ds.in_channels} channels and {ds.num_classes} classes")
+    try:
+        with torch.no_grad():
+            model(to_float(ds.x_test[:1].to(device)))
+    except RuntimeError as e:
+        raise TopoatError(f"{path} cannot take {ds.name} images of shape {tuple(ds.x_test.shape[1:])}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise TopoatError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _analysis_data(args, reference_ckpt: dict):
@@ -179,19 +282,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_study)
 
-    p = sub.add_parser("eval", help="accuracy of a checkpoint under attacks")
+    p = sub.add_parser("eval", help="accuracy of a checkpoint under attacks (and gradient-masking checks)",
+                       description="Natural and robust accuracy of a topoat checkpoint on a fixed, seeded choice of "
+                                   "test images. Exit status: 0 done, 1 a --sanity check failed, 2 a user error.")
     p.add_argument("checkpoint")
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root")
-    p.add_argument("--attacks", default="pgd-20", help="comma-separated: fgsm, pgd-K, pgd-K-rR, cw-K")
-    p.add_argument("--norm", choices=["Linf", "L2"], default="Linf")
-    p.add_argument("--eps", type=_eps, default=0.1)
-    p.add_argument("--step-size", type=_eps, default=None)
-    p.add_argument("--n", type=int, default=1000, help="test images (a fixed seeded choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attacks", default="pgd-20",
+                   help="comma-separated: fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack "
+                        "(standard), autoattack-plus, autoattack-rand, apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square, "
+                        "or a list such as aa:apgd-ce+apgd-t (default: pgd-20)")
+    p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the checkpoint's threat model")
+    p.add_argument("--eps", type=_eps, default=None, help="e.g. 0.1 or 8/255 (default: the checkpoint's)")
+    p.add_argument("--step-size", type=_eps, default=None, help="PGD/CW step (default eps / 4)")
+    p.add_argument("--n", type=int, default=1000, help="test images (a fixed seeded choice; default 1000)")
+    p.add_argument("--autoattack-n", type=int, default=None,
+                   help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the images and the attacks' random starts")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--results", metavar="RESULTS_JSON",
+                   help="merge the robust accuracies into this results.json (with --run)")
+    p.add_argument("--run", metavar="NAME", help="the run of --results the checkpoint belongs to (last or best)")
+    p.add_argument("--sanity", action="store_true",
+                   help="check for gradient masking; a failed check is reported loudly and exits with status 1")
+    p.add_argument("--reference", metavar="STANDARD_CKPT",
+                   help="standard model for --sanity's transfer check (skipped without it)")
+    p.add_argument("--sanity-steps", type=int, default=20, help="PGD steps of the sanity checks (default 20)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 

@@ -54,9 +54,16 @@ class AttackConfig:
 
 
 @dataclass
+class AWPConfig:
+    gamma: float = 5e-3  # each weight tensor moves by gamma * its own norm
+    warmup_epochs: int = 0  # epochs of the plain method before AWP starts
+
+
+@dataclass
 class MethodConfig:
-    name: Literal["standard", "pgd-at"] = "pgd-at"
-    beta: float = 6.0
+    name: Literal["standard", "pgd-at", "trades", "mart"] = "pgd-at"
+    beta: float = 6.0  # TRADES and MART: weight of the KL term
+    awp: Optional[AWPConfig] = None  # adversarial weight perturbation around the method (not standard)
 
 
 @dataclass
@@ -70,6 +77,7 @@ class TopologyConfig:
     class_aware: Literal["off", "within", "across"] = "off"
     memory_bank: int = 0  # number of past teacher/student feature pairs kept as extra graph nodes
     global_graph: bool = False  # under DDP: one graph over the global batch, not one per process
+    attack_uses_topology: bool = False  # the attack also ascends lambda_adv * L_topo(h_f(x'), h_g(x))
 
 
 @dataclass
@@ -105,6 +113,8 @@ class EvaluationConfig:
     step_size: Optional[float] = None  # PGD/CW step; default eps / 4
     batch_size: int = 500
     seed: int = 0
+    # AutoAttack attacks (costly) run on a fixed subset of this many of the n images; null = all n
+    autoattack_n: Optional[int] = None
 
 
 @dataclass
@@ -146,6 +156,12 @@ class TrainConfig:
             (self.validation.every >= 1, "validation.every must be >= 1"),
             (self.method.beta >= 0, "method.beta must be >= 0"),
         ]
+        if self.method.awp is not None:
+            checks += [
+                (self.method.name != "standard", "method.awp needs an adversarial method (pgd-at, trades, mart)"),
+                (self.method.awp.gamma >= 0, "method.awp.gamma must be >= 0"),
+                (self.method.awp.warmup_epochs >= 0, "method.awp.warmup_epochs must be >= 0"),
+            ]
         if self.topology is not None:
             t = self.topology
             checks += [
@@ -153,10 +169,19 @@ class TrainConfig:
                 (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
             ]
         checks += [(self.evaluation.n is None or self.evaluation.n >= 1, "evaluation.n must be >= 1"),
-                   (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1")]
+                   (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1"),
+                   (self.evaluation.autoattack_n is None or self.evaluation.autoattack_n >= 1,
+                    "evaluation.autoattack_n must be >= 1")]
         for ok, message in checks:
             if not ok:
                 raise TopoatError(f"config: {message}")
+        from .evaluate import parse_attack  # a misspelt attack fails now, not after the training
+
+        for i, spec in enumerate(self.evaluation.attacks):
+            try:
+                parse_attack(spec)
+            except TopoatError as e:
+                raise TopoatError(f"config: evaluation.attacks[{i}]: {e}") from None
         return self
 
 

@@ -1,7 +1,13 @@
-"""Accuracy under attack: natural accuracy, each attack's robust accuracy, and the per-sample worst case."""
+"""Accuracy under attack: natural accuracy, each attack's robust accuracy, and the per-sample worst case.
+
+Everything here works on any `nn.Module` that maps images in [0, 1] to logits (the RobustBench
+convention), not only on topoat models.
+"""
 from __future__ import annotations
 
 import re
+import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -9,30 +15,78 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import CW, FGSM, PGD, Attack
+from .attacks import CW, FGSM, PGD, Attack, AutoAttack
+from .attacks.autoattack import COMPONENTS as AUTOATTACK_COMPONENTS
 from .errors import TopoatError
 
-ATTACK_HELP = "fgsm, pgd-K, pgd-K-rR (R restarts), cw-K"
+AUTOATTACK_VERSIONS = {"autoattack": "standard", "autoattack-plus": "plus", "autoattack-rand": "rand"}
+ATTACK_HELP = ("fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack (standard version), "
+               "autoattack-plus, autoattack-rand, one of " + ", ".join(AUTOATTACK_COMPONENTS)
+               + ", or a list such as aa:apgd-ce+apgd-t")
 
 
-def build_attack(spec: str, model: nn.Module, norm: str, eps: float,
-                 step_size: Optional[float] = None) -> Attack:
-    """An attack from its short name, e.g. `pgd-20`, `pgd-50-r5`, `cw-30`, `fgsm`."""
-    s = spec.strip().lower()
-    step = step_size if step_size is not None else eps / 4
+@dataclass(frozen=True)
+class AttackSpec:
+    """A parsed attack name. `kind` is fgsm, pgd, cw or autoattack; AutoAttack has a `version` or a
+    custom list of `components`."""
+    name: str
+    kind: str
+    steps: int = 1
+    restarts: int = 1
+    version: Optional[str] = None
+    components: tuple[str, ...] = ()
+
+    @property
+    def is_autoattack(self) -> bool:
+        return self.kind == "autoattack"
+
+
+def parse_attack(spec: str) -> AttackSpec:
+    """Check an attack name without building anything; unknown names are a one-line TopoatError."""
+    s = str(spec).strip().lower()
     if s == "fgsm":
-        return FGSM(model, eps, norm=norm)
-    m = re.fullmatch(r"pgd-(\d+)(?:-r(\d+))?", s)
+        return AttackSpec(s, "fgsm")
+    m = re.fullmatch(r"(pgd|cw)-(\d+)(?:-r(\d+))?", s)
     if m:
-        return PGD(model, eps, step, int(m.group(1)), norm=norm, restarts=int(m.group(2) or 1))
-    m = re.fullmatch(r"cw-(\d+)(?:-r(\d+))?", s)
-    if m:
-        return CW(model, eps, step, int(m.group(1)), norm=norm, restarts=int(m.group(2) or 1))
+        steps, restarts = int(m.group(2)), int(m.group(3) or 1)
+        if steps < 1 or restarts < 1:
+            raise TopoatError(f"attack {spec!r}: steps and restarts must be >= 1")
+        return AttackSpec(s, m.group(1), steps, restarts)
+    if s in AUTOATTACK_VERSIONS:
+        return AttackSpec(s, "autoattack", version=AUTOATTACK_VERSIONS[s])
+    body = s[len("aa:"):] if s.startswith("aa:") else s
+    parts = tuple(body.split("+"))
+    if all(p in AUTOATTACK_COMPONENTS for p in parts) and (s.startswith("aa:") or len(parts) == 1):
+        if len(set(parts)) != len(parts):
+            raise TopoatError(f"attack {spec!r} lists an AutoAttack attack twice")
+        return AttackSpec(s, "autoattack", components=parts)
+    if s.startswith("aa:"):
+        bad = [p for p in parts if p not in AUTOATTACK_COMPONENTS]
+        raise TopoatError(f"attack {spec!r}: unknown AutoAttack attack {', '.join(map(repr, bad))}; "
+                          f"use {', '.join(AUTOATTACK_COMPONENTS)}")
     raise TopoatError(f"unknown attack {spec!r}; use {ATTACK_HELP}")
 
 
+def build_attack(spec: str, model: nn.Module, norm: str, eps: float,
+                 step_size: Optional[float] = None, seed: int = 0) -> Attack:
+    """An attack from its short name, e.g. `pgd-20`, `pgd-50-r5`, `cw-30`, `fgsm`, `autoattack`,
+    `aa:apgd-ce+apgd-t`. PGD and CW step `step_size` (default eps / 4); AutoAttack is parameter-free
+    and draws its random starts from `seed`."""
+    a = parse_attack(spec)
+    step = step_size if step_size is not None else eps / 4
+    if a.kind == "fgsm":
+        return FGSM(model, eps, norm=norm)
+    if a.kind == "pgd":
+        return PGD(model, eps, step, a.steps, norm=norm, restarts=a.restarts)
+    if a.kind == "cw":
+        return CW(model, eps, step, a.steps, norm=norm, restarts=a.restarts)
+    return AutoAttack(model, eps, norm=norm, version=a.version or "standard",
+                      attacks=list(a.components) or None, seed=seed)
+
+
 def fixed_subset(n_total: int, n: Optional[int], seed: int = 0) -> Tensor:
-    """The same n test indices for every model and every call with this seed (sorted)."""
+    """The same n test indices for every model and every call with this seed (sorted). Subsets are
+    nested: the n chosen for a smaller n are among those chosen for a larger one."""
     if n is None or n >= n_total:
         return torch.arange(n_total)
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
@@ -40,13 +94,43 @@ def fixed_subset(n_total: int, n: Optional[int], seed: int = 0) -> Tensor:
 
 @dataclass
 class EvalResult:
+    """Accuracies as fractions in [0, 1].
+
+    `robust_acc[name]` is measured on the images the attack ran on: all n, except AutoAttack when
+    `autoattack_n` chose fewer; then `subset` holds every accuracy again on just those images (the
+    like-for-like comparison), and the per-sample `worst` case lives there. `correct` and `evaluated`
+    are per-sample masks over the n images.
+    """
     n: int
     natural_acc: float
     robust_acc: dict[str, float] = field(default_factory=dict)
-    correct: dict[str, Tensor] = field(default_factory=dict)  # per-sample, for worst-case unions
+    natural: Optional[Tensor] = None
+    correct: dict[str, Tensor] = field(default_factory=dict)
+    evaluated: dict[str, Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    subset: Optional[dict] = None
+
+    def n_of(self, name: str) -> int:
+        return int(self.evaluated[name].sum()) if name in self.evaluated else self.n
+
+    def accuracy_on(self, mask: Tensor) -> dict[str, float]:
+        """Natural and robust accuracy of every attack that ran on all of `mask`'s images."""
+        k = max(int(mask.sum()), 1)
+        out = {"natural": float((self.natural & mask).sum()) / k}
+        for name, c in self.correct.items():
+            if bool((self.evaluated[name] | ~mask).all()):
+                out[name] = float((c & mask).sum()) / k
+        return out
 
     def as_dict(self) -> dict:
-        return {"n": self.n, "natural_acc": self.natural_acc, "robust_acc": dict(self.robust_acc)}
+        d = {"n": self.n, "natural_acc": self.natural_acc, "robust_acc": dict(self.robust_acc),
+             "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+        if self.subset is not None:
+            d["autoattack_subset"] = self.subset
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
 
 
 @torch.no_grad()
@@ -54,38 +138,113 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)
 
 
+def _stream_seed(seed: int, name: str, start: int) -> int:
+    """A seed per (attack, batch): an attack's random starts do not depend on which others ran before it."""
+    return zlib.crc32(f"{seed}:{name}:{start}".encode())
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("pgd-20",), *,
              norm: str = "Linf", eps: float = 8 / 255, step_size: Optional[float] = None,
              batch_size: int = 500, progress: bool = True,
-             custom: Optional[dict[str, Callable[[Tensor, Tensor], Tensor]]] = None) -> EvalResult:
-    """Evaluate `model` (in eval mode) on (x, y) already on the model's device.
+             custom: Optional[dict[str, Callable[[Tensor, Tensor], Tensor]]] = None,
+             autoattack_n: Optional[int] = None, seed: int = 0) -> EvalResult:
+    """Evaluate `model` (in eval mode; any nn.Module taking [0, 1] images) on (x, y) on its device.
 
-    A sample counts as robust to an attack only if it is also classified correctly without attack;
-    with several attacks, "worst" is the per-sample worst case (robust to all), never an average.
+    A sample counts as robust to an attack only if it is also classified correctly without attack
+    (only those are attacked); with several attacks, "worst" is the per-sample worst case (robust to
+    all), never an average. `custom` adds attacks given as callables `attack(x, y) -> x_adv`.
+    AutoAttack runs on a fixed `autoattack_n` of the images when given (it is costly). Random starts
+    come from `seed`; the caller's random state is left as it was.
     """
+    if x.shape[0] != y.shape[0]:
+        raise TopoatError(f"evaluate: {x.shape[0]} images but {y.shape[0]} labels")
+    if batch_size < 1:
+        raise TopoatError("evaluate: batch_size must be >= 1")
+    if autoattack_n is not None and autoattack_n < 1:
+        raise TopoatError("evaluate: autoattack_n must be >= 1")
+    specs = [parse_attack(a) for a in attacks]
+    names = [s.name for s in specs] + list(custom or {})
+    if len(set(names)) != len(names):
+        raise TopoatError(f"evaluate: an attack is listed twice in {', '.join(names)}")
     was_training = model.training
     model.eval()
+    n = x.shape[0]
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
         named: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-            a: build_attack(a, model, norm, eps, step_size) for a in attacks}
+            s.name: build_attack(s.name, model, norm, eps, step_size, seed=seed) for s in specs}
         named.update(custom or {})
-        n = x.shape[0]
+        everywhere = torch.ones(n, dtype=torch.bool, device=x.device)
+        evaluated = {name: everywhere for name in named}
+        if autoattack_n is not None and autoattack_n < n:
+            aa_mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+            aa_mask[fixed_subset(n, autoattack_n, seed).to(x.device)] = True
+            for s in specs:
+                if s.is_autoattack:
+                    evaluated[s.name] = aa_mask
         natural = torch.zeros(n, dtype=torch.bool, device=x.device)
         correct = {k: torch.zeros(n, dtype=torch.bool, device=x.device) for k in named}
-        steps = range(0, n, batch_size)
-        bar = tqdm(steps, desc="evaluate", leave=False, disable=not progress)
-        for start in bar:
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            natural[start:start + batch_size] = predict(model, xb) == yb
+        seconds = {k: 0.0 for k in named}
+        starts = range(0, n, batch_size)
+        bar = tqdm(total=len(starts) * len(named), desc="evaluate", leave=False, disable=not progress)
+        for start in starts:
+            end = min(start + batch_size, n)
+            xb, yb = x[start:end], y[start:end]
+            natural[start:end] = predict(model, xb) == yb
             for name, attack in named.items():
-                x_adv = attack(xb, yb)
-                correct[name][start:start + batch_size] = (predict(model, x_adv) == yb) & natural[start:start + batch_size]
-        result = EvalResult(n, float(natural.float().mean()), correct=correct)
+                bar.set_description(f"evaluate {name}")
+                # only images that are classified correctly and that this attack covers are attacked
+                todo = (natural[start:end] & evaluated[name][start:end]).nonzero().squeeze(1)
+                if todo.numel():
+                    t0 = time.perf_counter()
+                    with torch.random.fork_rng(devices=devices):
+                        torch.manual_seed(_stream_seed(seed, name, start))
+                        x_adv = attack(xb[todo], yb[todo])
+                    correct[name][start + todo] = predict(model, x_adv) == yb[todo]
+                    if x.is_cuda:
+                        torch.cuda.synchronize(x.device)
+                    seconds[name] += time.perf_counter() - t0
+                bar.update(1)
+        bar.close()
+        result = EvalResult(n, float(natural.float().mean()), natural=natural, correct=correct,
+                            evaluated=evaluated, seconds=seconds)
         for name, c in correct.items():
-            result.robust_acc[name] = float(c.float().mean())
-        if len(correct) > 1:
-            worst = torch.stack(list(correct.values())).all(dim=0)
-            result.robust_acc["worst"] = float(worst.float().mean())
+            result.robust_acc[name] = float(c.sum()) / max(int(evaluated[name].sum()), 1)
+        for name, attack in named.items():
+            result.notes += [f"{name}: {note}" for note in getattr(attack, "notes", [])]
+        common = torch.stack(list(evaluated.values())).all(dim=0) if named else everywhere
+        if len(correct) > 1 and bool(common.all()):
+            result.robust_acc["worst"] = float(torch.stack(list(correct.values())).all(dim=0).float().mean())
+        elif not bool(common.all()):
+            on_subset = result.accuracy_on(common)
+            robust = {k: v for k, v in on_subset.items() if k != "natural"}
+            robust["worst"] = float((torch.stack(list(correct.values())).all(dim=0) & common).sum()) / int(common.sum())
+            result.subset = {"n": int(common.sum()), "natural_acc": on_subset["natural"], "robust_acc": robust}
         return result
     finally:
         model.train(was_training)
+
+
+def format_result(result: EvalResult) -> str:
+    """A plain-text table of an evaluation: one row per attack, accuracy in percent."""
+    rows = [("natural", result.n, result.natural_acc, None)]
+    rows += [(name, result.n_of(name) if name != "worst" else result.n, acc, result.seconds.get(name))
+             for name, acc in result.robust_acc.items()]
+    lines = _table(rows)
+    if result.subset is not None:
+        s = result.subset
+        lines.append("")
+        lines.append(f"on the {s['n']} images AutoAttack ran on (the like-for-like comparison):")
+        lines += _table([("natural", s["n"], s["natural_acc"], None)]
+                        + [(name, s["n"], acc, None) for name, acc in s["robust_acc"].items()])
+    return "\n".join(lines)
+
+
+def _table(rows: list) -> list[str]:
+    timed = any(sec is not None for *_, sec in rows)
+    header = ("attack", "images", "accuracy %") + (("seconds",) if timed else ())
+    cells = [header] + [(name, str(n), f"{100 * acc:.2f}") + (("" if sec is None else f"{sec:.1f}",) if timed else ())
+                        for name, n, acc, sec in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in cells]

@@ -195,7 +195,7 @@ def format_spread(values: Sequence[float], scale: float = 100.0, digits: int = 2
 def format_metric(name: str, value: Optional[float]) -> str:
     if value is None:
         return "-"
-    return f"{value:.3g}" if name.startswith("graph_kl") else f"{value:.3f}"
+    return f"{value:.4f}" if name.startswith("graph_kl") else f"{value:.3f}"
 
 
 def groups_of(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -251,18 +251,31 @@ def results_section(runs: Sequence[Run], key: str = "") -> str:
     attacks: list[str] = []
     for r in runs:
         attacks += [a for a in _entry(r, key).get("robust_acc", {}) if a not in attacks]
-    header = ["run", "method", "TRAIN", "seeds", "natural"] + attacks + ["train s"]
+    with_seeds = any(r.seed is not None for r in runs)
+    header = (["run", "method", "TRAIN"] + (["seeds"] if with_seeds else []) + (["epoch"] if key else [])
+              + ["natural"] + attacks + ([] if key else ["train s"]))
     rows = []
     for group, members in groups.items():
         entries = [_entry(r, key) for r in members]
         if not any("natural_acc" in e for e in entries):
             continue
         seeds = ", ".join(str(r.seed) for r in members if r.seed is not None) or "-"
-        rows.append([group, members[0].method, lambda_label(members[0].entry) if members[0].is_train else "-", seeds,
-                     format_spread([e.get("natural_acc") for e in entries])]
+        epochs = [", ".join(str(e.get("epoch", "?")) for e in entries)] if key else []
+        rows.append([group, members[0].method, lambda_label(members[0].entry) if members[0].is_train else "-"]
+                    + ([seeds] if with_seeds else []) + epochs + [format_spread([e.get("natural_acc") for e in entries])]
                     + [format_spread([e.get("robust_acc", {}).get(a) for e in entries]) for a in attacks]
-                    + [format_spread([r.entry.get("train_seconds") for r in members], scale=1, digits=0)])
+                    + ([] if key else [format_spread([r.entry.get("train_seconds") for r in members], scale=1,
+                                                     digits=0)]))
     return markdown_table(header, rows) if rows else ""
+
+
+def fewer_images_notes(runs: Sequence[Run]) -> list[str]:
+    """Attacks evaluated on a smaller fixed subset (AutoAttack is slow), as results.json records them."""
+    notes: dict[str, str] = {}
+    for r in runs:
+        for a, k in r.entry.get("n_by_attack", {}).items():
+            notes.setdefault(a, f"`{a}` was run on a fixed {k} of the {r.entry.get('n_eval', '?')} test images.")
+    return list(notes.values())
 
 
 def _entry(run: Run, key: str) -> dict:
@@ -295,7 +308,7 @@ def paired_section(runs: Sequence[Run]) -> str:
                   if attack else math.nan)
             d_nat.append(dn)
             d_rob.append(dr)
-            rows.append([f"{group} − {base}", "-" if r.seed is None else str(r.seed),
+            rows.append([f"{group} − {base}", "- (one run each)" if r.seed is None else str(r.seed),
                          f"{100 * dn:+.2f}", f"{100 * dr:+.2f}"])
         if len(d_nat) > 1:
             rows.append([f"**{group} − {base}**", f"mean ± std ({len(d_nat)})",
@@ -344,6 +357,7 @@ def plot_tsne(panels: Sequence[dict], labels, class_names: Optional[Sequence[str
     names = list(class_names) if class_names else [f"class {c}" for c in range(num_classes)]
     colours = class_colours(num_classes)
     point_colours = [colours[c] for c in labels]
+    point_size = min(16.0, max(3.0, 4000.0 / max(len(labels), 1)))  # visible when few, unclumped when many
     cols = len(panels)
     fig = _figure(3.4 * cols + 1.6, 7.2)
     axes = fig.subplots(2, cols, squeeze=False)
@@ -351,7 +365,7 @@ def plot_tsne(panels: Sequence[dict], labels, class_names: Optional[Sequence[str
         for i, (key, row_name) in enumerate((("natural", "natural"), ("adversarial", f"adversarial ({attack})"))):
             ax = axes[i][j]
             xy = panel[key]
-            ax.scatter(xy[:, 0], xy[:, 1], c=point_colours, s=3, alpha=0.75, linewidths=0, rasterized=True)
+            ax.scatter(xy[:, 0], xy[:, 1], c=point_colours, s=point_size, alpha=0.75, linewidths=0, rasterized=True)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{panel['name']}: {row_name}\n{panel['subtitle'][key]}", fontsize=9)
@@ -464,8 +478,7 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]
     points = [r for r in runs if r.method != "standard" and attack in r.entry.get("robust_acc", {})]
     if len(points) < 2:
         return None
-    groups = list(groups_of(points))
-    colours = _group_colours(groups)
+    colours = _group_colours(list(groups_of(runs)))  # the same colour per run as in the curves
     fig = _figure(6.4, 5.0)
     ax = fig.subplots()
     seen = set()
@@ -477,12 +490,23 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]
                    zorder=3)
         ax.annotate(lambda_label(r.entry), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("natural accuracy (%)")
-    ax.set_ylabel(f"robust accuracy, {attack} (%)")
+    ax.set_ylabel(f"robust accuracy, {attack.upper()} (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.15)
+    _min_span(ax, 4.0)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+def _min_span(ax, points: float) -> None:
+    """Widen both axes to at least `points` percentage points, so a difference of a few tenths (often
+    seed noise) does not fill the whole picture."""
+    for get, set_ in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):
+        low, high = get()
+        if high - low < points:
+            middle = (low + high) / 2
+            set_(middle - points / 2, middle + points / 2)
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -503,6 +527,7 @@ class Analysis:
     tsne: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     attack: str = ""
+    n: int = 0  # held-out images actually used (the test split may be smaller than asked)
     labels: object = None
     class_names: Optional[list[str]] = None
 
@@ -528,6 +553,7 @@ def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[
     dataset = dataset_from_config(first.data)
     result.class_names = dataset.class_names
     x, y = held_out_subset(dataset, settings.n, settings.seed, device)
+    result.n = int(x.shape[0])
     result.labels = y.cpu().numpy()
     cache = {}
 
@@ -574,7 +600,9 @@ def topology_section(runs: Sequence[Run], analysis: Analysis, k: int) -> str:
     from .analysis import TOPOLOGY_METRICS
 
     groups = groups_of([r for r in runs if r.name in analysis.metrics])
-    header = ["run", "reference", "seeds"] + [METRIC_HEADERS[m].format(k=k) for m in TOPOLOGY_METRICS]
+    with_seeds = any(r.seed is not None for r in runs)
+    header = (["run", "reference"] + (["seeds"] if with_seeds else [])
+              + [METRIC_HEADERS[m].format(k=k) for m in TOPOLOGY_METRICS])
     rows = []
     for group, members in groups.items():
         values = [analysis.metrics[r.name] for r in members]
@@ -585,7 +613,7 @@ def topology_section(runs: Sequence[Run], analysis: Analysis, k: int) -> str:
             mean, std = mean_std(vs)
             cells.append(format_metric(m, mean) + ("" if std is None else f" ± {format_metric(m, std)}"))
         seeds = ", ".join(str(r.seed) for r in members if r.seed is not None) or "-"
-        rows.append([group, ", ".join(refs), seeds] + cells)
+        rows.append([group, ", ".join(refs)] + ([seeds] if with_seeds else []) + cells)
     return markdown_table(header, rows)
 
 
@@ -633,7 +661,8 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
         pictures.append(("Representations: natural and adversarial test images", path,
                          "Each column is one model; natural (top) and adversarial (bottom) points share one "
                          "map per model, so an adversarial point inside another class's cluster is one the "
-                         "attack moved there."))
+                         "attack moved there. The accuracies in the titles are on the plotted images, from the "
+                         "report's own attack (its random start differs from the evaluation's)."))
     title = f"{dataset}, {threat_text}"
     curves = [
         ("Accuracy per epoch", "accuracy.png",
@@ -652,7 +681,7 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
         if path is not None:
             pictures.append((heading, path, caption))
 
-    document = {"dataset": dataset, "threat": threat, "n": settings.n, "k": settings.k,
+    document = {"dataset": dataset, "threat": threat, "n": analysis.n, "k": settings.k,
                 "attack": analysis.attack, "graph_size": settings.graph_size, "seed": settings.seed,
                 "runs": analysis.metrics}
     write_json_atomic(document, out / "analysis.json")
@@ -670,6 +699,7 @@ def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings
              "Runs from " + ", ".join(f"`{s}`" for s in info["sources"]) + ". Accuracies in percent on the "
              "fixed test subset each run was evaluated on (last checkpoint); mean ± sample std over seeds "
              "(runs named `NAME-sK`).", "", "## Results", "", results_section(runs)]
+    parts += [line for note in fewer_images_notes(runs) for line in ("", note)]
     if any(isinstance(r.entry.get("best"), dict) and "natural_acc" in r.entry["best"] for r in runs):
         parts += ["", "Best checkpoint by validation robust accuracy:", "", results_section(runs, "best")]
     paired = paired_section(runs)
@@ -681,9 +711,9 @@ def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings
         parts += ["", f"- **{name} failed**: {why}"]
     if analysis.metrics:
         parts += ["", "## Topology against the standard model", "",
-                  f"On {settings.n} held-out test images (seed {settings.seed}), penultimate features, each model "
+                  f"On {analysis.n} held-out test images (seed {settings.seed}), penultimate features, each model "
                   f"against its reference (standard) model. Graph KL: the TRAIN loss between cosine affinity graphs "
-                  f"of {settings.graph_size} images (0 = identical neighbourhoods; lower is closer); adversarial: "
+                  f"of {min(settings.graph_size, analysis.n)} images (0 = identical neighbourhoods; lower is closer); adversarial: "
                   f"the model's features of {analysis.attack.upper()} examples made against itself, against the "
                   f"reference's natural graph. kNN overlap: mean Jaccard overlap of the {settings.k} nearest "
                   f"neighbours (1 = identical). Trustworthiness (scikit-learn, k={settings.k}): the reference as "

@@ -3,20 +3,28 @@
 results.json is a fixed contract:
 {"dataset": str, "threat": {"norm": "Linf"|"L2", "eps": float},
  "runs": {NAME: {"method": str, "topology": null | {...}, "checkpoint": path relative to results.json,
-                 "natural_acc": float, "robust_acc": {ATTACK: float}, "train_seconds": float}}}
+                 "natural_acc": float, "robust_acc": {ATTACK: float}, "train_seconds": float,
+                 "best": null | {"checkpoint": str, "epoch": int, "natural_acc": float,
+                                 "robust_acc": {ATTACK: float}}}}}
+The top-level scores are the last checkpoint's; `best` is best.pt (best validation robust accuracy) on
+the same test images. Optional extras: "n_eval" (test images), "n_by_attack" (attacks run on fewer
+images, e.g. AutoAttack), "autoattack_subset" (every score on those images), "eval_seconds".
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import load_model
+import torch
+
+from .checkpoint import load_checkpoint, load_model, model_from_record
 from .config import TrainConfig, to_dict
 from .data import ImageDataset, dataset_from_config, to_float
 from .errors import TopoatError
-from .evaluate import evaluate, fixed_subset
+from .evaluate import EvalResult, evaluate, fixed_subset
 from .runtime import resolve_device
 
 
@@ -36,22 +44,21 @@ def read_json(path: Path) -> dict:
 
 
 def method_name(cfg: TrainConfig) -> str:
-    return cfg.method.name
+    return cfg.method.name if cfg.method.awp is None else f"awp-{cfg.method.name}"
 
 
 def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: float,
                  relative_to: Path, dataset: Optional[ImageDataset] = None, progress: bool = True) -> dict:
-    """The results.json entry of one run: its last checkpoint evaluated on the fixed test subset."""
+    """The results.json entry of one run: its last checkpoint evaluated on the fixed test subset, and
+    under `best` its best-by-validation checkpoint on the same images (robust overfitting is real)."""
     device = resolve_device(cfg.runtime.device)
     ds = dataset if dataset is not None else dataset_from_config(cfg.data)
     idx = fixed_subset(ds.x_test.shape[0], cfg.evaluation.n, cfg.evaluation.seed)
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
     checkpoint = run_dir / "last.pt"
     model = load_model(checkpoint, device)
-    ev = cfg.evaluation
-    res = evaluate(model, x, y, ev.attacks, norm=cfg.attack.norm, eps=cfg.attack.eps, step_size=ev.step_size,
-                   batch_size=ev.batch_size, progress=progress)
-    return {
+    res = _evaluate_model(cfg, model, x, y, progress)
+    entry = {
         "method": method_name(cfg),
         "topology": None if cfg.topology is None else to_dict(cfg.topology),
         "checkpoint": os.path.relpath(checkpoint, relative_to),
@@ -60,6 +67,119 @@ def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: floa
         "train_seconds": round(train_seconds, 3),
         "n_eval": res.n,
     }
+    entry.update(_extras(res))
+    entry["best"] = _evaluate_best(cfg, run_dir / "best.pt", model, res, x, y, relative_to, progress)
+    return entry
+
+
+def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool) -> EvalResult:
+    ev = cfg.evaluation
+    return evaluate(model, x, y, ev.attacks, norm=cfg.attack.norm, eps=cfg.attack.eps, step_size=ev.step_size,
+                    batch_size=ev.batch_size, progress=progress, autoattack_n=ev.autoattack_n, seed=ev.seed)
+
+
+def _extras(res: EvalResult) -> dict:
+    """The optional fields of an entry: where attacks ran on fewer images, and what the evaluation cost."""
+    out: dict[str, Any] = {}
+    fewer = {k: res.n_of(k) for k in res.robust_acc if k != "worst" and res.n_of(k) != res.n}
+    if fewer:
+        out["n_by_attack"] = fewer
+    if res.subset is not None:
+        out["autoattack_subset"] = res.subset
+    out["eval_seconds"] = {k: round(v, 2) for k, v in res.seconds.items()}
+    return out
+
+
+def _evaluate_best(cfg: TrainConfig, path: Path, last_model, last: EvalResult, x, y, relative_to: Path,
+                   progress: bool) -> Optional[dict]:
+    """best.pt on the same images; when it holds the last checkpoint's weights its scores are the same."""
+    if not path.is_file():
+        return None  # no validation split: nothing chose a best checkpoint
+    ckpt = load_checkpoint(path)
+    model = model_from_record(ckpt, x.device).eval()
+    last_state = last_model.state_dict()
+    same = all(torch.equal(v, last_state[k]) for k, v in model.state_dict().items())
+    res = last if same else _evaluate_model(cfg, model, x, y, progress)
+    best = {"checkpoint": os.path.relpath(path, relative_to), "epoch": ckpt.get("epoch"),
+            "natural_acc": res.natural_acc, "robust_acc": res.robust_acc}
+    best.update(_extras(res))
+    if same:
+        best["same_as_last"] = True
+    return best
+
+
+def rebase_checkpoints(entry: dict, prefix: str) -> dict:
+    """The entry with its checkpoint paths (last and best) made relative to the folder above the run's."""
+    entry = dict(entry, checkpoint=f"{prefix}/{entry['checkpoint']}")
+    if isinstance(entry.get("best"), dict):
+        entry["best"] = dict(entry["best"], checkpoint=f"{prefix}/{entry['best']['checkpoint']}")
+    return entry
+
+
+def find_run_slot(results: Path, run: str, checkpoint: Path, *, norm: str, eps: float,
+                  dataset: str) -> tuple[dict, dict, str]:
+    """The results.json document, and the part of run `run` that `checkpoint` belongs to (the run itself for
+    its last checkpoint, its `best` entry for best.pt) with that part's label. One-line errors when the
+    file, the run, the threat model or the dataset do not match."""
+    doc = read_json(results)
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(runs, dict):
+        raise TopoatError(f"{results} is not a topoat results.json (it has no runs)")
+    if run not in runs:
+        raise TopoatError(f"{results} has no run {run!r} (it has: {', '.join(runs) or 'none'})")
+    if doc.get("dataset") != dataset:
+        raise TopoatError(f"{results} is for dataset {doc.get('dataset')}, but this evaluation uses {dataset}")
+    threat = doc.get("threat") or {}
+    if threat.get("norm") != norm or not isinstance(threat.get("eps"), (int, float)) or not math.isclose(
+            float(threat["eps"]), eps, rel_tol=1e-9, abs_tol=1e-12):
+        raise TopoatError(f"{results} is for {threat.get('norm')} eps {threat.get('eps')}, but this evaluation "
+                          f"uses {norm} eps {eps:.6g}")
+    entry = runs[run]
+    slots = {"last": entry}
+    if isinstance(entry.get("best"), dict):
+        slots["best"] = entry["best"]
+    target = Path(checkpoint).resolve()
+    for label, slot in slots.items():
+        if (Path(results).parent / slot.get("checkpoint", "")).resolve() == target:
+            return doc, slot, label
+    listed = " or ".join(str(s.get("checkpoint")) for s in slots.values())
+    raise TopoatError(f"{checkpoint} is not a checkpoint of run {run!r} in {results} (that is {listed}, "
+                      f"relative to {Path(results).parent})")
+
+
+def merge_evaluation(results: Path, run: str, checkpoint: Path, res: EvalResult, *, norm: str, eps: float,
+                     dataset: str, sanity=None) -> str:
+    """Write `res`'s robust accuracies into run `run` of results.json, atomically; returns "last" or "best".
+
+    A stored per-sample "worst" that this evaluation cannot recompute (it lacks some of the stored attacks
+    or ran on other images) is removed rather than left stale."""
+    doc, slot, label = find_run_slot(results, run, checkpoint, norm=norm, eps=eps, dataset=dataset)
+    n_eval = doc["runs"][run].get("n_eval", res.n)
+    robust = slot.setdefault("robust_acc", {})
+    new = {k: v for k, v in res.robust_acc.items() if k != "worst"}
+    covered = (set(robust) - {"worst"}) <= set(new) and res.n == n_eval
+    robust.update(new)
+    if covered and "worst" in res.robust_acc:
+        robust["worst"] = res.robust_acc["worst"]
+    elif not covered:
+        robust.pop("worst", None)
+    fewer = slot.get("n_by_attack", {})
+    for k in new:
+        if res.n_of(k) != n_eval:
+            fewer[k] = res.n_of(k)
+        else:
+            fewer.pop(k, None)
+    if fewer:
+        slot["n_by_attack"] = fewer
+    else:
+        slot.pop("n_by_attack", None)
+    if res.subset is not None:
+        slot["autoattack_subset"] = res.subset
+    slot.setdefault("eval_seconds", {}).update({k: round(v, 2) for k, v in res.seconds.items()})
+    if sanity is not None:
+        slot["sanity"] = {"passed": sanity.passed, "failed": [c.name for c in sanity.failed]}
+    write_json_atomic(doc, Path(results))
+    return label
 
 
 def results_document(cfg: TrainConfig, runs: dict[str, dict]) -> dict:
@@ -67,18 +187,27 @@ def results_document(cfg: TrainConfig, runs: dict[str, dict]) -> dict:
 
 
 def format_table(runs: dict[str, dict]) -> str:
-    """A plain-text results table: one row per run, accuracies in percent."""
+    """A plain-text results table: one row per run (its last checkpoint) and one per best checkpoint,
+    `NAME (best@EPOCH)`; accuracies in percent. Attacks run on fewer images are footnoted."""
     attacks: list[str] = []
     for r in runs.values():
-        attacks += [a for a in r.get("robust_acc", {}) if a not in attacks]
+        for scores in (r, r.get("best") or {}):
+            attacks += [a for a in scores.get("robust_acc", {}) if a not in attacks]
     header = ["run", "method", "topology", "natural"] + attacks + ["train s"]
     rows = []
+    notes: dict[str, str] = {}
     for name, r in runs.items():
         topo = r.get("topology")
         topo_text = "-" if not topo else f"{topo['layer']} nat={topo['lambda_nat']:g} adv={topo['lambda_adv']:g}"
-        rows.append([name, r["method"], topo_text, f"{100 * r['natural_acc']:.2f}"]
-                    + [f"{100 * r['robust_acc'][a]:.2f}" if a in r.get("robust_acc", {}) else "-" for a in attacks]
-                    + [f"{r['train_seconds']:.0f}"])
+        parts = [(name, r, f"{r['train_seconds']:.0f}")]
+        if isinstance(r.get("best"), dict):
+            parts.append((f"{name} (best@{r['best'].get('epoch')})", r["best"], "-"))
+        for label, scores, seconds in parts:
+            robust = scores.get("robust_acc", {})
+            rows.append([label, r["method"], topo_text, f"{100 * scores['natural_acc']:.2f}"]
+                        + [f"{100 * robust[a]:.2f}" if a in robust else "-" for a in attacks] + [seconds])
+            for a, k in scores.get("n_by_attack", {}).items():
+                notes.setdefault(a, f"{a}: on a fixed {k} of the {r.get('n_eval', '?')} test images")
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + list(notes.values()))

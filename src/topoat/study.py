@@ -9,7 +9,8 @@ from typing import Optional
 
 from .config import from_dict, load_config, read_yaml
 from .errors import TopoatError
-from .runs import evaluate_run, format_table, read_json, results_document, write_json_atomic
+from .runs import (evaluate_run, format_table, method_name, read_json, rebase_checkpoints, results_document,
+                   write_json_atomic)
 from .train import Trainer, prepare_output
 
 
@@ -96,13 +97,13 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         run_dir = out / p.name
         done = run_dir / "results.json"
         if done.is_file():
-            runs[p.name] = read_json(done)["runs"][p.name]
+            runs[p.name] = rebase_checkpoints(read_json(done)["runs"][p.name], p.name)
             echo(f"[{p.name}] already done")
             continue
         if p.teacher is not None and p.teacher in failed:
             failed[p.name] = f"teacher run {p.teacher} failed"
             continue
-        echo(f"[{p.name}] training ({cfg.method.name}"
+        echo(f"[{p.name}] training ({method_name(cfg)}"
              f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)")
         try:
             summary = Trainer(cfg, run_dir, resume=(run_dir / "last.pt").is_file()).run()
@@ -115,7 +116,7 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         echo(f"[{p.name}] evaluating {', '.join(cfg.evaluation.attacks)} on {cfg.evaluation.n or 'all'} test images")
         entry = evaluate_run(cfg, run_dir, p.name, summary["train_seconds"], relative_to=run_dir, progress=progress)
         write_json_atomic(results_document(cfg, {p.name: entry}), done)
-        entry = dict(entry, checkpoint=f"{p.name}/{entry['checkpoint']}")
+        entry = rebase_checkpoints(entry, p.name)
         runs[p.name] = entry
     first = configs[planned[0].name]
     document = results_document(first, runs)

@@ -280,17 +280,13 @@ class Trainer:
                 bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=not (cfg.runtime.progress and self.rank == 0),
                            desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
                 self.model.train()
+                if hasattr(self.objective, "set_epoch"):  # e.g. AWP's warm-up; any callable may be an objective
+                    self.objective.set_epoch(self.epoch)
                 lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
                 for x, y in self.loader.batches(self.step_in_epoch, perm):
                     lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
-                    if self.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with autocast(self.device, cfg.runtime.amp):
-                        out = self.objective(self.train_model, x, y)
+                    out = self.train_step(x, y)
                     loss = out.loss
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
                     self.step_in_epoch += 1
                     bad |= ~torch.isfinite(loss) | (loss.detach() > max_loss)
                     self._accumulate(sums, out, loss, y)
@@ -320,6 +316,19 @@ class Trainer:
                 self._save_state(None)
                 self._log(record)
         return {"epochs": self.epoch, "train_seconds": self.train_seconds, "best": dict(self.best)}
+
+    def train_step(self, x: Tensor, y: Tensor):
+        """One optimisation step on a batch (the benchmark times exactly this)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.cfg.runtime.amp):
+            out = self.objective(self.train_model, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        if out.after_step is not None:  # e.g. AWP takes its weight perturbation back
+            out.after_step()
+        return out
 
     def _should_stop(self, stop: dict) -> bool:
         """A signal seen by any process stops all of them at the same step (checked every GUARD_EVERY

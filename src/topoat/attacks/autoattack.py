@@ -46,7 +46,8 @@ def plan_for_classes(attacks: Sequence[str], num_classes: int) -> tuple[list[str
     targets = min(DEFAULT_TARGET_CLASSES, num_classes - 1)
     targeted = [a for a in planned if a in ("apgd-t", "fab-t")]
     if targeted and targets < DEFAULT_TARGET_CLASSES:
-        notes.append(f"{', '.join(targeted)}: {targets} target classes (all wrong classes of a "
+        noun = "target class" if targets == 1 else "target classes"
+        notes.append(f"{', '.join(targeted)}: {targets} {noun} (all wrong classes of a "
                      f"{num_classes}-class model) instead of {DEFAULT_TARGET_CLASSES}")
     if not planned:
         raise TopoatError(f"AutoAttack: none of {', '.join(attacks)} can run on a {num_classes}-class model")
@@ -61,7 +62,10 @@ class _Collect(logging.Handler):
         self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink._note(f"pyautoattack: {record.getMessage()}")
+        message = record.getMessage()
+        if "classes" in message:  # its class-count warnings: plan_for_classes already adapted and noted
+            return
+        self.sink._note(f"pyautoattack: {message}")
 
 
 class AutoAttack(Attack):

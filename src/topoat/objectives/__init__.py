@@ -1,4 +1,5 @@
-"""Objectives by name: one module per base method, and the TRAIN wrapper that fits them all."""
+"""Objectives by name: one module per base method, wrapped by TRAIN (a topology term) and AWP (a weight
+perturbation), each written once for every method."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,12 +8,15 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import TopoatError
+from .awp import AdversarialWeightPerturbation
 from .base import Objective, ObjectiveOutput, pgd_from_config
+from .mart import MART
 from .pgd_at import PGDAT
 from .standard import Standard
+from .trades import TRADES
 from .train_wrapper import MemoryBank, TopologyRegularized, representation
 
-METHODS = ("standard", "pgd-at")
+METHODS = ("standard", "pgd-at", "trades", "mart")
 
 
 def build_base_objective(cfg: TrainConfig) -> Objective:
@@ -21,19 +25,29 @@ def build_base_objective(cfg: TrainConfig) -> Objective:
         return Standard()
     if name == "pgd-at":
         return PGDAT(cfg.attack)
+    if name == "trades":
+        return TRADES(cfg.attack, cfg.method.beta)
+    if name == "mart":
+        return MART(cfg.attack, cfg.method.beta)
     raise TopoatError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 
 def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None) -> Objective:
-    base = build_base_objective(cfg)
+    """The base method, + TRAIN if the config has a topology section, + AWP (outermost) if method.awp."""
+    objective = build_base_objective(cfg)
     t = cfg.topology
-    if t is None:
-        return base
-    if teacher is None:
-        raise TopoatError("topology: a teacher model is required (topology.teacher)")
-    return TopologyRegularized(base, teacher, t.lambda_nat, t.lambda_adv, t.kernel, t.layer, t.teacher_layer,
-                               t.class_aware, t.memory_bank, t.global_graph)
+    if t is not None:
+        if teacher is None:
+            raise TopoatError("topology: a teacher model is required (topology.teacher)")
+        objective = TopologyRegularized(objective, teacher, t.lambda_nat, t.lambda_adv, t.kernel, t.layer,
+                                        t.teacher_layer, t.class_aware, t.memory_bank, t.global_graph,
+                                        t.attack_uses_topology)
+    awp = cfg.method.awp
+    if awp is not None:
+        objective = AdversarialWeightPerturbation(objective, awp.gamma, awp.warmup_epochs)
+    return objective
 
 
-__all__ = ["METHODS", "MemoryBank", "Objective", "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized",
-           "build_base_objective", "build_objective", "pgd_from_config", "representation"]
+__all__ = ["MART", "METHODS", "TRADES", "AdversarialWeightPerturbation", "MemoryBank", "Objective",
+           "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "build_base_objective", "build_objective",
+           "pgd_from_config", "representation"]

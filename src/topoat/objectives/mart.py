@@ -5,8 +5,8 @@
     loss = BCE + beta * mean_i[ KL(p_i || p'_i) * (1.0000001 - p_i,y) ]
 
 so misclassified natural samples (small p_y) weigh more in the KL term; the weight is not detached.
-x' is PGD on cross-entropy, from a uniform start in the eps-ball when `attack.random_start` (the
-authors' code starts from x + 0.001 * N(0, I) instead; set attack.random_start: false to start at x).
+x' is PGD on cross-entropy, from a uniform start in the eps-ball when `attack.random_start`, like PGD-AT
+(the authors' code starts next to x, at x + 0.001 * N(0, I); attack.random_start: false starts at x).
 The constants 1.0001, 1e-12 and 1.0000001 are the reference code's guards against log(0).
 """
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """TRAIN: any base objective plus the topology term against a frozen standard model.
 
 L = L_base + lambda_nat * L_topo(h_f(x), h_g(x)) + lambda_adv * L_topo(h_f(x'), h_g(x))
+
+x' is the base method's own, unless `attack_uses_topology`: then the attack ascends
+mean_i(base attack loss_i) + lambda_adv * L_topo(h_f(x'), h_g(x)), with the base method's attack loss,
+start and steps (CE for PGD-AT and MART, KL(f(x) || f(x')) for TRADES, all with weight 1). For PGD-AT
+that is exactly the part of the training loss that depends on x'.
 """
 from __future__ import annotations
 
@@ -43,14 +48,17 @@ class MemoryBank:
         self.teacher: Optional[Tensor] = None
         self.labels: Optional[Tensor] = None
 
+    def nodes(self, student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch rows followed by bank rows, leaving the bank as it is."""
+        if self.student is None:
+            return student, teacher, labels
+        return (torch.cat([student, self.student.to(student.dtype)]),
+                torch.cat([teacher, self.teacher.to(teacher.dtype)]),
+                torch.cat([labels, self.labels]))
+
     def extend(self, student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Batch rows followed by bank rows; then push the batch (detached) into the bank."""
-        if self.student is None:
-            s_all, t_all, y_all = student, teacher, labels
-        else:
-            s_all = torch.cat([student, self.student.to(student.dtype)])
-            t_all = torch.cat([teacher, self.teacher.to(teacher.dtype)])
-            y_all = torch.cat([labels, self.labels])
+        s_all, t_all, y_all = self.nodes(student, teacher, labels)
         self.student = s_all.detach()[: self.size]
         self.teacher = t_all.detach()[: self.size]
         self.labels = y_all[: self.size]
@@ -58,13 +66,15 @@ class MemoryBank:
 
 
 class TopologyRegularized(Objective):
-    """Wraps a base objective; the base's attack is used unchanged."""
+    """Wraps any base objective; its attack is used unchanged unless `attack_uses_topology`."""
 
     def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 30.0,
                  lambda_adv: float = 30.0, kernel: str = "cosine", layer: str = "features",
                  teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
-                 global_graph: bool = False):
+                 global_graph: bool = False, attack_uses_topology: bool = False):
         self.base = base
+        self.attack = base.attack
+        self.attack_uses_topology = attack_uses_topology
         self.teacher = teacher.eval().requires_grad_(False)
         self.lambda_nat, self.lambda_adv = lambda_nat, lambda_adv
         self.topology = TopologyLoss(kernel, class_aware)
@@ -82,7 +92,14 @@ class TopologyRegularized(Objective):
             return logits
         return representation(model, x, self.layer)[1]
 
-    def _term(self, key: str, student: Tensor, teacher: Tensor, y: Tensor) -> Tensor:
+    def _term(self, key: str, student: Tensor, teacher: Tensor, y: Tensor, in_attack: bool = False) -> Tensor:
+        """The topology loss of one batch; in the attack, over the local batch (plus the memory bank,
+        which it leaves unchanged)."""
+        if in_attack:
+            if self.banks is None:
+                return self.topology(student, teacher, y)
+            s_all, t_all, y_all = self.banks[key].nodes(student, teacher, y)
+            return self.topology.rows(s_all, t_all, y_all, n_rows=student.shape[0])
         if self.global_graph:
             # One graph over the global batch: every rank computes the same loss, the student rows
             # keep their gradient (all_gather's backward), and DDP's averaging restores the scale.
@@ -92,10 +109,46 @@ class TopologyRegularized(Objective):
         s_all, t_all, y_all = self.banks[key].extend(student, teacher, y)
         return self.topology.rows(s_all, t_all, y_all, n_rows=student.shape[0])
 
-    def __call__(self, model, x, y) -> ObjectiveOutput:
-        out = self.base(model, x, y)
+    def _teacher_representation(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            teacher_repr = representation(self.teacher, x, self.teacher_layer)[1]
+            return representation(self.teacher, x, self.teacher_layer)[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def attack_loss(self, model, x, y):
+        return self.base.attack_loss(model, x, y)
+
+    def attack_start(self, x):
+        return self.base.attack_start(x)
+
+    def base_loss(self, model, x, y, x_adv):
+        return self.base.base_loss(model, x, y, x_adv)
+
+    def adversarial(self, model, x, y):
+        if self.attack_uses_topology and self.lambda_adv > 0:
+            return super().adversarial(model, x, y)  # the base's attack settings, our attack_objective
+        return self.base.adversarial(model, x, y)
+
+    def attack_objective(self, model, x, y):
+        """n * (mean base attack loss + lambda_adv * L_topo(h_f(x'), h_g(x))) as a function of x'
+        with `attack_uses_topology`, the base method's attack objective without."""
+        if not (self.attack_uses_topology and self.lambda_adv > 0):
+            return self.base.attack_objective(model, x, y)
+        per_sample = self.base.attack_loss(model, x, y)
+        teacher_repr = self._teacher_representation(x)
+        n = x.shape[0]
+
+        def objective(x_adv: Tensor) -> Tensor:
+            logits, student = representation(model, x_adv, self.layer)
+            topo = self._term("adv", student, teacher_repr, y, in_attack=True)
+            return per_sample(logits).sum() + (self.lambda_adv * n) * topo
+
+        return objective
+
+    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+        out = self.base.loss(model, x, y, x_adv)
+        teacher_repr = self._teacher_representation(x)
         loss = out.loss
         if self.lambda_nat > 0:
             s_nat = self._student(model, x, out.logits_nat, out.features_nat)

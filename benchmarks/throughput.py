@@ -1,0 +1,268 @@
+"""Training throughput of topoat against a textbook loop and against the machine's matmul peak.
+
+Everything is measured side by side in one run, so the figures are ratios that hold on any machine:
+  * images/s of each training mode (standard, PGD-AT, PGD-AT + TRAIN, TRADES, TRADES + TRAIN) for
+    small-cnn on 28x28x1 and preact-resnet18 on 32x32x3 synthetic data, PGD-10;
+  * (a) a textbook PGD-AT loop (CPU tensors through a DataLoader, fp32, NCHW, parameter backward inside
+    the attack, plain SGD) for the speed-up;
+  * (b) the dense matmul peak (large square torch.mm, fp32 and bf16) and each mode's achieved FLOP/s
+    from an analytic count, for the share of peak;
+  * (c) the TRAIN overhead as a ratio to its base, against the ideal ratio from counting passes;
+  * how cost grows with the batch size and with the topology graph size n.
+
+FLOP count: forward FLOPs per image are counted analytically from the model's Conv2d and Linear
+layers (2 x multiply-accumulates; BatchNorm, ReLU and pooling are not counted). A backward pass costs
+2 forwards when parameter gradients are needed and 1 forward for an input-only attack gradient.
+Forward-equivalents per image: standard 3; PGD-AT 2K + 3; PGD-AT + TRAIN 2K + 3 + 3 + teacher 1;
+TRADES 2K + 7 (clean forward for the attack target, K attack steps, natural and adversarial
+forward+backward); TRADES + TRAIN adds the teacher forward (1).
+
+Run:  python benchmarks/throughput.py            (CPU: a few minutes)
+      python benchmarks/throughput.py --device cuda --batch-size 512 --amp bf16 [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from topoat.checkpoint import model_record, save_atomic
+from topoat.config import load_config
+from topoat.models import build_model
+from topoat.topology import TopologyLoss
+from topoat.train import Trainer
+
+MODELS = {"small-cnn": (1, 28, 28), "preact-resnet18": (3, 32, 32)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_flops(model: nn.Module, shape) -> float:
+    """Analytic forward FLOPs per image: 2 x MACs of every Conv2d and Linear."""
+    total = 0.0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        total += 2.0 * out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += 2.0 * m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.rand(1, *shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def forward_equivalents(mode: str, k: int, teacher_ratio: float = 1.0) -> float:
+    base = {"standard": 3.0, "pgd-at": 2.0 * k + 3, "trades": 2.0 * k + 7}[mode.split("+")[0]]
+    if mode.endswith("+train"):
+        base += teacher_ratio + (3.0 if mode.startswith("pgd-at") else 0.0)
+    return base
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 2.0) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    sync(device)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        reps += 1
+        sync(device)
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def config_for(arch: str, mode: str, args, teacher: str) -> "TrainConfig":
+    c, h, w = MODELS[arch]
+    method = mode.split("+")[0]
+    sets = [
+        "data.dataset=synthetic", f"data.synthetic_shape=[{c}, {h}, {w}]", "data.val_size=0",
+        f"data.synthetic_train={args.batch_size * (args.steps + args.warmup)}", "data.synthetic_test=8",
+        f"model.arch={arch}", f"method.name={method}", "attack.steps=10", "attack.eps=0.03137254901960784",
+        "attack.step_size=0.00784313725490196", f"optim.batch_size={args.batch_size}", "optim.epochs=1",
+        f"runtime.device={args.device}", f"runtime.amp={args.amp}", f"runtime.compile={str(args.compile).lower()}",
+        "runtime.progress=false", f"runtime.channels_last={args.channels_last}",
+    ]
+    if mode.endswith("+train"):
+        sets += [f"topology.teacher={teacher}", "topology.lambda_nat=30", "topology.lambda_adv=30"]
+    return load_config(data={}, overrides=sets)
+
+
+def time_trainer(cfg, out: Path, warmup: int, steps: int) -> float:
+    """Images per second of Trainer.train_step over the on-device loader, the loop the CLI runs."""
+    trainer = Trainer(cfg, out)
+    device = trainer.device
+    batches = trainer.loader.batches()
+    for _ in range(warmup):
+        x, y = next(batches)
+        trainer.train_step(x, y)
+    sync(device)
+    start = time.perf_counter()
+    n = 0
+    for _ in range(steps):
+        x, y = next(batches)
+        trainer.train_step(x, y)
+        n += y.shape[0]
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def textbook_pgd_at(arch: str, args, warmup: int, steps: int) -> float:
+    """The loop of the reference repositories: DataLoader of CPU tensors, fp32, NCHW, and an attack
+    that calls loss.backward() (so every step also computes parameter gradients)."""
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    c, h, w = MODELS[arch]
+    n = args.batch_size * (warmup + steps)
+    data = torch.utils.data.TensorDataset(torch.rand(n, c, h, w), torch.randint(0, 10, (n,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True)
+    model = build_model(arch, 10, c, [0.5] * c, [0.25] * c).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False)
+    eps, alpha = 8 / 255, 2 / 255
+    count, start = 0, None
+    for i, (x, y) in enumerate(loader):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        x, y = x.to(device), y.to(device)
+        model.eval()
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+        for _ in range(10):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
+            loss.backward()
+            delta = (delta + alpha * delta.grad.sign()).clamp(-eps, eps).detach()
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model((x + delta).clamp(0, 1)), y).backward()
+        opt.step()
+        if start is not None:
+            count += y.shape[0]
+    sync(device)
+    return count / (time.perf_counter() - start)
+
+
+def topology_cost(device: torch.device, sizes, dim: int, reps: int = 5) -> list[dict]:
+    loss = TopologyLoss()
+    rows = []
+    for n in sizes:
+        s = torch.randn(n, dim, device=device, requires_grad=True)
+        t = torch.randn(n, dim, device=device)
+        loss(s, t).backward()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            loss(s, t).backward()
+        sync(device)
+        rows.append({"n": n, "ms": 1000 * (time.perf_counter() - start) / reps})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 (small-cnn), 32 (preact) on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--modes", default="standard,pgd-at,pgd-at+train,trades,trades+train")
+    p.add_argument("--batch-sizes", default="32,64,128,256", help="batch scaling (small-cnn PGD-AT)")
+    p.add_argument("--graph-sizes", default="128,256,512,1024,2048,4096")
+    p.add_argument("--json", default=None, help="write all measurements here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    peaks = {"fp32": matmul_peak(device, torch.float32, 2048 if cpu else 8192)}
+    peaks["bf16"] = matmul_peak(device, torch.bfloat16, 2048 if cpu else 8192)
+    uses_bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
+    peak_key = "bf16" if uses_bf16 else "fp32"
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
+                          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+              "command": " ".join(["python", "benchmarks/throughput.py"] + (argv if argv is not None else sys.argv[1:])),
+              "peak_flops": peaks, "models": {}}
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
+    modes = [m for m in args.modes.split(",") if m]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for arch in [m for m in args.models.split(",") if m]:
+            c, h, w = MODELS[arch]
+            bs_default, steps_default = (128, 6) if arch == "small-cnn" else (32, 2)
+            if not cpu:
+                bs_default, steps_default = (512, 20)
+            a = argparse.Namespace(**vars(args))
+            a.batch_size = args.batch_size or bs_default
+            a.steps = args.steps or steps_default
+            model = build_model(arch, 10, c, [0.5] * c, [0.25] * c)
+            flops = forward_flops(model, (c, h, w))
+            teacher = tmp / f"{arch}-teacher.pt"
+            save_atomic(model_record(model, arch, {}, 10, c), teacher)
+            rows = {}
+            for mode in modes:
+                cfg = config_for(arch, mode, a, str(teacher))
+                ips = time_trainer(cfg, tmp / f"{arch}-{mode}", a.warmup, a.steps)
+                fe = forward_equivalents(mode, 10)
+                achieved = ips * fe * flops
+                rows[mode] = {"images_per_s": ips, "forward_equivalents": fe, "flops_per_s": achieved,
+                              "share_of_peak": achieved / peaks[peak_key]}
+                print(f"{arch:16s} {mode:14s} {ips:9.1f} img/s  {achieved / 1e9:8.1f} GFLOP/s "
+                      f"({100 * achieved / peaks[peak_key]:.0f}% of {peak_key} peak)")
+            textbook = textbook_pgd_at(arch, a, a.warmup, a.steps) if "pgd-at" in rows else None
+            entry = {"input_shape": [c, h, w], "batch_size": a.batch_size, "timed_steps": a.steps,
+                     "forward_gflops_per_image": flops / 1e9, "modes": rows}
+            if textbook:
+                entry["textbook_pgd_at_images_per_s"] = textbook
+                entry["speedup_vs_textbook"] = rows["pgd-at"]["images_per_s"] / textbook
+                print(f"{arch:16s} textbook PGD-AT {textbook:9.1f} img/s -> speed-up "
+                      f"{entry['speedup_vs_textbook']:.2f}x")
+            for base in ("pgd-at", "trades"):
+                if base in rows and base + "+train" in rows:
+                    measured = rows[base]["images_per_s"] / rows[base + "+train"]["images_per_s"]
+                    ideal = forward_equivalents(base + "+train", 10) / forward_equivalents(base, 10)
+                    entry[f"train_overhead_{base}"] = {"measured": measured, "ideal": ideal}
+                    print(f"{arch:16s} TRAIN overhead on {base}: {measured:.3f} (ideal {ideal:.3f})")
+            report["models"][arch] = entry
+        if "small-cnn" in report["models"] and args.batch_sizes:
+            scaling = []
+            for bs in [int(b) for b in args.batch_sizes.split(",")]:
+                a = argparse.Namespace(**vars(args))
+                a.batch_size, a.steps = bs, max(2, 768 // bs) if cpu else 20
+                teacher = tmp / "small-cnn-teacher.pt"
+                for mode in ("pgd-at", "pgd-at+train"):
+                    ips = time_trainer(config_for("small-cnn", mode, a, str(teacher)), tmp / f"bs{bs}-{mode}",
+                                       a.warmup, a.steps)
+                    scaling.append({"batch_size": bs, "mode": mode, "images_per_s": ips})
+                    print(f"batch {bs:5d} {mode:14s} {ips:9.1f} img/s")
+            report["batch_scaling"] = scaling
+        dim = 512
+        graph = topology_cost(device, [int(n) for n in args.graph_sizes.split(",") if n], dim)
+        for row in graph:
+            print(f"topology loss fwd+bwd n={row['n']:5d} d={dim}: {row['ms']:8.2f} ms")
+        report["topology_graph_cost"] = {"dim": dim, "rows": graph}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

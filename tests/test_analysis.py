@@ -1,0 +1,198 @@
+"""Topology metrics on constructed cases with known answers, and the report / analyze commands."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from topoat.analysis import analyze_checkpoints, compare, representations, topology_metrics, trustworthiness
+from topoat.checkpoint import load_model
+from topoat.cli import main
+from topoat.config import dump_config
+from topoat.errors import TopoatError
+from topoat.report import ReportSettings, format_spread, markdown_table, write_report
+from topoat.study import load_study
+from topoat.topology import knn_overlap
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second thread gains nothing and, when the cores are shared, its
+    wake-ups made each small op tens of milliseconds slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def clustered_features(n=300, d=16, seed=0):
+    """Points around 10 well-separated centres, with distinct neighbourhoods inside each cluster."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 5 * torch.randn(10, d, generator=g)
+    return centres[torch.arange(n) % 10] + torch.randn(n, d, generator=g)
+
+
+def all_metrics(student, teacher):
+    return topology_metrics(student, teacher, k=10, graph_size=100, with_trustworthiness=True)
+
+
+def test_identical_spaces_give_zero_kl_full_overlap_full_trust():
+    z = clustered_features()
+    m = all_metrics(z, z.clone())
+    assert m["graph_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m["knn_overlap"] == 1.0
+    assert m["trustworthiness"] == pytest.approx(1.0)
+
+
+def test_shuffled_samples_give_low_overlap_and_chance_trustworthiness():
+    # The features of a random other sample: the neighbourhood structure is destroyed.
+    z = torch.randn(400, 16, generator=torch.Generator().manual_seed(1))
+    shuffled = z[torch.randperm(400, generator=torch.Generator().manual_seed(2))]
+    m = all_metrics(shuffled, z)
+    assert m["knn_overlap"] < 0.05  # chance: about k / n
+    assert 0.4 < m["trustworthiness"] < 0.6  # chance level is 0.5
+    assert m["graph_kl"] > 1e-3
+
+
+def test_scaled_rotated_or_reordered_dimensions_keep_the_topology():
+    z = clustered_features()
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(3)))
+    for name, other in {"scaled and rotated": 7.5 * z @ rotation,
+                        "dimensions permuted": z[:, torch.randperm(16, generator=torch.Generator().manual_seed(4))]
+                        }.items():
+        m = all_metrics(other, z)
+        assert m["knn_overlap"] == pytest.approx(1.0), name
+        assert m["trustworthiness"] == pytest.approx(1.0), name
+        assert m["graph_kl"] == pytest.approx(0.0, abs=1e-5), name  # cosine graph: scale/rotation invariant
+
+
+def test_partial_corruption_sits_between_the_extremes():
+    z = clustered_features()
+    noisy = z + 1.0 * torch.randn(z.shape, generator=torch.Generator().manual_seed(5))
+    m = all_metrics(noisy, z)
+    assert 0.05 < m["knn_overlap"] < 1.0 and 0.6 < m["trustworthiness"] < 1.0 and m["graph_kl"] > 0
+
+
+def test_widths_may_differ_and_small_sets_are_refused():
+    z = clustered_features(d=16)
+    wider = torch.cat([z, torch.zeros(z.shape[0], 8)], dim=1)  # same distances in a wider space
+    assert knn_overlap(wider, z) == 1.0 and trustworthiness(wider, z) == pytest.approx(1.0)
+    with pytest.raises(TopoatError, match="more than 20 samples"):
+        trustworthiness(z[:20], z[:20], k=10)
+
+
+# -- on trained models: a tiny study with two seeds, reused by the tests below ----------------------
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    small = {"optim.epochs": 2, "data.synthetic_train": 160, "data.val_size": 32, "validation.n": 32}
+    (root / "cfg.yaml").write_text(dump_config(tiny_config(**small)))
+    spec = root / "study.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "tiny-study", "seeds": [0, 1], "reference": "standard",
+        "runs": [
+            {"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
+            {"name": "pgd-at", "config": "cfg.yaml"},
+            {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard",
+             "set": ["topology.lambda_nat=5", "topology.lambda_adv=5"]},
+        ]}))
+    out = root / "out"
+    assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def epochs(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_study_reference_gives_every_later_run_topology_curves(tiny_study):
+    for name in ("pgd-at-s0", "pgd-at-train-s1"):
+        record = epochs(tiny_study / name)[-1]
+        assert 0 <= record["val_knn_overlap"] <= 1 and record["val_graph_kl"] >= 0
+    assert "val_graph_kl" not in epochs(tiny_study / "standard-s0")[-1]  # the reference itself
+    cfg = yaml.safe_load((tiny_study / "pgd-at-s1" / "config.yaml").read_text())
+    assert cfg["validation"]["reference"].endswith("standard-s1/last.pt")
+
+
+def test_study_reference_must_be_a_run(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"reference": "teacher", "runs": [{"name": "a", "config": "c.yaml"}]}))
+    with pytest.raises(TopoatError, match="reference 'teacher' is not one of its runs"):
+        load_study(spec)
+
+
+def test_reference_against_itself_and_a_trained_model(tiny_study):
+    x = torch.rand(48, 1, 12, 12)
+    y = torch.arange(48) % 10
+    reference = load_model(tiny_study / "standard-s0" / "last.pt")
+    kwargs = dict(norm="Linf", eps=0.1, attack="pgd-3")
+    ref = representations(reference, x, y, **kwargs)
+    again = representations(reference, x, y, **kwargs)
+    assert torch.equal(ref.adversarial, again.adversarial)  # the attack's random start is seeded
+    m = compare(ref, ref)
+    assert m["graph_kl"] == pytest.approx(0, abs=1e-6) and m["knn_overlap"] == 1 and m["trustworthiness"] == 1
+    assert m["graph_kl_adv"] > 0
+    pgd = compare(representations(load_model(tiny_study / "pgd-at-s0" / "last.pt"), x, y, **kwargs), ref)
+    assert pgd["graph_kl"] > 0 and pgd["knn_overlap"] < 1
+    paths = [tiny_study / "pgd-at-s0" / "last.pt"]
+    out = analyze_checkpoints(paths, tiny_study / "standard-s0" / "last.pt", x, y, eps=0.1, attack="pgd-3")
+    assert list(out) == [str(tiny_study / "standard-s0" / "last.pt"), str(paths[0])]
+    assert out[str(paths[0])]["knn_overlap"] == pytest.approx(pgd["knn_overlap"])
+
+
+def test_report_of_a_study_writes_markdown_and_pictures(tiny_study, tmp_path):
+    settings = ReportSettings(attack_steps=3)  # the defaults' PGD-20 is for real models, not this test
+    report = write_report([tiny_study], tmp_path / "rep", settings=settings, echo=lambda _: None)
+    text = report.read_text()
+    for png in ("tsne", "accuracy", "topology", "tradeoff"):
+        path = tmp_path / "rep" / "figures" / f"{png}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"](figures/{png}.png)" in text
+    assert "| pgd-at-train | pgd-at | λ=5 | 0, 1 |" in text  # one row per run over its seeds
+    assert " ± " in text  # two seeds: mean ± std
+    assert "pgd-at-train − pgd-at" in text  # paired differences per seed
+    assert "## Topology against the standard model" in text
+    analysis = json.loads((tmp_path / "rep" / "analysis.json").read_text())
+    assert set(analysis["runs"]) == {f"{r}-s{s}" for r in ("standard", "pgd-at", "pgd-at-train") for s in (0, 1)}
+    assert analysis["runs"]["standard-s1"]["knn_overlap"] == 1.0
+    assert analysis["runs"]["pgd-at-s1"]["reference"] == "standard-s1"
+
+
+def test_cli_report_of_single_run_folders_and_analyze_json(tiny_study, tmp_path, capsys):
+    runs = [str(tiny_study / name) for name in ("standard-s0", "pgd-at-s0")]
+    # single run folders hold their own results.json, written by the study
+    assert main(["report", *runs, "--out", str(tmp_path / "r"), "--tsne-points", "32",
+                 "--attack-steps", "3"]) == 0
+    assert "standard-s0" in (tmp_path / "r" / "report.md").read_text()
+    assert main(["analyze", str(tiny_study / "pgd-at-s0" / "last.pt"), "--reference",
+                 str(tiny_study / "standard-s0" / "last.pt"), "--n", "64", "--attack-steps", "3",
+                 "--json", str(tmp_path / "a.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "kNN overlap@10" in printed and "trustworthiness@10" in printed
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["eps"] == 0.1 and doc["n"] == 64 and len(doc["models"]) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["analyze", "x.pt"], "--reference"),
+    (["analyze", "/nonexistent.pt", "--reference", "/nonexistent-teacher.pt"], "checkpoint not found"),
+    (["analyze", "a.pt", "--reference", "b.pt", "--n", "15"], "more than twice --k"),
+    (["analyze", "a.pt", "--reference", "b.pt", "--eps", "one"], "bad eps"),
+    (["report"], "RUN_DIR"),
+    (["report", "/nonexistent-folder"], "is not a folder"),
+    (["report", "."], "has no results.json"),
+    (["report", ".", "."], "--out"),
+    (["report", ".", "--k", "0"], "more than twice --k"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_table_helpers():
+    assert format_spread([0.5]) == "50.00"
+    assert format_spread([0.5, 0.7]) == "60.00 ± 14.14"
+    assert markdown_table(["a", "b"], [["1", "2"]]).splitlines()[1] == "|---|---|"
