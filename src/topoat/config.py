@@ -208,6 +208,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise TopoatError(errors[0] if errors else f"config: {key}: bad value {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in args:
             raise TopoatError(f"config: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
