@@ -1,7 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
+from topoat import build_model
 from topoat.config import load_config
+from topoat.data import load_dataset, to_float
 
 torch.set_num_threads(2)
 
@@ -27,3 +30,20 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def train_undefended(num_classes=10, seed=0, epochs=10, shape=(1, 12, 12), n_test=64):
+    """A small CNN trained for a few seconds on easy synthetic data: accurate, and not robust."""
+    torch.manual_seed(seed)
+    ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_classes=num_classes, synthetic_train=512,
+                      synthetic_test=n_test)
+    model = build_model("small-cnn", num_classes, shape[0], ds.mean, ds.std, width=8, feature_dim=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = to_float(ds.x_train), ds.y_train
+    for _ in range(epochs):
+        for i in range(0, 512, 64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    return model.eval(), to_float(ds.x_test), ds.y_test

@@ -1,26 +1,13 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
-from topoat import CW, FGSM, PGD, build_model, evaluate
-from topoat.data import load_dataset, to_float
+from conftest import train_undefended
+from topoat import CW, FGSM, PGD, evaluate
 
 
 @pytest.fixture(scope="module")
 def undefended():
-    """A small CNN trained for a few seconds on easy synthetic data: accurate, and not robust."""
-    torch.manual_seed(0)
-    ds = load_dataset("synthetic", synthetic_shape=(1, 12, 12), synthetic_train=512, synthetic_test=128)
-    model = build_model("small-cnn", 10, 1, ds.mean, ds.std, width=8, feature_dim=32)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = to_float(ds.x_train), ds.y_train
-    for _ in range(15):
-        for i in range(0, 512, 64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval(), to_float(ds.x_test), ds.y_test
+    return train_undefended(epochs=15, n_test=128)
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.5), ("L2", 6.0)])

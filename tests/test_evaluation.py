@@ -3,17 +3,14 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_config
-from topoat import build_model
+from conftest import tiny_config, train_undefended
 from topoat.attacks import AutoAttack
 from topoat.attacks.autoattack import plan_for_classes
 from topoat.checkpoint import model_record, save_atomic
 from topoat.cli import main
 from topoat.config import to_dict
-from topoat.data import load_dataset, to_float
 from topoat.errors import TopoatError
 from topoat.evaluate import evaluate, fixed_subset, parse_attack
 from topoat.runs import format_table
@@ -29,23 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def train_undefended(num_classes=10, seed=0, epochs=10):
-    """A small CNN trained for a few seconds on easy synthetic data: accurate, and not robust."""
-    torch.manual_seed(seed)
-    ds = load_dataset("synthetic", synthetic_shape=SHAPE, synthetic_classes=num_classes, synthetic_train=512,
-                      synthetic_test=64)
-    model = build_model("small-cnn", num_classes, 1, ds.mean, ds.std, width=8, feature_dim=32)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = to_float(ds.x_train), ds.y_train
-    for _ in range(epochs):
-        for i in range(0, 512, 64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval(), to_float(ds.x_test), ds.y_test
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,12 @@ import torch
 from torch import Tensor, nn
 
 
+def attack_view(model: nn.Module) -> nn.Module:
+    """The module attack passes go through: under DDP the wrapped one, since an attack needs no gradient
+    sync and a DDP forward without a parameter backward would leave its reducer waiting."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """BatchNorm and dropout in eval mode for the attack, restored to the caller's mode after."""
@@ -26,11 +32,7 @@ class Attack:
     touching parameter gradients and returns a detached x_adv inside the threat model."""
 
     def __init__(self, model: nn.Module, eval_mode: bool = True):
-        # Under DDP, attack passes go to the wrapped module: they need no gradient sync, and a DDP
-        # forward without a parameter backward would leave its reducer waiting.
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        self.model = model
+        self.model = attack_view(model)
         self.use_eval_mode = eval_mode
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - interface

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import PGD, eval_mode, maximize, random_init
+from ..attacks.base import attack_view
 from ..config import AttackConfig
 
 
@@ -35,12 +36,6 @@ class ObjectiveOutput:
 
 def cross_entropy_per_sample(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
-
-
-def attack_view(model: nn.Module) -> nn.Module:
-    """The module attack passes go through: under DDP the wrapped one, since an attack needs no gradient
-    sync and a DDP forward without a parameter backward would leave its reducer waiting."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class Objective:
