@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from topoat.checkpoint import model_record, save_atomic
-from topoat.config import load_config
+from topoat.config import TrainConfig, load_config
 from topoat.models import build_model
 from topoat.topology import TopologyLoss
 from topoat.train import Trainer
@@ -89,7 +89,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float
     return 2.0 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def config_for(arch: str, mode: str, args, teacher: str) -> "TrainConfig":
+def config_for(arch: str, mode: str, args, teacher: str) -> TrainConfig:
     c, h, w = MODELS[arch]
     method = mode.split("+")[0]
     sets = [

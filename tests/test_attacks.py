@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from conftest import train_undefended
 from topoat import CW, FGSM, PGD, evaluate

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -151,7 +150,7 @@ def test_cli_bad_config_key(tmp_path, capsys):
 
 
 def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
-    cfg = write_config(tmp_path, **{"optim.epochs": 1})
+    write_config(tmp_path, **{"optim.epochs": 1})
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "tiny-study",

@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train(args) -> int:
-    from .config import load_config, read_yaml
+    from .config import load_config
     from .runs import evaluate_run, format_table, results_document, write_json_atomic
     from .train import Trainer
 

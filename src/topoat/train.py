@@ -15,12 +15,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .analysis import extract, topology_metrics
-from .checkpoint import load_checkpoint, load_model, model_record, save_atomic, unwrap
+from .checkpoint import load_checkpoint, load_model, model_record, save_atomic
 from .config import TrainConfig, dump_config, from_dict, to_dict
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier, device_for
 from .errors import TopoatError
-from .evaluate import build_attack, evaluate
+from .evaluate import evaluate
 from .models import build_model
 from .objectives import build_objective
 from .runtime import (autocast, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
@@ -187,15 +187,12 @@ class Trainer:
                 cfg.topology is not None and Path(reference).resolve() == Path(cfg.topology.teacher).resolve()):
             self.reference = load_model(reference, self.device)
         self.reference_features: Optional[Tensor] = None  # frozen model, fixed split: computed once
-        self.train_model = self.model
-        if cfg.runtime.compile:
-            self.train_model = torch.compile(self.model)
+        if dist.enabled and cfg.runtime.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.train_model = torch.compile(self.model) if cfg.runtime.compile else self.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            if cfg.runtime.sync_bn:
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-                self.train_model = torch.compile(self.model) if cfg.runtime.compile else self.model
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         self.objective = build_objective(cfg, self.teacher)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import torch
 from torch import Tensor, nn
 
 
