@@ -1,5 +1,6 @@
 """Topology metrics on constructed cases with known answers, and the report / analyze commands."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,30 @@ def test_table_helpers():
     assert format_spread([0.5]) == "50.00"
     assert format_spread([0.5, 0.7]) == "60.00 ± 14.14"
     assert markdown_table(["a", "b"], [["1", "2"]]).splitlines()[1] == "|---|---|"
+
+
+def _fake_run(name: str, natural: float, robust: dict, lam: float = 0.0, tmp=Path(".")):
+    from topoat.report import Run
+
+    entry = {"method": "pgd-at", "natural_acc": natural, "robust_acc": robust,
+             "topology": {"lambda_nat": lam, "lambda_adv": lam} if lam else None}
+    return Run(name=name, entry=entry, folder=tmp / name, checkpoint=tmp / name / "last.pt", threat={})
+
+
+def test_paired_differences_per_attack_and_lambda_ablation_picture(tmp_path):
+    from topoat.report import lambda_ablation, paired_section, plot_lambda_ablation
+
+    runs = []
+    for seed in (0, 1):
+        runs.append(_fake_run(f"pgd-at-s{seed}", 0.70, {"pgd-20": 0.50, "aa": 0.45}))
+        runs.append(_fake_run(f"pgd-at-train-s{seed}", 0.72 + seed / 100, {"pgd-20": 0.51, "aa": 0.47}, lam=30))
+        runs.append(_fake_run(f"pgd-at-train-lambda3-s{seed}", 0.71, {"pgd-20": 0.50}, lam=3))
+    text = paired_section(runs)
+    assert text.splitlines()[0] == "| difference | seed | Δ natural | Δ pgd-20 | Δ aa |"
+    assert "| **pgd-at-train − pgd-at** | mean ± std (2) | +2.50 ± 0.71 | +1.00 ± 0.00 | +2.00 ± 0.00 |" in text
+    assert "| pgd-at-train-lambda3 − pgd-at | 0 | +1.00 | +0.00 | - |" in text  # no AA for the ablation
+    method, weights = lambda_ablation(runs)
+    assert method == "pgd-at" and list(weights) == [0.0, 3.0, 30.0]
+    path = plot_lambda_ablation(runs, tmp_path / "lambda.png", "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_lambda_ablation(runs[:2], tmp_path / "none.png", "test") is None  # two weights: no ablation

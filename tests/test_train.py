@@ -63,12 +63,17 @@ class SignalAfter:
             os.kill(os.getpid(), signal.SIGINT)
         return self.objective(*args)
 
+    def state_dict(self):
+        return self.objective.state_dict()
 
-@pytest.mark.parametrize("stop_after", [5, 7])  # 7 steps per epoch: mid-epoch, and an epoch boundary
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_after):
+
+# 7 steps per epoch: mid-epoch, an epoch boundary, and mid-epoch with TRAIN's memory bank (saved with the
+# checkpoint, so the resumed graphs see the same past rows)
+@pytest.mark.parametrize("stop_after,memory_bank", [(5, 0), (7, 0), (5, 24)])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_after, memory_bank):
     teacher = train_teacher(tmp_path)
     overrides = {"topology.teacher": str(teacher), "topology.lambda_nat": 5, "data.augment.crop_padding": 2,
-                 "data.augment.flip": True}
+                 "data.augment.flip": True, "topology.memory_bank": memory_bank}
     Trainer(tiny_config(**overrides), tmp_path / "straight").run()
 
     trainer = Trainer(tiny_config(**overrides), tmp_path / "stopped")
@@ -183,3 +188,25 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err and "--resume" in err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] >= 1
+
+
+def test_study_runs_limited_to_some_seeds_come_after_the_grid(tmp_path):
+    from topoat.errors import TopoatError
+    from topoat.study import load_study
+
+    write_config(tmp_path)
+    runs = [{"name": "standard", "config": "cfg.yaml"},
+            {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard"},
+            {"name": "ablation", "config": "cfg.yaml", "teacher": "standard", "seeds": [0]}]
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0, 1], "runs": runs}))
+    _, planned = load_study(spec)
+    assert [p.name for p in planned] == ["standard-s0", "pgd-at-train-s0", "standard-s1", "pgd-at-train-s1",
+                                         "ablation-s0"]
+    assert planned[-1].teacher == "standard-s0" and "seed=0" in planned[-1].overrides
+    for bad, message in [({"seeds": [0, 1], "runs": [runs[0], dict(runs[2], seeds=[2])]}, "not among"),
+                         ({"runs": [runs[0], runs[2]]}, "not among"),
+                         ({"seeds": [0], "runs": [dict(runs[0], seeds=[0]), runs[1]]}, "is a teacher")]:
+        spec.write_text(yaml.safe_dump(bad))
+        with pytest.raises(TopoatError, match=message):
+            load_study(spec)

@@ -287,10 +287,10 @@ def _entry(run: Run, key: str) -> dict:
 
 
 def paired_section(runs: Sequence[Run]) -> str:
-    """TRAIN minus its base method, per seed (the same seed means the same data order and init)."""
+    """TRAIN minus its base method, per seed (the same seed means the same data order and init): one
+    column per accuracy that both runs of a pair report."""
     groups = groups_of(runs)
-    attack = primary_attack(runs)
-    rows = []
+    pairs: list[tuple[str, str, list[tuple[Run, Run]]]] = []
     for group, members in groups.items():
         if not members[0].is_train:
             continue
@@ -298,24 +298,36 @@ def paired_section(runs: Sequence[Run]) -> str:
         if base is None:
             continue
         base_by_seed = {r.seed: r for r in groups[base]}
-        d_nat, d_rob = [], []
-        for r in members:
-            b = base_by_seed.get(r.seed)
-            if b is None:
-                continue
-            dn = r.entry["natural_acc"] - b.entry["natural_acc"]
-            dr = (r.entry["robust_acc"].get(attack, math.nan) - b.entry["robust_acc"].get(attack, math.nan)
-                  if attack else math.nan)
-            d_nat.append(dn)
-            d_rob.append(dr)
-            rows.append([f"{group} − {base}", "- (one run each)" if r.seed is None else str(r.seed),
-                         f"{100 * dn:+.2f}", f"{100 * dr:+.2f}"])
-        if len(d_nat) > 1:
-            rows.append([f"**{group} − {base}**", f"mean ± std ({len(d_nat)})",
-                         f"{_signed_spread(d_nat)}", f"{_signed_spread(d_rob)}"])
-    if not rows:
+        matched = [(r, base_by_seed[r.seed]) for r in members if r.seed in base_by_seed]
+        if matched:
+            pairs.append((group, base, matched))
+    if not pairs:
         return ""
-    return markdown_table(["difference", "seed", "Δ natural", f"Δ {attack or 'robust'}"], rows)
+    attacks: list[str] = []
+    for _, _, matched in pairs:
+        for r, _ in matched:
+            attacks += [a for a in r.entry.get("robust_acc", {}) if a not in attacks]
+
+    def accuracy(run: Run, column: Optional[str]) -> float:
+        value = run.entry.get("natural_acc") if column is None else run.entry.get("robust_acc", {}).get(column)
+        return math.nan if value is None else float(value)
+
+    columns: list[Optional[str]] = [None] + attacks
+    rows = []
+    for group, base, matched in pairs:
+        diffs: dict[Optional[str], list[float]] = {c: [] for c in columns}
+        for r, b in matched:
+            cells = []
+            for c in columns:
+                d = accuracy(r, c) - accuracy(b, c)
+                diffs[c].append(d)
+                cells.append("-" if math.isnan(d) else f"{100 * d:+.2f}")
+            rows.append([f"{group} − {base}", "- (one run each)" if r.seed is None else str(r.seed)] + cells)
+        if len(matched) > 1:
+            rows.append([f"**{group} − {base}**", f"mean ± std ({len(matched)})"]
+                        + ["-" if any(math.isnan(d) for d in diffs[c]) else _signed_spread(diffs[c])
+                           for c in columns])
+    return markdown_table(["difference", "seed", "Δ natural"] + [f"Δ {a}" for a in attacks], rows)
 
 
 def _signed_spread(values: Sequence[float]) -> str:
@@ -474,7 +486,11 @@ def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 1
 
 def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]:
     """Test natural vs robust accuracy, one point per adversarially trained run, λ written by each."""
-    attack = primary_attack(runs)
+    adversarial = [r for r in runs if r.method != "standard"]
+    shared = [a for a in (adversarial[0].entry.get("robust_acc", {}) if adversarial else {})
+              if all(a in r.entry.get("robust_acc", {}) for r in adversarial)]
+    # An attack every run reports, so runs evaluated more cheaply (e.g. an ablation) still appear.
+    attack = primary_attack(runs) if not shared else ("worst" if "worst" in shared else shared[0])
     points = [r for r in runs if r.method != "standard" and attack in r.entry.get("robust_acc", {})]
     if len(points) < 2:
         return None
@@ -496,6 +512,56 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]
     ax.margins(0.15)
     _min_span(ax, 4.0)
     ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def lambda_ablation(runs: Sequence[Run]) -> tuple[str, dict[float, list[Run]]]:
+    """The method whose runs cover the most TRAIN weights (λ_nat = λ_adv; its base method is λ = 0),
+    with its runs by λ; empty when no method has three or more."""
+    by_method: dict[str, dict[float, list[Run]]] = {}
+    for r in runs:
+        if r.method == "standard":
+            continue
+        topo = r.entry.get("topology") or {}
+        nat, adv = topo.get("lambda_nat", 0.0), topo.get("lambda_adv", 0.0)
+        if nat != adv:
+            continue
+        by_method.setdefault(r.method, {}).setdefault(float(nat), []).append(r)
+    if not by_method:
+        return "", {}
+    method = max(by_method, key=lambda m: len(by_method[m]))
+    weights = by_method[method]
+    return (method, dict(sorted(weights.items()))) if len(weights) >= 3 else ("", {})
+
+
+def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]:
+    """Natural and robust test accuracy against the TRAIN weight λ, mean ± std over seeds."""
+    method, weights = lambda_ablation(runs)
+    if not weights:
+        return None
+    members = [r for rs in weights.values() for r in rs]
+    attacks = [a for a in members[0].entry.get("robust_acc", {}) if all(a in r.entry.get("robust_acc", {})
+                                                                         for r in members)]
+    fig = _figure(6.4, 4.2)
+    ax = fig.subplots()
+    positions = list(range(len(weights)))
+    for key, label, colour in [(None, "natural", "tab:blue")] + [(a, a.upper(), c) for a, c in
+                                                                 zip(attacks[:2], ("tab:red", "tab:orange"))]:
+        means, stds = [], []
+        for rs in weights.values():
+            values = [100 * (r.entry["natural_acc"] if key is None else r.entry["robust_acc"][key]) for r in rs]
+            mean, std = mean_std(values)
+            means.append(mean)
+            stds.append(std or 0.0)
+        ax.errorbar(positions, means, yerr=stds, color=colour, marker="o", capsize=4, label=label)
+    ax.set_xticks(positions, [f"{w:g}" + (" (base)" if w == 0 else "") for w in weights])
+    seeds = sorted({len(rs) for rs in weights.values()})
+    ax.set_xlabel(f"TRAIN weight λ = λ_nat = λ_adv ({method}; "
+                  f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''} per point)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -675,6 +741,9 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
         ("Natural vs robust accuracy", "tradeoff.png",
          lambda p: plot_tradeoff(runs, p, f"Trade-off on the test set ({title})"),
          "One point per adversarially trained run; λ is the TRAIN weight (0 = the base method)."),
+        ("TRAIN weight ablation", "lambda.png",
+         lambda p: plot_lambda_ablation(runs, p, f"Accuracy against the TRAIN weight ({title})"),
+         "Mean ± one std over seeds at each λ; λ = 0 is the base method without TRAIN."),
     ]
     for heading, filename, plot, caption in curves:
         path = plot(figures / filename)
@@ -694,7 +763,6 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
 
 def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings, out: Path,
               dataset: str, threat_text: str) -> str:
-    attack = primary_attack(runs)
     parts = [f"# topoat report: {dataset}, {threat_text}", "",
              "Runs from " + ", ".join(f"`{s}`" for s in info["sources"]) + ". Accuracies in percent on the "
              "fixed test subset each run was evaluated on (last checkpoint); mean ± sample std over seeds "
@@ -705,7 +773,8 @@ def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings
     paired = paired_section(runs)
     if paired:
         parts += ["", "### TRAIN minus its base method, per seed", "",
-                  f"Paired by seed (same initialisation and data order); points of accuracy, robust = {attack}.",
+                  "Paired by seed (same initialisation and data order); points of accuracy; `-` where one of "
+                  "the pair did not run that attack.",
                   "", paired]
     for name, why in info["failed"].items():
         parts += ["", f"- **{name} failed**: {why}"]

@@ -20,6 +20,9 @@ class StudyRun:
     config: str  # relative to the study file
     set: list[str] = field(default_factory=list)
     teacher: Optional[str] = None  # name of the run whose last checkpoint is the TRAIN teacher
+    # A subset of the study's seeds for this run (e.g. an ablation on one seed). Such runs come after
+    # the whole grid, so the runs every seed needs for paired comparisons finish first.
+    seeds: Optional[list[int]] = None
 
 
 @dataclass
@@ -52,21 +55,33 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
         raise TopoatError(f"study {path}: run names must be unique")
     if spec.reference is not None and spec.reference not in names:
         raise TopoatError(f"study {path}: reference {spec.reference!r} is not one of its runs")
-    planned: list[PlannedRun] = []
+    for r in spec.runs:
+        if r.seeds is not None and (spec.seeds is None or not set(r.seeds) <= set(spec.seeds)):
+            raise TopoatError(f"study {path}: run {r.name!r} lists seeds {r.seeds} that are not among the "
+                              f"study's seeds {spec.seeds}")
+        if r.teacher is not None and r.teacher not in names:
+            raise TopoatError(f"study {path}: run {r.name!r} names unknown teacher run {r.teacher!r}")
+        if r.teacher is not None and names.index(r.teacher) > names.index(r.name):
+            raise TopoatError(f"study {path}: teacher run {r.teacher!r} must come before {r.name!r}")
+        if r.seeds is not None and (r.name == spec.reference or any(q.teacher == r.name for q in spec.runs)):
+            raise TopoatError(f"study {path}: run {r.name!r} is a teacher or the reference, so it runs on every seed "
+                              f"(remove its seeds)")
+    grid: list[PlannedRun] = []
+    subset: list[PlannedRun] = []
     for seed in spec.seeds if spec.seeds is not None else [None]:
         suffix = "" if seed is None else f"-s{seed}"
         for r in spec.runs:
-            if r.teacher is not None and r.teacher not in names:
-                raise TopoatError(f"study {path}: run {r.name!r} names unknown teacher run {r.teacher!r}")
-            if r.teacher is not None and names.index(r.teacher) > names.index(r.name):
-                raise TopoatError(f"study {path}: teacher run {r.teacher!r} must come before {r.name!r}")
+            if r.seeds is not None and seed not in r.seeds:
+                continue
             overrides = list(spec.set) + list(r.set) + list(extra or [])
             if seed is not None:
                 overrides.append(f"seed={seed}")
             after_reference = spec.reference is not None and names.index(r.name) > names.index(spec.reference)
-            planned.append(PlannedRun(r.name + suffix, (path.parent / r.config), overrides,
-                                      None if r.teacher is None else r.teacher + suffix,
-                                      spec.reference + suffix if after_reference else None))
+            (grid if r.seeds is None else subset).append(
+                PlannedRun(r.name + suffix, (path.parent / r.config), overrides,
+                           None if r.teacher is None else r.teacher + suffix,
+                           spec.reference + suffix if after_reference else None))
+    planned = grid + subset
     return spec, planned
 
 

@@ -226,6 +226,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "dataset": self.data.name,
             "optimizer": self.optimizer.state_dict(),
+            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else {},
             "epoch": self.epoch,
             "step": self.step_in_epoch,
             "perm": None if perm is None else perm.cpu(),
@@ -241,6 +242,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model_state"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if hasattr(self.objective, "load_state_dict"):
+                self.objective.load_state_dict(state.get("objective", {}))
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
             self.perm = state["perm"]
             set_rng_state(state["rng"], self.device)

@@ -48,6 +48,12 @@ class AdversarialWeightPerturbation(Objective):
         self.epoch = epoch
         self.inner.set_epoch(epoch)
 
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
     def adversarial(self, model, x, y):
         return self.inner.adversarial(model, x, y)
 

@@ -90,6 +90,13 @@ class Objective:
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop at the start of every epoch (0-based), resumed ones included."""
 
+    def state_dict(self) -> dict:
+        """Tensors the objective carries from step to step (saved in resumable checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
 
 def pgd_from_config(model: nn.Module, attack: AttackConfig) -> PGD:
     return PGD(model, eps=attack.eps, step_size=attack.step_size, steps=attack.steps, norm=attack.norm,

@@ -116,6 +116,23 @@ class TopologyRegularized(Objective):
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
+    def state_dict(self) -> dict:
+        state = {f"base.{k}": v for k, v in self.base.state_dict().items()}
+        for key, bank in (self.banks or {}).items():
+            if bank.student is not None:
+                state.update({f"bank.{key}.student": bank.student.cpu(), f"bank.{key}.teacher": bank.teacher.cpu(),
+                              f"bank.{key}.labels": bank.labels.cpu()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("base.")})
+        for key, bank in (self.banks or {}).items():
+            if f"bank.{key}.student" in state:
+                device = next(self.teacher.parameters()).device
+                bank.student = state[f"bank.{key}.student"].to(device)
+                bank.teacher = state[f"bank.{key}.teacher"].to(device)
+                bank.labels = state[f"bank.{key}.labels"].to(device)
+
     def attack_loss(self, model, x, y):
         return self.base.attack_loss(model, x, y)
 
