@@ -170,8 +170,9 @@ def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
     assert list(doc["runs"]) == ["standard", "pgd-at", "pgd-at-train"]
     assert doc["runs"]["pgd-at-train"]["topology"]["lambda_nat"] == 5
     assert (out / doc["runs"]["pgd-at"]["checkpoint"]).is_file()
-    assert main(["study", str(spec), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert main(["study", str(spec), "--out", str(out), "--resume", "--no-progress", "--report"]) == 0
     assert capsys.readouterr().out.count("already done") == 3
+    assert "pgd-at-train − pgd-at" in (out / "report.md").read_text()
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):

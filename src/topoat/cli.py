@@ -52,6 +52,10 @@ def _study(args) -> int:
     from .study import run_study
 
     run_study(args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress)
+    if args.report:
+        from .report import write_report
+
+        write_report([args.out], args.out)
     return 0
 
 
@@ -278,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="study YAML")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
+    p.add_argument("--report", action="store_true",
+                   help="then write report.md and figures/ into --out (as `topoat report OUT` with its defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_study)
