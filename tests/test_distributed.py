@@ -28,6 +28,10 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
     overrides = {
         "optim.epochs": 1, "optim.batch_size": 32, "data.synthetic_train": 128, "data.val_size": 32,
         "attack.random_start": False,  # the only per-process randomness in PGD-AT
+        # L2 steps move continuously with the gradient; an L-inf sign() flips on a near-zero gradient
+        # component whose last bits differ between batch shapes, and then the weights differ by far more
+        # than rounding.
+        "attack.norm": "L2", "attack.eps": 0.5, "attack.step_size": 0.25,
         "model.args": "{width: 4, feature_dim: 16, batchnorm: false}",  # per-process BN statistics differ
         "topology.teacher": str(teacher_dir / "last.pt"), "topology.lambda_nat": 5.0, "topology.lambda_adv": 5.0,
         "topology.global_graph": True, "evaluation.n": 16, "validation.n": 32,
@@ -44,7 +48,8 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
     b = load_checkpoint(tmp_path / "two" / "last.pt")
     assert a["epoch"] == b["epoch"] == 1
     for key, value in a["model_state"].items():
-        assert torch.allclose(value, b["model_state"][key], rtol=1e-4, atol=1e-6), key
+        gap = (value - b["model_state"][key]).abs().max().item()
+        assert torch.allclose(value, b["model_state"][key], rtol=1e-4, atol=1e-6), f"{key}: max gap {gap:.3g}"
     # the step really moved the weights, so the comparison means something
     init = Trainer(tiny_config(**overrides), tmp_path / "fresh").model.state_dict()
     assert any(not torch.allclose(init[k], v) for k, v in a["model_state"].items())

@@ -119,7 +119,7 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(path, stub_teache
 def test_study_files_plan_valid_runs(path, tmp_path):
     spec, planned = load_study(path)
     seeds = spec.seeds or [None]
-    assert len(planned) == len(spec.runs) * len(seeds)
+    assert len(planned) == sum(len(r.seeds or seeds) for r in spec.runs)
     for p in planned:
         teacher = [] if p.teacher is None else [f"topology.teacher={tmp_path / p.teacher / 'last.pt'}"]
         cfg = load_config(p.config_path, p.overrides + teacher + [f"name={p.name}"])
