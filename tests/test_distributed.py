@@ -28,7 +28,7 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
     overrides = {
         "optim.epochs": 1, "optim.batch_size": 32, "data.synthetic_train": 128, "data.val_size": 32,
         "attack.random_start": False,  # the only per-process randomness in PGD-AT
-        # L2 steps move continuously with the gradient; an L-inf sign() flips on a near-zero gradient
+        # L2 steps move continuously with the gradient; an L-inf sign() can flip on a near-zero gradient
         # component whose last bits differ between batch shapes, and then the weights differ by far more
         # than rounding.
         "attack.norm": "L2", "attack.eps": 0.5, "attack.step_size": 0.25,
