@@ -51,7 +51,9 @@ def _train(args) -> int:
 def _study(args) -> int:
     from .study import run_study
 
-    run_study(args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress)
+    only = [pattern for item in args.runs for pattern in item.split(",") if pattern]
+    run_study(args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress,
+              only=only or None)
     if args.report:
         from .report import write_report
 
@@ -285,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="then write report.md and figures/ into --out (as `topoat report OUT` with its defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--runs", action="append", default=[], metavar="PATTERN[,PATTERN]",
+                   help="train only the runs whose names match (shell-style, e.g. 'trades-*-s1'); two processes "
+                        "with disjoint --runs can share one study folder, each with --resume")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_study)
 

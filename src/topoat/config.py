@@ -50,7 +50,14 @@ class AttackConfig:
     step_size: float = 0.025
     steps: int = 10
     random_start: bool = True
-    eval_mode: bool = True  # BatchNorm in eval mode while the attack runs
+    # BatchNorm in eval mode while the training attack runs; null = what the method's authors do
+    # (PGD-AT and AT-AWP: train mode, as in Rice et al.'s and Wu et al.'s code; TRADES, MART: eval mode).
+    eval_mode: Optional[bool] = None
+
+
+# BatchNorm mode of each method's training attack in its authors' code: Rice et al.'s robust_overfitting
+# and the AT-AWP code attack in train mode; TRADES' and MART's code switch to eval mode.
+AUTHORS_ATTACK_EVAL_MODE = {"standard": True, "pgd-at": False, "trades": True, "mart": True}
 
 
 @dataclass
@@ -63,6 +70,9 @@ class AWPConfig:
 class MethodConfig:
     name: Literal["standard", "pgd-at", "trades", "mart"] = "pgd-at"
     beta: float = 6.0  # TRADES and MART: weight of the KL term
+    # PGD-AT only: (1 - natural_weight) * CE(f(x'), y) + natural_weight * CE(f(x), y), PGD-AT's own
+    # natural/robust knob (0 = Madry et al.)
+    natural_weight: float = 0.0
     awp: Optional[AWPConfig] = None  # adversarial weight perturbation around the method (not standard)
 
 
@@ -71,13 +81,25 @@ class TopologyConfig:
     teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
     lambda_nat: float = 30.0
     lambda_adv: float = 30.0
-    kernel: Literal["cosine", "gaussian", "student-t"] = "cosine"
+    kernel: Literal["cosine", "gaussian", "student-t", "softmax-cosine", "perplexity"] = "cosine"
+    temperature: float = 0.1  # softmax-cosine: p(j|i) proportional to exp(cos(z_i, z_j) / temperature)
+    perplexity: float = 30.0  # perplexity: each row's entropy is ln(perplexity) (the t-SNE affinity)
     layer: str = "features"  # "features" (penultimate), "logits", or a named module
     teacher_layer: Optional[str] = None  # defaults to `layer`
     class_aware: Literal["off", "within", "across"] = "off"
     memory_bank: int = 0  # number of past teacher/student feature pairs kept as extra graph nodes
     global_graph: bool = False  # under DDP: one graph over the global batch, not one per process
     attack_uses_topology: bool = False  # the attack also ascends lambda_adv * L_topo(h_f(x'), h_g(x))
+
+
+@dataclass
+class DistillationConfig:
+    """Logit distillation from a frozen standard model on natural inputs: the control for TRAIN (does the
+    topology matter, or does any pull towards the standard model do the same?)."""
+    teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
+    # `lambda` in YAML: the loss adds lambda * temperature^2 * KL(softmax(teacher/T) || softmax(student/T))
+    lambda_: float = field(default=1.0, metadata={"key": "lambda"})
+    temperature: float = 4.0
 
 
 @dataclass
@@ -138,6 +160,7 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     topology: Optional[TopologyConfig] = None
+    distillation: Optional[DistillationConfig] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -155,6 +178,9 @@ class TrainConfig:
             (self.data.train_subset is None or self.data.train_subset >= 2, "data.train_subset must be >= 2"),
             (self.validation.every >= 1, "validation.every must be >= 1"),
             (self.method.beta >= 0, "method.beta must be >= 0"),
+            (0 <= self.method.natural_weight <= 1, "method.natural_weight must be in [0, 1]"),
+            (self.method.natural_weight == 0 or self.method.name == "pgd-at",
+             "method.natural_weight applies to pgd-at only (TRADES and MART weigh their terms with method.beta)"),
         ]
         if self.method.awp is not None:
             checks += [
@@ -167,6 +193,14 @@ class TrainConfig:
             checks += [
                 (t.lambda_nat >= 0 and t.lambda_adv >= 0, "topology.lambda_nat and lambda_adv must be >= 0"),
                 (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
+                (t.temperature > 0, "topology.temperature must be > 0"),
+                (t.perplexity > 1, "topology.perplexity must be > 1"),
+            ]
+        if self.distillation is not None:
+            d = self.distillation
+            checks += [
+                (d.lambda_ >= 0, "distillation.lambda must be >= 0"),
+                (d.temperature > 0, "distillation.temperature must be > 0"),
             ]
         checks += [(self.evaluation.n is None or self.evaluation.n >= 1, "evaluation.n must be >= 1"),
                    (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1"),
@@ -175,6 +209,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TopoatError(f"config: {message}")
+        if self.attack.eval_mode is None:
+            self.attack.eval_mode = AUTHORS_ATTACK_EVAL_MODE[self.method.name]
         from .evaluate import parse_attack  # a misspelt attack fails now, not after the training
 
         for i, spec in enumerate(self.evaluation.attacks):
@@ -250,21 +286,33 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise TopoatError(f"config: {where} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {_key(f): f.name for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
+        if key not in fields:
             full = f"{prefix}.{key}" if prefix else str(key)
-            raise TopoatError(f"config: unknown key '{full}' (allowed: {', '.join(sorted(names))})")
+            raise TopoatError(f"config: unknown key '{full}' (allowed: {', '.join(sorted(fields))})")
     kwargs = {}
-    for name in names:
-        if name in data:
-            full = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _coerce(data[name], hints[name], full)
+    for key, name in fields.items():
+        if key in data:
+            full = f"{prefix}.{key}" if prefix else key
+            kwargs[name] = _coerce(data[key], hints[name], full)
     return cls(**kwargs)
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+def _key(f: dataclasses.Field) -> str:
+    """A field's YAML key: its name, or metadata["key"] where the name is a Python keyword (lambda)."""
+    return f.metadata.get("key", f.name)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config (or any part of one) as plain YAML-ready data, with the YAML keys."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {_key(f): to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
 
 
 def _parse_scalar(text: str) -> Any:

@@ -61,6 +61,8 @@ def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: floa
     entry = {
         "method": method_name(cfg),
         "topology": None if cfg.topology is None else to_dict(cfg.topology),
+        "method_config": {k: v for k, v in to_dict(cfg.method).items() if k != "name"},
+        "distillation": None if cfg.distillation is None else to_dict(cfg.distillation),
         "checkpoint": os.path.relpath(checkpoint, relative_to),
         "natural_acc": res.natural_acc,
         "robust_acc": res.robust_acc,
@@ -72,9 +74,39 @@ def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: floa
     return entry
 
 
-def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool) -> EvalResult:
+def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[str], progress: bool = True) -> dict:
+    """A finished run's entry (its results.json) with `attacks` evaluated on the same images and merged
+    in, for the last checkpoint and, unless it holds the same weights, the best one."""
+    results = run_dir / "results.json"
+    entry = read_json(results)["runs"][name]
+    device = resolve_device(cfg.runtime.device)
+    ds = dataset_from_config(cfg.data)
+    idx = fixed_subset(ds.x_test.shape[0], cfg.evaluation.n, cfg.evaluation.seed)
+    x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
+    slots = [entry["checkpoint"]]
+    best = entry.get("best")
+    if isinstance(best, dict) and not best.get("same_as_last"):
+        slots.append(best["checkpoint"])
+    for checkpoint in slots:
+        path = (run_dir / checkpoint).resolve()
+        res = _evaluate_model(cfg, load_model(path, device), x, y, progress, attacks)
+        merge_evaluation(results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps,
+                         dataset=cfg.data.dataset)
+    entry = read_json(results)["runs"][name]
+    if isinstance(entry.get("best"), dict) and entry["best"].get("same_as_last"):
+        for key in ("robust_acc", "n_by_attack", "autoattack_subset", "eval_seconds"):
+            if key in entry:
+                entry["best"][key] = entry[key]
+        doc = read_json(results)
+        doc["runs"][name] = entry
+        write_json_atomic(doc, results)
+    return entry
+
+
+def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool,
+                    attacks: Optional[list[str]] = None) -> EvalResult:
     ev = cfg.evaluation
-    return evaluate(model, x, y, ev.attacks, norm=cfg.attack.norm, eps=cfg.attack.eps, step_size=ev.step_size,
+    return evaluate(model, x, y, ev.attacks if attacks is None else attacks, norm=cfg.attack.norm, eps=cfg.attack.eps, step_size=ev.step_size,
                     batch_size=ev.batch_size, progress=progress, autoattack_n=ev.autoattack_n, seed=ev.seed)
 
 

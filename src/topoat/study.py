@@ -2,6 +2,7 @@
 and tabulated into one results.json. Re-running with resume continues where it stopped."""
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Optional
 
 from .config import from_dict, load_config, read_yaml
 from .errors import TopoatError
-from .runs import (evaluate_run, format_table, method_name, read_json, rebase_checkpoints, results_document,
+from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_json, rebase_checkpoints, results_document,
                    write_json_atomic)
 from .train import Trainer, prepare_output
 
@@ -85,20 +86,40 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
     return spec, planned
 
 
+def _teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
+    """Overrides pointing the run's TRAIN and distillation sections (whichever it has) at `teacher`."""
+    cfg = load_config(p.config_path, p.overrides + [f"name={p.name}"])
+    links = [f"{section}.teacher={teacher}" for section in ("topology", "distillation")
+             if getattr(cfg, section) is not None]
+    if not links:
+        raise TopoatError(f"study run {p.name!r} names a teacher but has neither a topology: nor a "
+                          f"distillation: section")
+    return links
+
+
 def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Optional[list[str]] = None,
-              progress: bool = True, echo=print) -> dict:
+              progress: bool = True, echo=print, only: Optional[list[str]] = None) -> dict:
+    """Train and evaluate every planned run (those matching a pattern of `only`, if given) not yet done.
+
+    On resume, a finished run whose results lack attacks the study now lists is evaluated with just
+    those (a study can grow its evaluation after a screening phase without retraining)."""
     spec, planned = load_study(path, extra)
+    if only is not None:
+        planned = [p for p in planned if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in only)]
+        if not planned:
+            raise TopoatError(f"no run of study {path} matches {', '.join(only)}")
     out = Path(out).resolve()
     if resume:
         if not out.is_dir():
             raise TopoatError(f"nothing to resume: {out} does not exist")
     else:
         prepare_output(out, resume=False)
-        shutil.copyfile(path, out / "study.yaml")
+    if not (resume and (out / "study.yaml").resolve() == Path(path).resolve()):
+        shutil.copyfile(path, out / "study.yaml")  # the study file as last run
     # Validate every config before the first hour of training is spent.
     configs = {}
     for p in planned:
-        links = [] if p.teacher is None else [f"topology.teacher={out / p.teacher / 'last.pt'}"]
+        links = [] if p.teacher is None else _teacher_links(p, out / p.teacher / "last.pt")
         if p.reference is not None:
             links.append(f"validation.reference={out / p.reference / 'last.pt'}")
         cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
@@ -112,8 +133,14 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         run_dir = out / p.name
         done = run_dir / "results.json"
         if done.is_file():
-            runs[p.name] = rebase_checkpoints(read_json(done)["runs"][p.name], p.name)
-            echo(f"[{p.name}] already done")
+            entry = read_json(done)["runs"][p.name]
+            missing = [a for a in cfg.evaluation.attacks if a not in entry.get("robust_acc", {})]
+            if missing:
+                echo(f"[{p.name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
+                entry = evaluate_missing(cfg, run_dir, p.name, missing, progress=progress)
+            else:
+                echo(f"[{p.name}] already done")
+            runs[p.name] = rebase_checkpoints(entry, p.name)
             continue
         if p.teacher is not None and p.teacher in failed:
             failed[p.name] = f"teacher run {p.teacher} failed"

@@ -9,14 +9,21 @@ The same graph code serves the analysis metrics (`graph_kl`, `knn_overlap`).
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Kernel = Literal["cosine", "gaussian", "student-t"]
-KERNELS = ("cosine", "gaussian", "student-t")
+Kernel = Literal["cosine", "gaussian", "student-t", "softmax-cosine", "perplexity"]
+KERNELS = ("cosine", "gaussian", "student-t", "softmax-cosine", "perplexity")
+DEFAULT_TEMPERATURE = 0.1
+DEFAULT_PERPLEXITY = 30.0
+# Bisection on log(precision * scale) over [-LOG_RANGE, LOG_RANGE]: 2 * 30 / 2^BISECTION_STEPS is far
+# below what fp32 resolves, so the entropy is met to fp32 precision.
+_LOG_PRECISION_RANGE = 30.0
+_BISECTION_STEPS = 48
 
 # The cosine kernel (1 + cos) / 2 is exactly 0 for opposite vectors; only there is an epsilon needed.
 _COSINE_EPS = 1e-8
@@ -36,12 +43,17 @@ def _median_pairwise(d2: Tensor) -> Tensor:
     return 0.5 * (values[(k - 1) // 2] + values[k // 2])
 
 
-def log_kernel(z: Tensor, kernel: Kernel = "cosine") -> Tensor:
-    """Log of the kernel matrix k(z_i, z_j), shape (n, n), computed in fp32."""
+def log_kernel(z: Tensor, kernel: Kernel = "cosine", temperature: float = DEFAULT_TEMPERATURE,
+               perplexity: float = DEFAULT_PERPLEXITY, allowed: Optional[Tensor] = None) -> Tensor:
+    """Log of the kernel matrix k(z_i, z_j), shape (n, n), computed in fp32. `allowed` (the pairs a row
+    may link to) matters to the perplexity kernel only, whose per-row precision depends on them."""
     z = z.float().flatten(1)
-    if kernel == "cosine":
-        zn = F.normalize(z, dim=1, eps=1e-12)  # all-zero rows stay zero: cos = 0, k = 1/2
-        return torch.log((1.0 + zn @ zn.t()) * 0.5 + _COSINE_EPS)
+    if kernel in ("cosine", "softmax-cosine"):
+        zn = F.normalize(z, dim=1, eps=1e-12)  # all-zero rows stay zero: cos = 0
+        cos = zn @ zn.t()
+        if kernel == "softmax-cosine":
+            return cos / temperature
+        return torch.log((1.0 + cos) * 0.5 + _COSINE_EPS)
     d2 = _squared_distances(z)
     if kernel == "gaussian":
         # Median heuristic on squared distances, detached so the bandwidth is not a shortcut.
@@ -49,18 +61,47 @@ def log_kernel(z: Tensor, kernel: Kernel = "cosine") -> Tensor:
         return -d2 / (2.0 * s2)
     if kernel == "student-t":
         return -torch.log1p(d2)
+    if kernel == "perplexity":
+        if allowed is None:
+            allowed = ~torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+        return -perplexity_precisions(d2.detach(), perplexity, allowed)[:, None] * d2
     raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
 
 
-def affinity_log_probs(z: Tensor, kernel: Kernel = "cosine", mask: Optional[Tensor] = None) -> Tensor:
+def perplexity_precisions(d2: Tensor, perplexity: float, allowed: Tensor) -> Tensor:
+    """Per-row precision b_i such that the row p(j|i) proportional to exp(-b_i d2_ij) over the allowed j
+    has entropy ln(perplexity) nats: t-SNE's affinity, found by bisection for all rows at once.
+
+    A row whose allowed neighbours cannot reach that entropy (at most ln(count)) gets the smallest
+    precision searched, i.e. a nearly uniform row; the loss checks the common case up front."""
+    target = math.log(perplexity)
+    # Searching b * scale keeps the bracket independent of the features' scale.
+    finite = torch.where(allowed, d2, torch.zeros_like(d2))
+    scale = (finite.sum(dim=1) / allowed.sum(dim=1).clamp_min(1)).clamp_min(1e-12)
+    lo = torch.full_like(scale, -_LOG_PRECISION_RANGE)
+    hi = torch.full_like(scale, _LOG_PRECISION_RANGE)
+    scaled = d2 / scale[:, None]
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        logits = (-mid.exp()[:, None] * scaled).masked_fill(~allowed, float("-inf"))
+        logp = torch.log_softmax(logits, dim=1)
+        entropy = -(logp.exp() * logp.masked_fill(~allowed, 0.0)).sum(dim=1)
+        too_flat = entropy > target  # entropy falls as the precision rises
+        lo = torch.where(too_flat, mid, lo)
+        hi = torch.where(too_flat, hi, mid)
+    return (0.5 * (lo + hi)).exp() / scale
+
+
+def affinity_log_probs(z: Tensor, kernel: Kernel = "cosine", mask: Optional[Tensor] = None,
+                       temperature: float = DEFAULT_TEMPERATURE, perplexity: float = DEFAULT_PERPLEXITY) -> Tensor:
     """Row-normalised log p(j|i) over j != i (and over `mask` if given); excluded entries are -inf."""
     n = z.shape[0]
     if n < 2:
         raise ValueError("an affinity graph needs at least 2 samples")
-    logk = log_kernel(z, kernel)
     allowed = ~torch.eye(n, dtype=torch.bool, device=z.device)
     if mask is not None:
         allowed = allowed & mask
+    logk = log_kernel(z, kernel, temperature, perplexity, allowed)
     logk = logk.masked_fill(~allowed, float("-inf"))
     return torch.log_softmax(logk, dim=1)
 
@@ -94,39 +135,66 @@ class TopologyLoss(torch.nn.Module):
     `loss(student, teacher)` takes (n, d_s) and (n, d_t) features (d_s and d_t may differ) and returns
     the scalar (1/n) sum_i KL(P_teacher(.|i) || P_student(.|i)). The teacher is detached, so the gradient
     reaches `student` only. The loss is computed in fp32 even under autocast.
+
+    Kernels (p(j|i) is proportional to k(z_i, z_j) over j != i):
+    - "cosine": (1 + cos) / 2. Post-ReLU features have cos >= 0, so k lies in [0.5, 1] and rows are
+      nearly uniform: a weak, flat graph (kept as the first reading of the paper).
+    - "softmax-cosine": exp(cos / temperature) (default temperature 0.1): the same similarity, sharp.
+    - "perplexity": t-SNE's affinity, exp(-b_i |z_i - z_j|^2) with b_i found by bisection so that each
+      row's entropy is ln(perplexity) nats (default 30), for student and teacher separately; b_i is
+      detached. Needs more than perplexity + 1 samples in the graph.
+    - "gaussian": exp(-|z_i - z_j|^2 / (2 s^2)), s^2 the median squared distance (detached).
+    - "student-t": 1 / (1 + |z_i - z_j|^2).
     """
 
-    def __init__(self, kernel: Kernel = "cosine", class_aware: str = "off"):
+    def __init__(self, kernel: Kernel = "cosine", class_aware: str = "off",
+                 temperature: float = DEFAULT_TEMPERATURE, perplexity: float = DEFAULT_PERPLEXITY):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        if not (math.isfinite(perplexity) and perplexity > 1):
+            raise ValueError(f"perplexity must be a number above 1, got {perplexity}")
         class_mask(torch.zeros(1, dtype=torch.long), class_aware)  # validate the mode early
         self.kernel = kernel
         self.class_aware = class_aware
+        self.temperature = temperature
+        self.perplexity = perplexity
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         return self.rows(student, teacher, labels)
+
+    def graph(self, z: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """log p(j|i) of one set of features under this loss's kernel."""
+        return affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity)
 
     def rows(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None,
              n_rows: Optional[int] = None) -> Tensor:
         """The loss averaged over the first `n_rows` samples only, the others being extra graph nodes
         (a memory bank of earlier batches)."""
-        if student.shape[0] != teacher.shape[0]:
-            raise ValueError(f"student has {student.shape[0]} samples, teacher {teacher.shape[0]}")
+        n = student.shape[0]
+        if n != teacher.shape[0]:
+            raise ValueError(f"student has {n} samples, teacher {teacher.shape[0]}")
+        if self.kernel == "perplexity" and self.perplexity >= n - 1:
+            raise ValueError(f"perplexity {self.perplexity:g} needs a graph of more than {self.perplexity + 1:g} "
+                             f"samples, got {n} (lower the perplexity or raise the batch size)")
         mask = None
         if self.class_aware != "off":
             if labels is None:
                 raise ValueError("class-aware topology loss needs labels")
             mask = class_mask(labels, self.class_aware)
         with torch.autocast(device_type=student.device.type, enabled=False):
-            s = affinity_log_probs(student.float(), self.kernel, mask)
-            t = affinity_log_probs(teacher.detach().float(), self.kernel, mask)
+            s = self.graph(student.float(), mask)
+            t = self.graph(teacher.detach().float(), mask)
             if n_rows is not None:
                 s, t = s[:n_rows], t[:n_rows]
             return graph_kl(s, t)
 
     def extra_repr(self) -> str:
-        return f"kernel={self.kernel!r}, class_aware={self.class_aware!r}"
+        extra = {"softmax-cosine": f", temperature={self.temperature:g}",
+                 "perplexity": f", perplexity={self.perplexity:g}"}.get(self.kernel, "")
+        return f"kernel={self.kernel!r}{extra}, class_aware={self.class_aware!r}"
 
 
 def knn_indices(z: Tensor, k: int) -> Tensor:

@@ -120,9 +120,12 @@ def prepare_output(out: Path, resume: bool, create: bool = True) -> None:
 
 
 def _comparable(cfg: TrainConfig) -> dict:
-    """The config minus the switches that do not change what is trained (progress bars)."""
+    """The config minus the switches that do not change what is trained (progress bars, threads) or
+    only act after training (the evaluation)."""
     d = to_dict(cfg)
     d["runtime"].pop("progress", None)
+    d["runtime"].pop("threads", None)
+    d.pop("evaluation", None)
     return d
 
 
@@ -195,7 +198,16 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
-        self.objective = build_objective(cfg, self.teacher)
+        self.distillation_teacher = None
+        if cfg.distillation is not None:
+            path = cfg.distillation.teacher
+            if not path:
+                raise TopoatError("distillation.teacher: give the path of a standard model's checkpoint")
+            same = cfg.topology is not None and Path(path).resolve() == Path(cfg.topology.teacher).resolve()
+            self.distillation_teacher = self.teacher if same else load_model(path, self.device)
+            if self.channels_last and not same:
+                self.distillation_teacher = self.distillation_teacher.to(memory_format=torch.channels_last)
+        self.objective = build_objective(cfg, self.teacher, self.distillation_teacher)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,

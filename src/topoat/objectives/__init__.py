@@ -10,6 +10,7 @@ from ..config import TrainConfig
 from ..errors import TopoatError
 from .awp import AdversarialWeightPerturbation
 from .base import Objective, ObjectiveOutput, pgd_from_config
+from .distillation import Distilled, distillation_loss
 from .mart import MART
 from .pgd_at import PGDAT
 from .standard import Standard
@@ -24,7 +25,7 @@ def build_base_objective(cfg: TrainConfig) -> Objective:
     if name == "standard":
         return Standard()
     if name == "pgd-at":
-        return PGDAT(cfg.attack)
+        return PGDAT(cfg.attack, cfg.method.natural_weight)
     if name == "trades":
         return TRADES(cfg.attack, cfg.method.beta)
     if name == "mart":
@@ -32,8 +33,10 @@ def build_base_objective(cfg: TrainConfig) -> Objective:
     raise TopoatError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 
-def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None) -> Objective:
-    """The base method, + TRAIN if the config has a topology section, + AWP (outermost) if method.awp."""
+def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
+                    distillation_teacher: Optional[nn.Module] = None) -> Objective:
+    """The base method, + TRAIN if the config has a topology section, + logit distillation if it has a
+    distillation section, + AWP (outermost) if method.awp."""
     objective = build_base_objective(cfg)
     t = cfg.topology
     if t is not None:
@@ -41,13 +44,19 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None) -> Ob
             raise TopoatError("topology: a teacher model is required (topology.teacher)")
         objective = TopologyRegularized(objective, teacher, t.lambda_nat, t.lambda_adv, t.kernel, t.layer,
                                         t.teacher_layer, t.class_aware, t.memory_bank, t.global_graph,
-                                        t.attack_uses_topology)
+                                        t.attack_uses_topology, temperature=t.temperature,
+                                        perplexity=t.perplexity)
+    d = cfg.distillation
+    if d is not None:
+        if distillation_teacher is None:
+            raise TopoatError("distillation: a teacher model is required (distillation.teacher)")
+        objective = Distilled(objective, distillation_teacher, d.lambda_, d.temperature)
     awp = cfg.method.awp
     if awp is not None:
         objective = AdversarialWeightPerturbation(objective, awp.gamma, awp.warmup_epochs)
     return objective
 
 
-__all__ = ["MART", "METHODS", "TRADES", "AdversarialWeightPerturbation", "MemoryBank", "Objective",
-           "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "build_base_objective", "build_objective",
+__all__ = ["MART", "METHODS", "TRADES", "AdversarialWeightPerturbation", "Distilled", "MemoryBank", "Objective",
+           "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "build_base_objective", "build_objective", "distillation_loss",
            "pgd_from_config", "representation"]

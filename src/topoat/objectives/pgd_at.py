@@ -1,4 +1,9 @@
-"""PGD-AT (Madry et al. 2018): cross-entropy on PGD examples made from a uniform random start."""
+"""PGD-AT (Madry et al. 2018): cross-entropy on PGD examples made from a uniform random start.
+
+With `natural_weight` alpha > 0 the loss mixes in the natural cross-entropy,
+(1 - alpha) * CE(f(x'), y) + alpha * CE(f(x), y): PGD-AT's own natural/robust knob, the way beta is
+TRADES'. alpha = 0 is Madry et al.'s objective and costs no natural forward pass.
+"""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -10,14 +15,22 @@ from .base import Objective, ObjectiveOutput, cross_entropy_per_sample
 class PGDAT(Objective):
     name = "pgd-at"
 
-    def __init__(self, attack: AttackConfig):
+    def __init__(self, attack: AttackConfig, natural_weight: float = 0.0):
         self.attack = attack
+        self.natural_weight = natural_weight
 
     def attack_loss(self, model, x, y):
         return lambda logits: cross_entropy_per_sample(logits, y)
 
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         logits, feats = model(x_adv, return_features=True)
-        loss = F.cross_entropy(logits.float(), y)
-        return ObjectiveOutput(loss, logits_adv=logits, features_adv=feats, x_adv=x_adv,
-                               parts={"ce_adv": loss.detach()})
+        ce_adv = F.cross_entropy(logits.float(), y)
+        out = ObjectiveOutput(ce_adv, logits_adv=logits, features_adv=feats, x_adv=x_adv,
+                              parts={"ce_adv": ce_adv.detach()})
+        if self.natural_weight > 0:
+            logits_nat, feats_nat = model(x, return_features=True)
+            ce_nat = F.cross_entropy(logits_nat.float(), y)
+            out.loss = (1 - self.natural_weight) * ce_adv + self.natural_weight * ce_nat
+            out.logits_nat, out.features_nat = logits_nat, feats_nat
+            out.parts["ce_nat"] = ce_nat.detach()
+        return out

@@ -71,13 +71,14 @@ class TopologyRegularized(Objective):
     def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 30.0,
                  lambda_adv: float = 30.0, kernel: str = "cosine", layer: str = "features",
                  teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
-                 global_graph: bool = False, attack_uses_topology: bool = False):
+                 global_graph: bool = False, attack_uses_topology: bool = False, *,
+                 temperature: float = 0.1, perplexity: float = 30.0):
         self.base = base
         self.attack = base.attack
         self.attack_uses_topology = attack_uses_topology
         self.teacher = teacher.eval().requires_grad_(False)
         self.lambda_nat, self.lambda_adv = lambda_nat, lambda_adv
-        self.topology = TopologyLoss(kernel, class_aware)
+        self.topology = TopologyLoss(kernel, class_aware, temperature, perplexity)
         self.layer = layer
         self.teacher_layer = teacher_layer or layer
         self.name = f"{base.name}+train"

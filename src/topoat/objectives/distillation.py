@@ -1,0 +1,71 @@
+"""Logit distillation from a frozen standard model, added to any base objective: the control for TRAIN.
+
+L = L_base + lambda * T^2 * KL(softmax(g(x) / T) || softmax(f(x) / T))     (batch mean, natural x)
+
+TRAIN pulls the trained model's neighbourhood graph towards the standard model's; this pulls its
+outputs there instead. If TRAIN's gain is no larger than this one's, the topology is not what helps.
+The T^2 keeps the gradient's scale independent of T (Hinton et al. 2015).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Objective, ObjectiveOutput
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch, in fp32."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    return (t * t) * F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+class Distilled(Objective):
+    """Wraps any base objective; its attack is the base method's, unchanged."""
+
+    def __init__(self, base: Objective, teacher: nn.Module, weight: float = 1.0, temperature: float = 4.0):
+        self.base = base
+        self.attack = base.attack
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+        self.name = f"{base.name}+distillation"
+        self.makes_adversarial = base.makes_adversarial
+
+    def adversarial(self, model, x, y):
+        return self.base.adversarial(model, x, y)
+
+    def attack_objective(self, model, x, y):
+        return self.base.attack_objective(model, x, y)
+
+    def attack_loss(self, model, x, y):
+        return self.base.attack_loss(model, x, y)
+
+    def attack_start(self, x):
+        return self.base.attack_start(x)
+
+    def base_loss(self, model, x, y, x_adv):
+        return self.base.base_loss(model, x, y, x_adv)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
+
+    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+        out = self.base.loss(model, x, y, x_adv)
+        if self.weight > 0:
+            if out.logits_nat is None:
+                out.logits_nat, out.features_nat = model(x, return_features=True)
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            kd = distillation_loss(out.logits_nat, teacher_logits, self.temperature)
+            out.loss = out.loss + self.weight * kd
+            out.parts["distillation"] = kd.detach()
+        return out
