@@ -387,3 +387,65 @@ def test_trainer_runs_awp_trades_with_train_and_logs_both_parts(tmp_path):
     import json
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"ce_nat", "kl", "topo_nat", "topo_adv"} <= set(record)
+
+
+# ---------------------------------------------------------------------------------------------------
+# PGD-AT's natural-loss mix, the distillation control, the authors' BatchNorm modes
+
+
+def test_pgd_at_natural_weight_mixes_natural_cross_entropy():
+    out = PGDAT(attack_config(), natural_weight=0.25).loss(student(), x, y, x_adv)
+    z, z_adv = np_forward(STUDENT, X)[0], np_forward(STUDENT, X_ADV)[0]
+    assert out.loss.item() == pytest.approx(0.75 * np_ce(z_adv, Y) + 0.25 * np_ce(z, Y), rel=1e-5)
+    assert out.features_nat is not None  # TRAIN reuses the natural pass
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(TopoatError, match="natural_weight"):
+            tiny_config(**{"method.natural_weight": bad})
+    with pytest.raises(TopoatError, match="pgd-at only"):
+        tiny_config(**{"method.name": "trades", "method.natural_weight": 0.5})
+
+
+def np_distillation(student_logits, teacher_logits, temperature):
+    p_t, p_s = np_softmax(teacher_logits / temperature), np_softmax(student_logits / temperature)
+    return temperature ** 2 * float(np.mean(np_kl_rows(p_t, p_s)))
+
+
+@pytest.mark.parametrize("base_cls", [PGDAT, TRADES])
+def test_distillation_adds_the_tempered_kl_to_the_teacher(base_cls):
+    from topoat.objectives import Distilled, distillation_loss
+
+    base = base_cls(attack_config())
+    obj = Distilled(base, teacher(), weight=0.5, temperature=4.0)
+    out = obj.loss(student(), x, y, x_adv)
+    z, g = np_forward(STUDENT, X)[0], np_forward(TEACHER, X)[0]
+    kd = np_distillation(z, g, 4.0)
+    assert out.parts["distillation"].item() == pytest.approx(kd, rel=1e-4, abs=KL_ABS)
+    assert out.loss.item() == pytest.approx(base.loss(student(), x, y, x_adv).loss.item() + 0.5 * kd,
+                                            rel=1e-5, abs=KL_ABS)
+    assert obj.adversarial(student(), x, y) is not None  # the base method's attack, unchanged
+    s = torch.tensor(z, dtype=torch.float32, requires_grad=True)
+    distillation_loss(s, torch.tensor(g, dtype=torch.float32), 2.0).backward()
+    assert s.grad is not None and distillation_loss(s, s, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_config_uses_the_lambda_key_and_a_study_teacher(tmp_path):
+    from topoat.config import dump_config
+    from topoat.objectives import Distilled
+
+    cfg = tiny_config(**{"distillation.lambda": 2.0, "distillation.temperature": 3.0})
+    assert cfg.distillation.lambda_ == 2.0 and "lambda: 2.0" in dump_config(cfg)
+    assert load_config(data=__import__("yaml").safe_load(dump_config(cfg))).distillation.lambda_ == 2.0
+    with pytest.raises(TopoatError, match="distillation.lambda must be >= 0"):
+        tiny_config(**{"distillation.lambda": -1})
+    with pytest.raises(TopoatError, match="distillation: a teacher model is required"):
+        build_objective(cfg)
+    assert isinstance(build_objective(cfg, distillation_teacher=small_cnn(2).eval()), Distilled)
+
+
+def test_training_attack_batchnorm_mode_defaults_to_the_authors_choice():
+    # Rice et al.'s PGD-AT and the AT-AWP code attack in train mode; TRADES and MART switch to eval mode.
+    assert tiny_config(**{"method.name": "pgd-at"}).attack.eval_mode is False
+    assert tiny_config(**{"method.name": "pgd-at", "method.awp.gamma": 0.005}).attack.eval_mode is False
+    assert tiny_config(**{"method.name": "trades"}).attack.eval_mode is True
+    assert tiny_config(**{"method.name": "mart"}).attack.eval_mode is True
+    assert tiny_config(**{"method.name": "pgd-at", "attack.eval_mode": True}).attack.eval_mode is True

@@ -9,7 +9,7 @@ from topoat.checkpoint import model_record, save_atomic
 from topoat.config import load_config
 from topoat.evaluate import parse_attack
 from topoat.models import build_model
-from topoat.study import load_study
+from topoat.study import load_study, teacher_links
 from topoat.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,9 +121,9 @@ def test_study_files_plan_valid_runs(path, tmp_path):
     seeds = spec.seeds or [None]
     assert len(planned) == sum(len(r.seeds or seeds) for r in spec.runs)
     for p in planned:
-        teacher = [] if p.teacher is None else [f"topology.teacher={tmp_path / p.teacher / 'last.pt'}"]
+        teacher = [] if p.teacher is None else teacher_links(p, tmp_path / p.teacher / "last.pt")
         cfg = load_config(p.config_path, p.overrides + teacher + [f"name={p.name}"])
-        assert (cfg.topology is not None) == (p.teacher is not None), p.name
+        assert (cfg.topology is not None or cfg.distillation is not None) == (p.teacher is not None), p.name
         if "lambda" in p.name:
             lam = float(p.name.split("lambda")[1].split("-")[0])
             assert cfg.topology.lambda_nat == cfg.topology.lambda_adv == lam

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from scipy.optimize import brentq
+from scipy.special import xlogy
+
 from topoat import TopologyLoss
-from topoat.topology import knn_overlap
+from topoat.topology import affinity_log_probs, knn_overlap, perplexity_precisions
 
 
 def reference_loss(student, teacher, kernel):
@@ -60,23 +63,122 @@ def test_hand_computed_cosine():
     assert loss.item() == pytest.approx(2 * math.log(2) / 3, rel=1e-5)
 
 
-@pytest.mark.parametrize("kernel", ["cosine", "gaussian", "student-t"])
-def test_identical_is_zero_and_gradient_reaches_student_only(kernel):
+def sharp_reference_loss(student, teacher, kernel, temperature=0.1, perplexity=30.0):
+    """softmax-cosine and perplexity graphs from their definitions in float64: exp(cos / T) per row, and
+    per-row Gaussians whose precision scipy's root finder (not bisection) sets to the target entropy."""
+    def probs(z):
+        n = len(z)
+        off = ~np.eye(n, dtype=bool)
+        if kernel == "softmax-cosine":
+            unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+            logits = (unit @ unit.T) / temperature
+        else:
+            d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+            logits = np.zeros((n, n))
+            for i in range(n):
+                d = d2[i, off[i]]
+
+                def entropy_gap(log_b, d=d):
+                    w = np.exp(-np.exp(log_b) * (d - d.min()))
+                    p = w / w.sum()
+                    return -xlogy(p, p).sum() - math.log(perplexity)
+                logits[i] = -np.exp(brentq(entropy_gap, -40, 40, xtol=1e-14)) * d2[i]
+        p = np.where(off, np.exp(logits - logits.max(1, keepdims=True)), 0.0)
+        return p / p.sum(1, keepdims=True)
+
+    p_s, p_t = probs(student), probs(teacher)
+    off = ~np.eye(len(student), dtype=bool)
+    return float((p_t[off] * np.log(p_t[off] / p_s[off])).sum() / len(student))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_softmax_cosine_matches_definition(temperature):
+    rng = np.random.default_rng(1)
+    student, teacher = np.abs(rng.normal(size=(9, 5))), np.abs(rng.normal(size=(9, 7)))  # post-ReLU-like
+    got = TopologyLoss("softmax-cosine", temperature=temperature)(torch.tensor(student, dtype=torch.float32),
+                                                                  torch.tensor(teacher, dtype=torch.float32))
+    assert got.item() == pytest.approx(sharp_reference_loss(student, teacher, "softmax-cosine", temperature),
+                                       rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("perplexity", [3.0, 7.5])
+def test_perplexity_matches_definition(perplexity):
+    rng = np.random.default_rng(2)
+    student, teacher = rng.normal(size=(12, 5)), 3.0 * rng.normal(size=(12, 8))  # another scale on purpose
+    got = TopologyLoss("perplexity", perplexity=perplexity)(torch.tensor(student, dtype=torch.float32),
+                                                            torch.tensor(teacher, dtype=torch.float32))
+    expected = sharp_reference_loss(student, teacher, "perplexity", perplexity=perplexity)
+    assert got.item() == pytest.approx(expected, rel=1e-3, abs=1e-5)
+
+
+def test_perplexity_rows_have_the_target_entropy():
+    torch.manual_seed(0)
+    z = torch.relu(torch.randn(64, 32)) * 10
+    logp = affinity_log_probs(z, "perplexity", perplexity=12.0)
+    entropy = -(logp.exp() * logp.masked_fill(torch.eye(64, dtype=torch.bool), 0.0)).sum(1)
+    assert torch.allclose(entropy, torch.full_like(entropy, math.log(12.0)), atol=1e-4)
+
+
+def test_perplexity_precision_is_detached():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(10, 4, requires_grad=True), torch.randn(10, 4)
+    TopologyLoss("perplexity", perplexity=4.0)(student, teacher).backward()
+    # the same loss with the precisions frozen as constants: gradients agree only if they were detached
+    z = student.detach().clone().requires_grad_(True)
+    allowed = ~torch.eye(10, dtype=torch.bool)
+
+    def graph(f, grad):
+        d2 = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
+        b = perplexity_precisions(d2.detach(), 4.0, allowed)
+        return torch.log_softmax((-b[:, None] * d2).masked_fill(~allowed, float("-inf")), dim=1)
+    s, t = graph(z, True), graph(teacher, False)
+    ((t.exp() * (t - s)).masked_fill(~allowed, 0.0).sum() / 10).backward()
+    assert torch.allclose(student.grad, z.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_perplexity_needs_enough_samples_and_sharp_kernels_check_their_parameters():
+    loss = TopologyLoss("perplexity", perplexity=9.0)
+    with pytest.raises(ValueError, match="more than 10 samples, got 10"):
+        loss(torch.randn(10, 3), torch.randn(10, 3))
+    assert torch.isfinite(loss(torch.randn(11, 3), torch.randn(11, 3)))
+    for bad in ({"temperature": 0.0}, {"temperature": float("nan")}, {"perplexity": 1.0}, {"perplexity": -3}):
+        with pytest.raises(ValueError):
+            TopologyLoss("softmax-cosine", **bad)
+
+
+def test_sharp_kernels_are_sharper_than_cosine_on_post_relu_features():
+    torch.manual_seed(0)
+    z = torch.relu(torch.randn(128, 64))
+    entropy = {}
+    for kernel in ("cosine", "softmax-cosine", "perplexity"):
+        logp = affinity_log_probs(z, kernel)
+        entropy[kernel] = float(-(logp.exp() * logp.masked_fill(torch.eye(128, dtype=torch.bool), 0.0)).sum(1).mean())
+    assert entropy["cosine"] > math.log(127) - 0.01  # nearly uniform
+    assert entropy["softmax-cosine"] < entropy["cosine"] - 0.3
+    assert entropy["perplexity"] == pytest.approx(math.log(30), abs=1e-3)
+
+
+ALL_KERNELS = [("cosine", {}), ("gaussian", {}), ("student-t", {}), ("softmax-cosine", {}),
+               ("perplexity", {"perplexity": 2.5})]
+
+
+@pytest.mark.parametrize("kernel,kw", ALL_KERNELS, ids=[k for k, _ in ALL_KERNELS])
+def test_identical_is_zero_and_gradient_reaches_student_only(kernel, kw):
     torch.manual_seed(0)
     z = torch.randn(8, 6)
-    assert TopologyLoss(kernel)(z, z).item() == pytest.approx(0.0, abs=1e-6)
+    assert TopologyLoss(kernel, **kw)(z, z).item() == pytest.approx(0.0, abs=1e-6)
     student = torch.randn(8, 6, requires_grad=True)
     teacher = torch.randn(8, 3, requires_grad=True)
-    loss = TopologyLoss(kernel)(student, teacher)
+    loss = TopologyLoss(kernel, **kw)(student, teacher)
     loss.backward()
     assert loss.item() > 0
     assert student.grad is not None and torch.isfinite(student.grad).all()
     assert teacher.grad is None
 
 
-@pytest.mark.parametrize("kernel", ["cosine", "gaussian", "student-t"])
-def test_degenerate_inputs_are_finite(kernel):
-    loss = TopologyLoss(kernel)
+@pytest.mark.parametrize("kernel,kw", ALL_KERNELS, ids=[k for k, _ in ALL_KERNELS])
+def test_degenerate_inputs_are_finite(kernel, kw):
+    loss = TopologyLoss(kernel, **kw)
     zeros = torch.zeros(4, 5, requires_grad=True)
     dup = torch.ones(4, 5, requires_grad=True)
     for student in (zeros, dup):
@@ -84,8 +186,9 @@ def test_degenerate_inputs_are_finite(kernel):
         value = loss(student, teacher)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(student.grad).all()
-    two = loss(torch.randn(2, 3), torch.randn(2, 3))  # n = 2: one neighbour per row, KL = 0
-    assert two.item() == pytest.approx(0.0, abs=1e-6)
+    if kernel != "perplexity":  # a perplexity above 1 needs at least 3 samples
+        two = loss(torch.randn(2, 3), torch.randn(2, 3))  # n = 2: one neighbour per row, KL = 0
+        assert two.item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError):
         loss(torch.randn(1, 3), torch.randn(1, 3))
 

@@ -211,3 +211,31 @@ def test_study_runs_limited_to_some_seeds_come_after_the_grid(tmp_path):
         spec.write_text(yaml.safe_dump(bad))
         with pytest.raises(TopoatError, match=message):
             load_study(spec)
+
+
+def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_later(tmp_path, capsys):
+    write_config(tmp_path, **{"optim.epochs": 1})
+    spec = tmp_path / "study.yaml"
+    runs = [{"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
+            {"name": "pgd-at-kd", "config": "cfg.yaml", "teacher": "standard",
+             "set": ["distillation.lambda=0.5", "evaluation.attacks=[pgd-2]"]}]
+    spec.write_text(yaml.safe_dump({"runs": runs}))
+    out = tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "standard"]) == 0
+    assert not (out / "pgd-at-kd").exists()
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "*-kd"]) == 0
+    entry = json.loads((out / "pgd-at-kd" / "results.json").read_text())["runs"]["pgd-at-kd"]
+    assert entry["topology"] is None and entry["distillation"]["lambda"] == 0.5
+    assert set(entry["robust_acc"]) == {"pgd-2"}
+    # the study grows its evaluation: the finished run gets just the new attack, on the same images
+    runs[1]["set"][1] = "evaluation.attacks=[pgd-2, fgsm]"
+    spec.write_text(yaml.safe_dump({"runs": runs}))
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert "evaluating the attacks it lacks: fgsm" in capsys.readouterr().out
+    doc = json.loads((out / "results.json").read_text())
+    robust = doc["runs"]["pgd-at-kd"]["robust_acc"]
+    assert robust["pgd-2"] == entry["robust_acc"]["pgd-2"] and "fgsm" in robust
+    assert "fgsm" in (doc["runs"]["pgd-at-kd"]["best"] or {"robust_acc": {"fgsm": 0}})["robust_acc"]
+    assert "evaluation.attacks=[pgd-2, fgsm]" in (out / "study.yaml").read_text()
+    assert main(["study", str(spec), "--out", str(out), "--resume", "--runs", "nothing*"]) == 2

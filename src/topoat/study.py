@@ -86,7 +86,7 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
     return spec, planned
 
 
-def _teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
+def teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
     """Overrides pointing the run's TRAIN and distillation sections (whichever it has) at `teacher`."""
     cfg = load_config(p.config_path, p.overrides + [f"name={p.name}"])
     links = [f"{section}.teacher={teacher}" for section in ("topology", "distillation")
@@ -119,7 +119,7 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
     # Validate every config before the first hour of training is spent.
     configs = {}
     for p in planned:
-        links = [] if p.teacher is None else _teacher_links(p, out / p.teacher / "last.pt")
+        links = [] if p.teacher is None else teacher_links(p, out / p.teacher / "last.pt")
         if p.reference is not None:
             links.append(f"validation.reference={out / p.reference / 'last.pt'}")
         cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
