@@ -749,20 +749,39 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
         path = plot(figures / filename)
         if path is not None:
             pictures.append((heading, path, caption))
+    frontiers = frontier_sections(runs, figures, title)
 
     document = {"dataset": dataset, "threat": threat, "n": analysis.n, "k": settings.k,
                 "attack": analysis.attack, "graph_size": settings.graph_size, "seed": settings.seed,
                 "runs": analysis.metrics}
     write_json_atomic(document, out / "analysis.json")
-    text = _markdown(runs, info, analysis, pictures, settings, out, dataset, threat_text)
+    text = _markdown(runs, info, analysis, pictures, settings, out, dataset, threat_text, frontiers)
     report = out / "report.md"
     report.write_text(text)
     echo(f"report: {report}")
     return report
 
 
+def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tuple[str, str, Path]]:
+    """(heading, text, picture) of the natural/robust frontier under each attack the base curves ran,
+    AutoAttack's APGD-CE + APGD-T first."""
+    from .frontier import HEADLINE_ATTACK, frontier, frontier_section, plot_frontier
+
+    attacks = [HEADLINE_ATTACK] + [a for a in dict.fromkeys(
+        a for r in runs for a in r.entry.get("robust_acc", {})) if a not in (HEADLINE_ATTACK, "worst")]
+    sections = []
+    for attack in attacks:
+        f = frontier(runs, attack)
+        if f is None or not f.points:
+            continue
+        slug = re.sub(r"[^a-z0-9]+", "-", attack.lower()).strip("-")
+        path = plot_frontier(f, figures / f"frontier-{slug}.png", f"Natural/robust frontier under {attack} ({title})")
+        sections.append((f"Frontier under {attack}", frontier_section(f, markdown_table), path))
+    return sections
+
+
 def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings, out: Path,
-              dataset: str, threat_text: str) -> str:
+              dataset: str, threat_text: str, frontiers=()) -> str:
     parts = [f"# topoat report: {dataset}, {threat_text}", "",
              "Runs from " + ", ".join(f"`{s}`" for s in info["sources"]) + ". Accuracies in percent on the "
              "fixed test subset each run was evaluated on (last checkpoint); mean ± sample std over seeds "
@@ -778,6 +797,9 @@ def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings
                   "", paired]
     for name, why in info["failed"].items():
         parts += ["", f"- **{name} failed**: {why}"]
+    for heading, text, path in frontiers:
+        rel = Path(os.path.relpath(path, out)).as_posix()
+        parts += ["", f"## {heading}", "", text, "", f"![{heading}]({rel})"]
     if analysis.metrics:
         parts += ["", "## Topology against the standard model", "",
                   f"On {analysis.n} held-out test images (seed {settings.seed}), penultimate features, each model "

@@ -1,0 +1,237 @@
+"""The natural/robust frontier: is a TRAIN (or distillation) point above the trade-off its base method
+already offers with its own knob?
+
+Each base method's curve is drawn from its runs without a topology or distillation term, one point per
+setting of its knob (TRADES and MART: beta; PGD-AT: natural_weight), through which natural accuracy is
+interpolated linearly as a function of robust accuracy. A point's *frontier gain* is its natural
+accuracy minus the curve's at the point's robust accuracy: above 0, the point lies beyond what the base
+method reaches by trading robustness for natural accuracy. Gains are taken per seed (the point against
+the curve of the same seed's base runs, which share its teacher and data order), then averaged.
+Outside the curve's robust range the end segment is extended, and the row says so.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
+KNOBS = {"pgd-at": ("natural_weight", "α"), "trades": ("beta", "β"), "mart": ("beta", "β")}
+
+
+def knob_value(run) -> Optional[float]:
+    """The base method's own trade-off setting of a run (None for methods without one)."""
+    key = KNOBS.get(run.method, (None, None))[0]
+    config = run.entry.get("method_config") or {}
+    if key is None:
+        return None
+    if key in config:
+        return float(config[key])
+    return 0.0 if key == "natural_weight" else 6.0  # results written before the knob was recorded
+
+
+def is_regularized(run) -> bool:
+    return bool(run.entry.get("topology")) or bool(run.entry.get("distillation"))
+
+
+def point_label(entry: dict) -> str:
+    """What a regularized run adds to its base method, e.g. 'TRAIN softmax-cosine T=0.1, λ=10'."""
+    topo, kd = entry.get("topology"), entry.get("distillation")
+    parts = []
+    if topo:
+        kernel = topo.get("kernel", "cosine")
+        extra = {"softmax-cosine": f" T={topo.get('temperature', 0.1):g}",
+                 "perplexity": f" perplexity={topo.get('perplexity', 30):g}"}.get(kernel, "")
+        nat, adv = topo.get("lambda_nat", 0), topo.get("lambda_adv", 0)
+        lam = f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
+        parts.append(f"TRAIN {kernel}{extra}, {lam}")
+    if kd:
+        parts.append(f"distillation T={kd.get('temperature', 4):g}, λ={kd.get('lambda', 1):g}")
+    return " + ".join(parts)
+
+
+def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, float]]:
+    """(robust, natural) accuracy of one run in [0, 1]: its best-by-validation checkpoint (else the
+    last), under `attack`; None if that attack was not run."""
+    entry = run.entry
+    part = entry.get("best") if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
+    robust = (part.get("robust_acc") or {}).get(attack)
+    if robust is None or part.get("natural_acc") is None:
+        return None
+    return float(robust), float(part["natural_acc"])
+
+
+def interpolate(curve: Sequence[tuple[float, float]], robust: float) -> tuple[float, bool]:
+    """Natural accuracy of a piecewise-linear curve of (robust, natural) points at `robust`, and whether
+    the end segment had to be extended to reach it."""
+    pts = sorted(curve)
+    xs = np.array([p[0] for p in pts])
+    ys = np.array([p[1] for p in pts])
+    if xs[0] <= robust <= xs[-1]:
+        return float(np.interp(robust, xs, ys)), False
+    i = (0, 1) if robust < xs[0] else (-2, -1)
+    x0, x1, y0, y1 = xs[i[0]], xs[i[1]], ys[i[0]], ys[i[1]]
+    slope = 0.0 if x1 == x0 else (y1 - y0) / (x1 - x0)
+    return float(y0 + slope * (robust - x0)), True
+
+
+@dataclass
+class FrontierPoint:
+    method: str
+    group: str
+    label: str
+    natural: list[float] = field(default_factory=list)  # per seed, in points
+    robust: list[float] = field(default_factory=list)
+    gains: list[float] = field(default_factory=list)
+    extrapolated: bool = False
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BaseCurve:
+    method: str
+    knob: str
+    settings: list[tuple[float, str]]  # (knob value, group), in knob order
+    by_seed: dict[Optional[int], list[tuple[float, float]]]  # seed -> (robust, natural) points, in points
+    mean_points: list[tuple[float, float, float, float, float]]  # knob, robust mean/std, natural mean/std
+
+
+@dataclass
+class Frontier:
+    attack: str
+    checkpoint: str
+    curves: dict[str, BaseCurve]
+    points: list[FrontierPoint]
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "best") -> Optional[Frontier]:
+    """The base curves of every method with at least two knob settings under `attack`, and every
+    regularized group of those methods placed against them. None when no method has a curve."""
+    curves: dict[str, BaseCurve] = {}
+    points: dict[str, FrontierPoint] = {}
+    groups: dict[str, list] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    for method, (_, symbol) in KNOBS.items():
+        base = {g: rs for g, rs in groups.items()
+                if rs[0].method == method and not is_regularized(rs[0]) and any(scores(r, attack, checkpoint) for r in rs)}
+        settings = sorted({(knob_value(rs[0]), g) for g, rs in base.items()})
+        if len({v for v, _ in settings}) < 2:
+            continue
+        by_seed: dict[Optional[int], list[tuple[float, float]]] = {}
+        mean_points = []
+        for value, g in settings:
+            per_seed = {r.seed: scores(r, attack, checkpoint) for r in base[g]}
+            per_seed = {s: v for s, v in per_seed.items() if v is not None}
+            for s, (rob, nat) in per_seed.items():
+                by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
+            robs = [100 * v[0] for v in per_seed.values()]
+            nats = [100 * v[1] for v in per_seed.values()]
+            mean_points.append((value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats)))
+        curves[method] = BaseCurve(method, symbol, settings, by_seed, mean_points)
+    for g, rs in groups.items():
+        method = rs[0].method
+        if method not in curves or not is_regularized(rs[0]):
+            continue
+        point = FrontierPoint(method, g, point_label(rs[0].entry))
+        for r in sorted(rs, key=lambda r: (r.seed is None, r.seed)):
+            s = scores(r, attack, checkpoint)
+            curve = curves[method].by_seed.get(r.seed)
+            if s is None or curve is None or len(curve) < 2:
+                continue
+            rob, nat = 100 * s[0], 100 * s[1]
+            expected, outside = interpolate(curve, rob)
+            point.natural.append(nat)
+            point.robust.append(rob)
+            point.gains.append(nat - expected)
+            point.seeds.append(r.seed)
+            point.extrapolated |= outside
+        if point.gains:
+            points[g] = point
+    if not curves:
+        return None
+    return Frontier(attack, checkpoint, curves, list(points.values()))
+
+
+def _fmt(values: Sequence[float], signed: bool = False) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.2f}"
+
+
+def gain_rows(f: Frontier) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "run", "added term", "seeds", "natural", "robust", "frontier gain (natural)"]
+    rows = []
+    for method, curve in f.curves.items():
+        for value, robm, robs, natm, nats in curve.mean_points:
+            spread = lambda m, s: f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
+            rows.append([method, f"base {curve.knob}={value:g}", "-", str(len(curve.by_seed)),
+                         spread(natm, nats), spread(robm, robs), "0 (the curve)"])
+        for p in sorted((p for p in f.points if p.method == method), key=lambda p: -statistics.fmean(p.gains)):
+            gain = _fmt(p.gains, signed=True) + (" (beyond the curve's range)" if p.extrapolated else "")
+            rows.append([method, p.group, p.label, str(len(p.seeds)), _fmt(p.natural), _fmt(p.robust), gain])
+    return header, rows
+
+
+def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
+    """Natural (y) against robust (x) accuracy: each base curve as a line through its seed means, each
+    regularized group as a labelled point, mean ± one std over seeds in both directions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(f.curves)
+    fig, axes = plt.subplots(1, len(methods), figsize=(7.0 * len(methods), 5.6), squeeze=False)
+    markers = {"cosine": "s", "softmax-cosine": "^", "perplexity": "D", "gaussian": "v", "student-t": "P"}
+    for ax, method in zip(axes[0], methods):
+        curve = f.curves[method]
+        pts = sorted(curve.mean_points, key=lambda p: p[1])
+        ax.errorbar([p[1] for p in pts], [p[3] for p in pts],
+                    xerr=[0 if math.isnan(p[2]) else p[2] for p in pts],
+                    yerr=[0 if math.isnan(p[4]) else p[4] for p in pts],
+                    color="black", marker="o", capsize=3, label=f"{method}, its own {curve.knob}")
+        for value, rob, _, nat, _ in curve.mean_points:
+            ax.annotate(f"{curve.knob}={value:g}", (rob, nat), textcoords="offset points", xytext=(5, -12),
+                        fontsize=8, color="black")
+        for i, p in enumerate(pt for pt in f.points if pt.method == method):
+            kernel = p.label.split(" ")[1].rstrip(",") if p.label.startswith("TRAIN") else None
+            marker = markers.get(kernel, "*") if kernel else "X"
+            rob, nat = statistics.fmean(p.robust), statistics.fmean(p.natural)
+            ax.errorbar([rob], [nat], xerr=[_std(p.robust) if len(p.robust) > 1 else 0],
+                        yerr=[_std(p.natural) if len(p.natural) > 1 else 0], marker=marker, linestyle="none",
+                        capsize=3, markersize=8, color=plt.cm.tab10(i % 10),
+                        label=f"{p.label} ({len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}): "
+                              f"gain {statistics.fmean(p.gains):+.2f}")
+        ax.set_xlabel(f"robust accuracy, {f.attack} (%)")
+        ax.set_ylabel("natural accuracy (%)")
+        ax.set_title(method)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=1, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def frontier_section(f: Frontier, markdown_table) -> str:
+    header, rows = gain_rows(f)
+    which = "best-by-validation" if f.checkpoint == "best" else "last"
+    return "\n".join([
+        f"Natural against robust accuracy ({f.attack}), {which} checkpoints, in percent, mean ± sample std over "
+        "seeds. Frontier gain: a run's natural accuracy minus its base method's curve (linear through that "
+        "seed's base runs) at the run's robust accuracy, per seed, then mean ± std. Above 0 the run lies "
+        "beyond the trade-off the base method already offers with its own knob.", "",
+        markdown_table(header, rows)])

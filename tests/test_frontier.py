@@ -1,0 +1,75 @@
+"""The natural/robust frontier: base curves, per-seed interpolation, frontier gains, the picture."""
+from dataclasses import dataclass
+
+import pytest
+
+from topoat.frontier import frontier, gain_rows, interpolate, plot_frontier, point_label
+
+
+@dataclass
+class FakeRun:
+    name: str
+    entry: dict
+
+    @property
+    def group(self):
+        return self.name.rsplit("-s", 1)[0]
+
+    @property
+    def seed(self):
+        return int(self.name.rsplit("-s", 1)[1])
+
+    @property
+    def method(self):
+        return self.entry["method"]
+
+
+def run(name, method, natural, robust, knob=None, topology=None, distillation=None, attack="aa:apgd-ce+apgd-t"):
+    config = {} if knob is None else ({"beta": knob} if method == "trades" else {"natural_weight": knob})
+    scores = {"natural_acc": natural, "robust_acc": {attack: robust}}
+    return FakeRun(name, {"method": method, "method_config": config, "topology": topology,
+                          "distillation": distillation, **scores, "best": dict(scores, epoch=3)})
+
+
+def test_interpolate_inside_and_beyond_the_curve():
+    curve = [(50.0, 80.0), (40.0, 90.0), (55.0, 70.0)]
+    assert interpolate(curve, 45.0) == (pytest.approx(85.0), False)
+    assert interpolate(curve, 52.5) == (pytest.approx(75.0), False)
+    assert interpolate(curve, 60.0) == (pytest.approx(60.0), True)  # the end segment extended
+    assert interpolate(curve, 30.0) == (pytest.approx(100.0), True)
+
+
+def test_frontier_gain_is_per_seed_against_that_seeds_curve():
+    topo = {"kernel": "softmax-cosine", "temperature": 0.1, "lambda_nat": 10, "lambda_adv": 10}
+    runs = []
+    for seed, shift in [(0, 0.0), (1, 0.02)]:
+        runs += [run(f"trades-b1-s{seed}", "trades", 0.80 + shift, 0.40, 1),
+                 run(f"trades-b6-s{seed}", "trades", 0.70 + shift, 0.50, 6),
+                 # halfway between the two in robustness: the curve gives 0.75 + shift natural
+                 run(f"trades-sc-s{seed}", "trades", 0.78 + shift, 0.45, 6, topology=topo),
+                 run(f"trades-kd-s{seed}", "trades", 0.74 + shift, 0.45, 6,
+                     distillation={"lambda": 2.0, "temperature": 4.0})]
+    runs.append(run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0))  # one setting only: no PGD-AT curve
+    f = frontier(runs)
+    assert list(f.curves) == ["trades"]
+    gains = {p.group: p.gains for p in f.points}
+    assert gains["trades-sc"] == pytest.approx([3.0, 3.0])
+    assert gains["trades-kd"] == pytest.approx([-1.0, -1.0])
+    header, rows = gain_rows(f)
+    by_run = {r[1]: r for r in rows}
+    assert by_run["trades-sc"][-1] == "+3.00 ± 0.00" and by_run["trades-sc"][3] == "2"
+    assert by_run["base β=1"][4] == "81.00 ± 1.41"
+    assert point_label(runs[2].entry) == "TRAIN softmax-cosine T=0.1, λ=10"
+    assert point_label(runs[3].entry) == "distillation T=4, λ=2"
+
+
+def test_frontier_needs_the_attack_and_draws_the_picture(tmp_path):
+    runs = [run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0), run("pgd-at-nw50-s0", "pgd-at", 0.82, 0.45, 0.5),
+            run("pgd-at-cos-s0", "pgd-at", 0.80, 0.56, 0.0,
+                topology={"kernel": "cosine", "lambda_nat": 30, "lambda_adv": 30})]
+    assert frontier(runs, attack="pgd-20") is None
+    f = frontier(runs)
+    (point,) = f.points
+    assert point.extrapolated and point.gains[0] == pytest.approx(80 - 74.3)
+    path = plot_frontier(f, tmp_path / "frontier.png", "test")
+    assert path.stat().st_size > 1000
