@@ -28,6 +28,13 @@ TINY_ARGS = {
     "resnet18": "{width: 4}",
 }
 PROTOCOL_DATASETS = ("cifar10", "cifar100", "tiny-imagenet")
+# (method, arch) -> lr, weight decay, epochs, x0.1 milestones, beta: the authors' own CIFAR-10 scripts
+AUTHORS_CIFAR10 = {
+    ("trades", "preact-resnet18"): (0.1, 2e-4, 100, [75, 90], 6.0),
+    ("trades", "wrn-34-10"): (0.1, 2e-4, 100, [75, 90], 6.0),
+    ("mart", "preact-resnet18"): (0.01, 3.5e-3, 120, [75, 90, 100], 5.0),
+    ("mart", "wrn-34-10"): (0.1, 2e-4, 76, [75], 6.0),
+}
 
 
 def config_id(path: Path) -> str:
@@ -74,19 +81,25 @@ def test_config_states_the_protocol(path):
     assert cfg.attack.norm == "Linf" and cfg.attack.eps == 8 / 255 and cfg.attack.step_size == 2 / 255
     assert cfg.attack.steps == 10 and cfg.data.augment.crop_padding == 4 and cfg.data.augment.flip
     o = cfg.optim
-    assert (o.batch_size, o.lr, o.momentum, o.weight_decay, o.epochs) == (128, 0.1, 0.9, 5e-4, 110)
-    assert o.schedule == "multistep" and o.milestones == [100, 105] and o.gamma == 0.1
+    base = stem.removesuffix("-train")
+    arch = "wrn-34-10" if "wrn-34-10" in path.parts else "preact-resnet18"
+    # the shared protocol, except where a method's authors published their own CIFAR-10 schedule
+    lr, wd, epochs, milestones, beta = AUTHORS_CIFAR10.get((base, arch), (0.1, 5e-4, 110, [100, 105], 6.0)) \
+        if cfg.data.dataset == "cifar10" else (0.1, 5e-4, 110, [100, 105], 6.0)
+    assert (o.batch_size, o.lr, o.momentum, o.weight_decay, o.epochs) == (128, lr, 0.9, wd, epochs)
+    assert o.schedule == "multistep" and o.milestones == milestones and o.gamma == 0.1
+    # BatchNorm during the training attack as in each method's reference code
+    assert cfg.attack.eval_mode == (base in ("standard", "trades", "mart"))
     assert cfg.data.val_size == 1000 and not cfg.data.download
     assert {"pgd-20", "autoattack"} <= set(cfg.evaluation.attacks)
     for attack in cfg.evaluation.attacks:
         parse_attack(attack)
-    assert cfg.model.arch == ("wrn-34-10" if "wrn-34-10" in path.parts else "preact-resnet18")
-    base = stem.removesuffix("-train")
+    assert cfg.model.arch == arch
     expected_method = {"standard": "standard", "pgd-at": "pgd-at", "trades": "trades", "mart": "mart",
                        "awp-pgd-at": "pgd-at"}[base]
     assert cfg.method.name == expected_method
     if base in ("trades", "mart"):
-        assert cfg.method.beta == 6.0
+        assert cfg.method.beta == beta
     assert (getattr(cfg.method, "awp", None) is not None) == (base == "awp-pgd-at")
 
 
