@@ -32,7 +32,7 @@ else
   DEVICE=cuda
   STUDY_SET=()
   BENCH=(--device cuda --amp bf16 --batch-size 512)
-  LIMITS=(380 75 75)
+  LIMITS=(360 90 80)
   COMPILE_MODELS=preact-resnet18
 fi
 

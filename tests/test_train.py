@@ -239,3 +239,17 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
     assert "fgsm" in (doc["runs"]["pgd-at-kd"]["best"] or {"robust_acc": {"fgsm": 0}})["robust_acc"]
     assert "evaluation.attacks=[pgd-2, fgsm]" in (out / "study.yaml").read_text()
     assert main(["study", str(spec), "--out", str(out), "--resume", "--runs", "nothing*"]) == 2
+
+
+def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
+    from topoat.runs import evaluate_run
+    from topoat.train import Trainer
+
+    cfg = tiny_config(**{"evaluation.checkpoints": "[best]", "evaluation.attacks": "[pgd-2]"})
+    summary = Trainer(cfg, tmp_path / "run").run()
+    entry = evaluate_run(cfg, tmp_path / "run", "run", summary["train_seconds"], relative_to=tmp_path / "run",
+                         progress=False)
+    assert entry["robust_acc"] == {} and 0 <= entry["natural_acc"] <= 1  # the last checkpoint: natural only
+    assert set(entry["best"]["robust_acc"]) == {"pgd-2"}
+    with pytest.raises(TopoatError, match="evaluation.checkpoints"):
+        tiny_config(**{"evaluation.checkpoints": "[final]"})

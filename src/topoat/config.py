@@ -137,6 +137,8 @@ class EvaluationConfig:
     seed: int = 0
     # AutoAttack attacks (costly) run on a fixed subset of this many of the n images; null = all n
     autoattack_n: Optional[int] = None
+    # which checkpoints the attacks run on; one left out gets its natural accuracy only
+    checkpoints: list[Literal["last", "best"]] = field(default_factory=lambda: ["last", "best"])
 
 
 @dataclass

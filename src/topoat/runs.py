@@ -57,7 +57,7 @@ def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: floa
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
     checkpoint = run_dir / "last.pt"
     model = load_model(checkpoint, device)
-    res = _evaluate_model(cfg, model, x, y, progress)
+    res = _evaluate_model(cfg, model, x, y, progress, attacks_for(cfg, "last"))
     entry = {
         "method": method_name(cfg),
         "topology": None if cfg.topology is None else to_dict(cfg.topology),
@@ -83,17 +83,21 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
     ds = dataset_from_config(cfg.data)
     idx = fixed_subset(ds.x_test.shape[0], cfg.evaluation.n, cfg.evaluation.seed)
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
-    slots = [entry["checkpoint"]]
+    slots = [("last", entry["checkpoint"])]
     best = entry.get("best")
-    if isinstance(best, dict) and not best.get("same_as_last"):
-        slots.append(best["checkpoint"])
-    for checkpoint in slots:
+    if isinstance(best, dict) and (not best.get("same_as_last") or "last" not in cfg.evaluation.checkpoints):
+        slots.append(("best", best["checkpoint"]))
+    for kind, checkpoint in slots:
+        wanted = [a for a in attacks if a in attacks_for(cfg, kind)]
+        if not wanted:
+            continue
         path = (run_dir / checkpoint).resolve()
-        res = _evaluate_model(cfg, load_model(path, device), x, y, progress, attacks)
+        res = _evaluate_model(cfg, load_model(path, device), x, y, progress, wanted)
         merge_evaluation(results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps,
                          dataset=cfg.data.dataset)
     entry = read_json(results)["runs"][name]
-    if isinstance(entry.get("best"), dict) and entry["best"].get("same_as_last"):
+    if isinstance(entry.get("best"), dict) and entry["best"].get("same_as_last") and \
+            "last" in cfg.evaluation.checkpoints:
         for key in ("robust_acc", "n_by_attack", "autoattack_subset", "eval_seconds"):
             if key in entry:
                 entry["best"][key] = entry[key]
@@ -101,6 +105,12 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
         doc["runs"][name] = entry
         write_json_atomic(doc, results)
     return entry
+
+
+def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
+    """The attacks a checkpoint ("last" or "best") is evaluated with: all of evaluation.attacks if
+    evaluation.checkpoints lists it, else none (natural accuracy only, which costs next to nothing)."""
+    return list(cfg.evaluation.attacks) if checkpoint in cfg.evaluation.checkpoints else []
 
 
 def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool,
@@ -131,7 +141,8 @@ def _evaluate_best(cfg: TrainConfig, path: Path, last_model, last: EvalResult, x
     model = model_from_record(ckpt, x.device).eval()
     last_state = last_model.state_dict()
     same = all(torch.equal(v, last_state[k]) for k, v in model.state_dict().items())
-    res = last if same else _evaluate_model(cfg, model, x, y, progress)
+    attacks = attacks_for(cfg, "best")
+    res = last if same and attacks == attacks_for(cfg, "last") else _evaluate_model(cfg, model, x, y, progress, attacks)
     best = {"checkpoint": os.path.relpath(path, relative_to), "epoch": ckpt.get("epoch"),
             "natural_acc": res.natural_acc, "robust_acc": res.robust_acc}
     best.update(_extras(res))
@@ -225,12 +236,17 @@ def format_table(runs: dict[str, dict]) -> str:
     for r in runs.values():
         for scores in (r, r.get("best") or {}):
             attacks += [a for a in scores.get("robust_acc", {}) if a not in attacks]
-    header = ["run", "method", "topology", "natural"] + attacks + ["train s"]
+    header = ["run", "method", "added term", "natural"] + attacks + ["train s"]
     rows = []
     notes: dict[str, str] = {}
     for name, r in runs.items():
         topo = r.get("topology")
-        topo_text = "-" if not topo else f"{topo['layer']} nat={topo['lambda_nat']:g} adv={topo['lambda_adv']:g}"
+        topo_text = "-" if not topo else (f"{topo.get('kernel', 'cosine')} {topo['layer']} "
+                                          f"nat={topo['lambda_nat']:g} adv={topo['lambda_adv']:g}")
+        kd = r.get("distillation")
+        if kd:
+            topo_text = ("" if topo_text == "-" else topo_text + " + ") + \
+                f"distillation λ={kd['lambda']:g} T={kd['temperature']:g}"
         parts = [(name, r, f"{r['train_seconds']:.0f}")]
         if isinstance(r.get("best"), dict):
             parts.append((f"{name} (best@{r['best'].get('epoch')})", r["best"], "-"))

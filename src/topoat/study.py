@@ -134,7 +134,9 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         done = run_dir / "results.json"
         if done.is_file():
             entry = read_json(done)["runs"][p.name]
-            missing = [a for a in cfg.evaluation.attacks if a not in entry.get("robust_acc", {})]
+            scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else \
+                (entry.get("best") or {}).get("robust_acc", {})
+            missing = [a for a in cfg.evaluation.attacks if a not in scored]
             if missing:
                 echo(f"[{p.name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
                 entry = evaluate_missing(cfg, run_dir, p.name, missing, progress=progress)
