@@ -159,7 +159,8 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
             continue
         aa_n = cfg.evaluation.autoattack_n
         echo(f"[{p.name}] evaluating {', '.join(cfg.evaluation.attacks)} on {cfg.evaluation.n or 'all'} test images"
-             f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, last and best checkpoints")
+             f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, "
+             f"{' and '.join(cfg.evaluation.checkpoints) or 'no'} checkpoint(s)")
         entry = evaluate_run(cfg, run_dir, p.name, summary["train_seconds"], relative_to=run_dir, progress=progress)
         write_json_atomic(results_document(cfg, {p.name: entry}), done)
         entry = rebase_checkpoints(entry, p.name)
