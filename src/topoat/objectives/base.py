@@ -98,6 +98,40 @@ class Objective:
         """Restore what `state_dict` returned."""
 
 
+class Wrapper(Objective):
+    """An objective that adds to a base objective's loss (TRAIN, distillation) and otherwise defers to it:
+    the base method's attack, its state and its epoch hook."""
+
+    def __init__(self, base: Objective):
+        self.base = base
+        self.attack = base.attack
+        self.makes_adversarial = base.makes_adversarial
+
+    def adversarial(self, model, x, y):
+        return self.base.adversarial(model, x, y)
+
+    def attack_objective(self, model, x, y):
+        return self.base.attack_objective(model, x, y)
+
+    def attack_loss(self, model, x, y):
+        return self.base.attack_loss(model, x, y)
+
+    def attack_start(self, x):
+        return self.base.attack_start(x)
+
+    def base_loss(self, model, x, y, x_adv):
+        return self.base.base_loss(model, x, y, x_adv)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
+
+
 def pgd_from_config(model: nn.Module, attack: AttackConfig) -> PGD:
     return PGD(model, eps=attack.eps, step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
                random_start=attack.random_start, eval_mode=attack.eval_mode)

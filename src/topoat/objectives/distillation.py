@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Objective, ObjectiveOutput
+from .base import Objective, ObjectiveOutput, Wrapper
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -23,40 +23,14 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     return (t * t) * F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
 
 
-class Distilled(Objective):
+class Distilled(Wrapper):
     """Wraps any base objective; its attack is the base method's, unchanged."""
 
     def __init__(self, base: Objective, teacher: nn.Module, weight: float = 1.0, temperature: float = 4.0):
-        self.base = base
-        self.attack = base.attack
+        super().__init__(base)
         self.teacher = teacher.eval().requires_grad_(False)
         self.weight, self.temperature = weight, temperature
         self.name = f"{base.name}+distillation"
-        self.makes_adversarial = base.makes_adversarial
-
-    def adversarial(self, model, x, y):
-        return self.base.adversarial(model, x, y)
-
-    def attack_objective(self, model, x, y):
-        return self.base.attack_objective(model, x, y)
-
-    def attack_loss(self, model, x, y):
-        return self.base.attack_loss(model, x, y)
-
-    def attack_start(self, x):
-        return self.base.attack_start(x)
-
-    def base_loss(self, model, x, y, x_adv):
-        return self.base.base_loss(model, x, y, x_adv)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.base.load_state_dict(state)
 
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)

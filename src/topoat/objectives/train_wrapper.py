@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..distributed import gather, gather_with_grad
 from ..topology import TopologyLoss
-from .base import Objective, ObjectiveOutput
+from .base import Objective, ObjectiveOutput, Wrapper
 
 
 def representation(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tensor]:
@@ -65,7 +65,7 @@ class MemoryBank:
         return s_all, t_all, y_all
 
 
-class TopologyRegularized(Objective):
+class TopologyRegularized(Wrapper):
     """Wraps any base objective; its attack is used unchanged unless `attack_uses_topology`."""
 
     def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 30.0,
@@ -73,8 +73,7 @@ class TopologyRegularized(Objective):
                  teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
                  global_graph: bool = False, attack_uses_topology: bool = False, *,
                  temperature: float = 0.1, perplexity: float = 30.0):
-        self.base = base
-        self.attack = base.attack
+        super().__init__(base)
         self.attack_uses_topology = attack_uses_topology
         self.teacher = teacher.eval().requires_grad_(False)
         self.lambda_nat, self.lambda_adv = lambda_nat, lambda_adv
@@ -82,7 +81,6 @@ class TopologyRegularized(Objective):
         self.layer = layer
         self.teacher_layer = teacher_layer or layer
         self.name = f"{base.name}+train"
-        self.makes_adversarial = base.makes_adversarial
         self.banks = {k: MemoryBank(memory_bank) for k in ("nat", "adv")} if memory_bank > 0 else None
         self.global_graph = global_graph
 
@@ -114,9 +112,6 @@ class TopologyRegularized(Objective):
         with torch.no_grad():
             return representation(self.teacher, x, self.teacher_layer)[1]
 
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
-
     def state_dict(self) -> dict:
         state = {f"base.{k}": v for k, v in self.base.state_dict().items()}
         for key, bank in (self.banks or {}).items():
@@ -134,18 +129,9 @@ class TopologyRegularized(Objective):
                 bank.teacher = state[f"bank.{key}.teacher"].to(device)
                 bank.labels = state[f"bank.{key}.labels"].to(device)
 
-    def attack_loss(self, model, x, y):
-        return self.base.attack_loss(model, x, y)
-
-    def attack_start(self, x):
-        return self.base.attack_start(x)
-
-    def base_loss(self, model, x, y, x_adv):
-        return self.base.base_loss(model, x, y, x_adv)
-
     def adversarial(self, model, x, y):
         if self.attack_uses_topology and self.lambda_adv > 0:
-            return super().adversarial(model, x, y)  # the base's attack settings, our attack_objective
+            return Objective.adversarial(self, model, x, y)  # the base's attack settings, our attack_objective
         return self.base.adversarial(model, x, y)
 
     def attack_objective(self, model, x, y):
