@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from topoat.frontier import frontier, gain_rows, interpolate, plot_frontier, point_label
+from topoat.frontier import envelope, frontier, frontier_at, gain_rows, plot_frontier, point_label
 
 
 @dataclass
@@ -31,12 +31,15 @@ def run(name, method, natural, robust, knob=None, topology=None, distillation=No
                           "distillation": distillation, **scores, "best": dict(scores, epoch=3)})
 
 
-def test_interpolate_inside_and_beyond_the_curve():
-    curve = [(50.0, 80.0), (40.0, 90.0), (55.0, 70.0)]
-    assert interpolate(curve, 45.0) == (pytest.approx(85.0), False)
-    assert interpolate(curve, 52.5) == (pytest.approx(75.0), False)
-    assert interpolate(curve, 60.0) == (pytest.approx(60.0), True)  # the end segment extended
-    assert interpolate(curve, 30.0) == (pytest.approx(100.0), True)
+def test_frontier_is_the_envelope_held_flat_beyond_its_ends():
+    curve = [(50.0, 80.0), (40.0, 90.0), (55.0, 70.0), (45.0, 79.0)]  # (45, 79) is beaten by (50, 80)
+    assert envelope(curve) == [(40.0, 90.0), (50.0, 80.0), (55.0, 70.0)]
+    assert frontier_at(curve, 45.0) == (pytest.approx(85.0), False)
+    assert frontier_at(curve, 52.5) == (pytest.approx(75.0), False)
+    assert frontier_at(curve, 60.0) == (pytest.approx(70.0), True)  # the most robust end, flat
+    assert frontier_at(curve, 30.0) == (pytest.approx(90.0), True)
+    assert frontier_at(curve, 75.0, "natural") == (pytest.approx(52.5), False)
+    assert frontier_at(curve, 95.0, "natural") == (pytest.approx(40.0), True)
 
 
 def test_frontier_gain_is_per_seed_against_that_seeds_curve():
@@ -57,7 +60,8 @@ def test_frontier_gain_is_per_seed_against_that_seeds_curve():
     assert gains["trades-kd"] == pytest.approx([-1.0, -1.0])
     header, rows = gain_rows(f)
     by_run = {r[1]: r for r in rows}
-    assert by_run["trades-sc"][-1] == "+3.00 ± 0.00" and by_run["trades-sc"][3] == "2"
+    assert by_run["trades-sc"][6] == "+3.00 ± 0.00" and by_run["trades-sc"][3] == "2"
+    assert by_run["trades-sc"][7] == "+3.00 ± 0.00"  # the frontier reaches 78 % natural at 47 % robust
     assert by_run["base β=1"][4] == "81.00 ± 1.41"
     assert point_label(runs[2].entry) == "TRAIN softmax-cosine T=0.1, λ=10"
     assert point_label(runs[3].entry) == "distillation T=4, λ=2"
@@ -70,6 +74,8 @@ def test_frontier_needs_the_attack_and_draws_the_picture(tmp_path):
     assert frontier(runs, attack="pgd-20") is None
     f = frontier(runs)
     (point,) = f.points
-    assert point.extrapolated and point.gains[0] == pytest.approx(80 - 74.3)
+    # more robust than every base setting: compared with the most robust one (75 % natural), flat
+    assert point.outside and point.gains[0] == pytest.approx(5.0)
+    assert point.robust_gains[0] == pytest.approx(56 - (55 - 10 * 5 / 7))
     path = plot_frontier(f, tmp_path / "frontier.png", "test")
     assert path.stat().st_size > 1000

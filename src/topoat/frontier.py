@@ -2,12 +2,18 @@
 already offers with its own knob?
 
 Each base method's curve is drawn from its runs without a topology or distillation term, one point per
-setting of its knob (TRADES and MART: beta; PGD-AT: natural_weight), through which natural accuracy is
-interpolated linearly as a function of robust accuracy. A point's *frontier gain* is its natural
-accuracy minus the curve's at the point's robust accuracy: above 0, the point lies beyond what the base
-method reaches by trading robustness for natural accuracy. Gains are taken per seed (the point against
-the curve of the same seed's base runs, which share its teacher and data order), then averaged.
-Outside the curve's robust range the end segment is extended, and the row says so.
+setting of its knob (TRADES and MART: beta; PGD-AT: natural_weight). Its *frontier* is the upper-right
+envelope of those points (the settings no other setting beats in both natural and robust accuracy),
+joined by straight lines. A point's *natural gain* is its natural accuracy minus the frontier's at the
+point's robust accuracy; its *robust gain* is its robust accuracy minus the frontier's at its natural
+accuracy. Above 0, the point lies beyond what the base method reaches by trading one for the other.
+
+Beyond the frontier's range the frontier is extended flat (the most robust setting's natural accuracy
+for a more robust point, the most natural setting's for a less robust one), never extrapolated: a point
+must beat the base method's nearest end, and the row says it lies outside. Taking the envelope of noisy
+points favours the base method, so the gains err against TRAIN. Gains are taken per seed (the point
+against the envelope of the same seed's base runs, which share its teacher and data order), then
+averaged.
 """
 from __future__ import annotations
 
@@ -65,18 +71,27 @@ def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, 
     return float(robust), float(part["natural_acc"])
 
 
-def interpolate(curve: Sequence[tuple[float, float]], robust: float) -> tuple[float, bool]:
-    """Natural accuracy of a piecewise-linear curve of (robust, natural) points at `robust`, and whether
-    the end segment had to be extended to reach it."""
-    pts = sorted(curve)
-    xs = np.array([p[0] for p in pts])
-    ys = np.array([p[1] for p in pts])
-    if xs[0] <= robust <= xs[-1]:
-        return float(np.interp(robust, xs, ys)), False
-    i = (0, 1) if robust < xs[0] else (-2, -1)
-    x0, x1, y0, y1 = xs[i[0]], xs[i[1]], ys[i[0]], ys[i[1]]
-    slope = 0.0 if x1 == x0 else (y1 - y0) / (x1 - x0)
-    return float(y0 + slope * (robust - x0)), True
+def envelope(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (robust, natural) points no other point beats in both, by robust accuracy ascending (natural
+    accuracy then descends)."""
+    kept: list[tuple[float, float]] = []
+    for rob, nat in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not kept or nat > kept[-1][1]:
+            kept.append((rob, nat))
+    return kept[::-1]
+
+
+def frontier_at(curve: Sequence[tuple[float, float]], value: float, axis: str = "robust") -> tuple[float, bool]:
+    """The frontier of `curve`'s (robust, natural) points at `value`: its natural accuracy at that robust
+    accuracy (axis "robust") or its robust accuracy at that natural accuracy (axis "natural"); and whether
+    `value` lies outside the frontier's range (then the nearest end's value, flat)."""
+    env = envelope(curve)
+    if axis == "robust":
+        xs, ys = [p[0] for p in env], [p[1] for p in env]
+    else:
+        xs, ys = [p[1] for p in env][::-1], [p[0] for p in env][::-1]
+    outside = value < xs[0] or value > xs[-1]
+    return float(np.interp(value, xs, ys)), outside  # np.interp holds the end values outside the range
 
 
 @dataclass
@@ -86,8 +101,9 @@ class FrontierPoint:
     label: str
     natural: list[float] = field(default_factory=list)  # per seed, in points
     robust: list[float] = field(default_factory=list)
-    gains: list[float] = field(default_factory=list)
-    extrapolated: bool = False
+    gains: list[float] = field(default_factory=list)  # natural gain per seed
+    robust_gains: list[float] = field(default_factory=list)
+    outside: bool = False
     seeds: list[int] = field(default_factory=list)
 
 
@@ -148,12 +164,14 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
             if s is None or curve is None or len(curve) < 2:
                 continue
             rob, nat = 100 * s[0], 100 * s[1]
-            expected, outside = interpolate(curve, rob)
+            natural_there, outside_r = frontier_at(curve, rob, "robust")
+            robust_there, outside_n = frontier_at(curve, nat, "natural")
             point.natural.append(nat)
             point.robust.append(rob)
-            point.gains.append(nat - expected)
+            point.gains.append(nat - natural_there)
+            point.robust_gains.append(rob - robust_there)
             point.seeds.append(r.seed)
-            point.extrapolated |= outside
+            point.outside |= outside_r
         if point.gains:
             points[g] = point
     if not curves:
@@ -170,16 +188,17 @@ def _fmt(values: Sequence[float], signed: bool = False) -> str:
 
 
 def gain_rows(f: Frontier) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "run", "added term", "seeds", "natural", "robust", "frontier gain (natural)"]
+    header = ["method", "run", "added term", "seeds", "natural", "robust", "natural gain", "robust gain"]
     rows = []
     for method, curve in f.curves.items():
         for value, robm, robs, natm, nats in curve.mean_points:
             spread = lambda m, s: f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
             rows.append([method, f"base {curve.knob}={value:g}", "-", str(len(curve.by_seed)),
-                         spread(natm, nats), spread(robm, robs), "0 (the curve)"])
+                         spread(natm, nats), spread(robm, robs), "-", "-"])
         for p in sorted((p for p in f.points if p.method == method), key=lambda p: -statistics.fmean(p.gains)):
-            gain = _fmt(p.gains, signed=True) + (" (beyond the curve's range)" if p.extrapolated else "")
-            rows.append([method, p.group, p.label, str(len(p.seeds)), _fmt(p.natural), _fmt(p.robust), gain])
+            gain = _fmt(p.gains, signed=True) + (" (outside)" if p.outside else "")
+            rows.append([method, p.group, p.label, str(len(p.seeds)), _fmt(p.natural), _fmt(p.robust), gain,
+                         _fmt(p.robust_gains, signed=True)])
     return header, rows
 
 
@@ -231,7 +250,10 @@ def frontier_section(f: Frontier, markdown_table) -> str:
     which = "best-by-validation" if f.checkpoint == "best" else "last"
     return "\n".join([
         f"Natural against robust accuracy ({f.attack}), {which} checkpoints, in percent, mean ± sample std over "
-        "seeds. Frontier gain: a run's natural accuracy minus its base method's curve (linear through that "
-        "seed's base runs) at the run's robust accuracy, per seed, then mean ± std. Above 0 the run lies "
-        "beyond the trade-off the base method already offers with its own knob.", "",
+        "seeds. The base method's frontier is the upper-right envelope of its own settings (that seed's runs), "
+        "joined by straight lines. Natural gain: a run's natural accuracy minus the frontier's at the run's "
+        "robust accuracy; robust gain: its robust accuracy minus the frontier's at its natural accuracy; per "
+        "seed, then mean ± std. Above 0 the run lies beyond the trade-off the base method already offers. "
+        "*(outside)*: the run is more (or less) robust than every base setting, and is compared with the "
+        "nearest end of the frontier, held flat.", "",
         markdown_table(header, rows)])
