@@ -138,7 +138,8 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
         groups.setdefault(r.group, []).append(r)
     for method, (_, symbol) in KNOBS.items():
         base = {g: rs for g, rs in groups.items()
-                if rs[0].method == method and not is_regularized(rs[0]) and any(scores(r, attack, checkpoint) for r in rs)}
+                if rs[0].method == method and not is_regularized(rs[0])
+                and any(scores(r, attack, checkpoint) for r in rs)}
         settings = sorted({(knob_value(rs[0]), g) for g, rs in base.items()})
         if len({v for v, _ in settings}) < 2:
             continue

@@ -116,8 +116,9 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
 def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool,
                     attacks: Optional[list[str]] = None) -> EvalResult:
     ev = cfg.evaluation
-    return evaluate(model, x, y, ev.attacks if attacks is None else attacks, norm=cfg.attack.norm, eps=cfg.attack.eps, step_size=ev.step_size,
-                    batch_size=ev.batch_size, progress=progress, autoattack_n=ev.autoattack_n, seed=ev.seed)
+    return evaluate(model, x, y, ev.attacks if attacks is None else attacks, norm=cfg.attack.norm,
+                    eps=cfg.attack.eps, step_size=ev.step_size, batch_size=ev.batch_size, progress=progress,
+                    autoattack_n=ev.autoattack_n, seed=ev.seed)
 
 
 def _extras(res: EvalResult) -> dict:
@@ -142,7 +143,8 @@ def _evaluate_best(cfg: TrainConfig, path: Path, last_model, last: EvalResult, x
     last_state = last_model.state_dict()
     same = all(torch.equal(v, last_state[k]) for k, v in model.state_dict().items())
     attacks = attacks_for(cfg, "best")
-    res = last if same and attacks == attacks_for(cfg, "last") else _evaluate_model(cfg, model, x, y, progress, attacks)
+    reuse = same and attacks == attacks_for(cfg, "last")
+    res = last if reuse else _evaluate_model(cfg, model, x, y, progress, attacks)
     best = {"checkpoint": os.path.relpath(path, relative_to), "epoch": ckpt.get("epoch"),
             "natural_acc": res.natural_acc, "robust_acc": res.robust_acc}
     best.update(_extras(res))

@@ -10,8 +10,8 @@ from typing import Optional
 
 from .config import from_dict, load_config, read_yaml
 from .errors import TopoatError
-from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_json, rebase_checkpoints, results_document,
-                   write_json_atomic)
+from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_json, rebase_checkpoints,
+                   results_document, write_json_atomic)
 from .train import Trainer, prepare_output
 
 

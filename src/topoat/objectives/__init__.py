@@ -58,5 +58,5 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
 
 
 __all__ = ["MART", "METHODS", "TRADES", "AdversarialWeightPerturbation", "Distilled", "MemoryBank", "Objective",
-           "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "Wrapper", "build_base_objective", "build_objective", "distillation_loss",
-           "pgd_from_config", "representation"]
+           "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "Wrapper", "build_base_objective",
+           "build_objective", "distillation_loss", "pgd_from_config", "representation"]
