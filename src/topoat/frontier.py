@@ -113,7 +113,7 @@ class BaseCurve:
     knob: str
     settings: list[tuple[float, str]]  # (knob value, group), in knob order
     by_seed: dict[Optional[int], list[tuple[float, float]]]  # seed -> (robust, natural) points, in points
-    mean_points: list[tuple[float, float, float, float, float]]  # knob, robust mean/std, natural mean/std
+    mean_points: list[tuple[float, float, float, float, float, int]]  # knob, robust and natural mean/std, seeds
 
 
 @dataclass
@@ -152,7 +152,8 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
                 by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
             robs = [100 * v[0] for v in per_seed.values()]
             nats = [100 * v[1] for v in per_seed.values()]
-            mean_points.append((value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats)))
+            mean_points.append((value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats),
+                                len(robs)))
         curves[method] = BaseCurve(method, symbol, settings, by_seed, mean_points)
     for g, rs in groups.items():
         method = rs[0].method
@@ -192,9 +193,9 @@ def gain_rows(f: Frontier) -> tuple[list[str], list[list[str]]]:
     header = ["method", "run", "added term", "seeds", "natural", "robust", "natural gain", "robust gain"]
     rows = []
     for method, curve in f.curves.items():
-        for value, robm, robs, natm, nats in curve.mean_points:
+        for value, robm, robs, natm, nats, seeds in curve.mean_points:
             spread = lambda m, s: f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
-            rows.append([method, f"base {curve.knob}={value:g}", "-", str(len(curve.by_seed)),
+            rows.append([method, f"base {curve.knob}={value:g}", "-", str(seeds),
                          spread(natm, nats), spread(robm, robs), "-", "-"])
         for p in sorted((p for p in f.points if p.method == method), key=lambda p: -statistics.fmean(p.gains)):
             gain = _fmt(p.gains, signed=True) + (" (outside)" if p.outside else "")
@@ -216,12 +217,12 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     markers = {"cosine": "s", "softmax-cosine": "^", "perplexity": "D", "gaussian": "v", "student-t": "P"}
     for ax, method in zip(axes[0], methods):
         curve = f.curves[method]
-        pts = sorted(curve.mean_points, key=lambda p: p[1])
+        pts = curve.mean_points  # in knob order: the path the knob traces
         ax.errorbar([p[1] for p in pts], [p[3] for p in pts],
                     xerr=[0 if math.isnan(p[2]) else p[2] for p in pts],
                     yerr=[0 if math.isnan(p[4]) else p[4] for p in pts],
                     color="black", marker="o", capsize=3, label=f"{method}, its own {curve.knob}")
-        for value, rob, _, nat, _ in curve.mean_points:
+        for value, rob, _, nat, _, _ in curve.mean_points:
             ax.annotate(f"{curve.knob}={value:g}", (rob, nat), textcoords="offset points", xytext=(5, -12),
                         fontsize=8, color="black")
         for i, p in enumerate(pt for pt in f.points if pt.method == method):
