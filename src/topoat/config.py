@@ -79,9 +79,10 @@ class MethodConfig:
 @dataclass
 class TopologyConfig:
     teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
-    lambda_nat: float = 30.0
-    lambda_adv: float = 30.0
-    kernel: Literal["cosine", "gaussian", "student-t", "softmax-cosine", "perplexity"] = "cosine"
+    # The frontier study's winner (docs/RESULTS.md): the sharp softmax-cosine graph at lambda 10.
+    lambda_nat: float = 10.0
+    lambda_adv: float = 10.0
+    kernel: Literal["cosine", "gaussian", "student-t", "softmax-cosine", "perplexity"] = "softmax-cosine"
     temperature: float = 0.1  # softmax-cosine: p(j|i) proportional to exp(cos(z_i, z_j) / temperature)
     perplexity: float = 30.0  # perplexity: each row's entropy is ln(perplexity) (the t-SNE affinity)
     layer: str = "features"  # "features" (penultimate), "logits", or a named module

@@ -2,7 +2,7 @@
 
 `TopologyLoss()(student, teacher)` is all a user needs in their own loop:
 
-    topo = TopologyLoss(kernel="cosine")
+    topo = TopologyLoss()  # the softmax-cosine graph, temperature 0.1
     loss = base_loss + lam * topo(student_features, teacher_features.detach())
 
 The same graph code serves the analysis metrics (`graph_kl`, `knn_overlap`).
@@ -139,7 +139,8 @@ class TopologyLoss(torch.nn.Module):
     Kernels (p(j|i) is proportional to k(z_i, z_j) over j != i):
     - "cosine": (1 + cos) / 2. Post-ReLU features have cos >= 0, so k lies in [0.5, 1] and rows are
       nearly uniform: a weak, flat graph (kept as the first reading of the paper).
-    - "softmax-cosine": exp(cos / temperature) (default temperature 0.1): the same similarity, sharp.
+    - "softmax-cosine" (the default): exp(cos / temperature) (default temperature 0.1): the same
+      similarity, sharp; with lambda 10 it moved both base methods' frontiers (docs/RESULTS.md).
     - "perplexity": t-SNE's affinity, exp(-b_i |z_i - z_j|^2) with b_i found by bisection so that each
       row's entropy is ln(perplexity) nats (default 30), for student and teacher separately; b_i is
       detached. Needs more than perplexity + 1 samples in the graph. Diverged in adversarial training
@@ -148,7 +149,7 @@ class TopologyLoss(torch.nn.Module):
     - "student-t": 1 / (1 + |z_i - z_j|^2).
     """
 
-    def __init__(self, kernel: Kernel = "cosine", class_aware: str = "off",
+    def __init__(self, kernel: Kernel = "softmax-cosine", class_aware: str = "off",
                  temperature: float = DEFAULT_TEMPERATURE, perplexity: float = DEFAULT_PERPLEXITY):
         super().__init__()
         if kernel not in KERNELS:

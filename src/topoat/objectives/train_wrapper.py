@@ -68,8 +68,8 @@ class MemoryBank:
 class TopologyRegularized(Wrapper):
     """Wraps any base objective; its attack is used unchanged unless `attack_uses_topology`."""
 
-    def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 30.0,
-                 lambda_adv: float = 30.0, kernel: str = "cosine", layer: str = "features",
+    def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 10.0,
+                 lambda_adv: float = 10.0, kernel: str = "softmax-cosine", layer: str = "features",
                  teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
                  global_graph: bool = False, attack_uses_topology: bool = False, *,
                  temperature: float = 0.1, perplexity: float = 30.0):
