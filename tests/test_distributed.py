@@ -33,7 +33,7 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
         # than rounding.
         "attack.norm": "L2", "attack.eps": 0.5, "attack.step_size": 0.25,
         "model.args": "{width: 4, feature_dim: 16, batchnorm: false}",  # per-process BN statistics differ
-        "topology.teacher": str(teacher_dir / "last.pt"), "topology.lambda_nat": 5.0, "topology.lambda_adv": 5.0,
+        "topology.teacher": str(teacher_dir / "last.pt"), "topology.lambda_nat": 0.5, "topology.lambda_adv": 0.5,
         "topology.global_graph": True, "evaluation.n": 16, "validation.n": 32,
     }
     config = tmp_path / "cfg.yaml"
