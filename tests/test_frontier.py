@@ -79,3 +79,16 @@ def test_frontier_needs_the_attack_and_draws_the_picture(tmp_path):
     assert point.robust_gains[0] == pytest.approx(56 - (55 - 10 * 5 / 7))
     path = plot_frontier(f, tmp_path / "frontier.png", "test")
     assert path.stat().st_size > 1000
+
+
+def test_report_section_reads_attacks_run_on_the_best_checkpoint_only(tmp_path):
+    from topoat.report import frontier_sections
+
+    runs = [run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0, attack="aa:apgd-ce"),
+            run("pgd-at-nw50-s0", "pgd-at", 0.82, 0.45, 0.5, attack="aa:apgd-ce"),
+            run("pgd-at-sc-s0", "pgd-at", 0.80, 0.56, 0.0, attack="aa:apgd-ce",
+                topology={"kernel": "softmax-cosine", "lambda_nat": 10, "lambda_adv": 10})]
+    for r in runs:
+        r.entry["robust_acc"] = {}  # evaluation.checkpoints: [best]
+    (heading, text, picture), = frontier_sections(runs, tmp_path, "test")
+    assert heading == "Frontier under aa:apgd-ce" and "pgd-at-sc" in text and picture.is_file()

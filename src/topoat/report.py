@@ -767,8 +767,9 @@ def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tu
     AutoAttack's APGD-CE + APGD-T first."""
     from .frontier import HEADLINE_ATTACK, frontier, frontier_section, plot_frontier
 
+    scored = [part for r in runs for part in (r.entry, r.entry.get("best") or {})]
     attacks = [HEADLINE_ATTACK] + [a for a in dict.fromkeys(
-        a for r in runs for a in r.entry.get("robust_acc", {})) if a not in (HEADLINE_ATTACK, "worst")]
+        a for part in scored for a in part.get("robust_acc", {})) if a not in (HEADLINE_ATTACK, "worst")]
     sections = []
     for attack in attacks:
         f = frontier(runs, attack)
