@@ -30,7 +30,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_overrides_create_sections():
     cfg = load_config(data={}, overrides=["topology.lambda_nat=5", "optim.milestones=[1, 2]", "attack.eps=0.25"])
-    assert cfg.topology.lambda_nat == 5.0 and cfg.topology.lambda_adv == 30.0
+    assert cfg.topology.lambda_nat == 5.0 and cfg.topology.lambda_adv == 10.0
     assert cfg.optim.milestones == [1.0, 2.0] and cfg.attack.eps == 0.25
     assert load_config(data={"topology": {}}, overrides=["topology=null"]).topology is None
 
