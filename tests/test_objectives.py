@@ -324,6 +324,25 @@ def synthetic_batch(n=32, seed=0):
     return x.clamp(0, 1), y
 
 
+def train_steps(objective, lr: float, steps: int):
+    """A width-4 small CNN trained for `steps` SGD steps on one synthetic batch: the losses (all finite)
+    and the last step's output."""
+    model = small_cnn(4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    x, y = synthetic_batch()
+    losses = []
+    for _ in range(steps):
+        out = objective(model, x, y)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        if out.after_step is not None:
+            out.after_step()
+        losses.append(out.loss.item())
+    assert all(math.isfinite(v) for v in losses), losses
+    return losses, out
+
+
 @pytest.mark.parametrize("with_train", [False, True], ids=["base", "train"])
 @pytest.mark.parametrize("method,awp", COMBINATIONS, ids=[m + ("+awp" if a else "") for m, a in COMBINATIONS])
 def test_every_method_trains_and_lowers_its_loss(method, awp, with_train):
@@ -336,20 +355,8 @@ def test_every_method_trains_and_lowers_its_loss(method, awp, with_train):
         # about 100x larger and is covered at a smaller weight below
         overrides.update({"topology.lambda_nat": 1.0, "topology.lambda_adv": 1.0, "topology.kernel": "cosine"})
     cfg = tiny_config(**overrides)
-    model = small_cnn(4)
     objective = build_objective(cfg, small_cnn(2).eval() if with_train else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = synthetic_batch()
-    losses = []
-    for _ in range(8):
-        out = objective(model, x, y)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        if out.after_step is not None:
-            out.after_step()
-        losses.append(out.loss.item())
-    assert all(math.isfinite(v) for v in losses)
+    losses, out = train_steps(objective, lr=0.05, steps=8)
     assert ("topo_nat" in out.parts) == with_train and ("topo_adv" in out.parts) == (with_train and method != "standard")
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
 
@@ -460,16 +467,5 @@ def test_default_train_term_lowers_the_loss_with_every_method(method):
     cfg = tiny_config(**{"method.name": method, "attack.steps": 2, "attack.step_size": 0.05,
                          "topology.lambda_nat": 0.1, "topology.lambda_adv": 0.1})
     assert cfg.topology.kernel == "softmax-cosine" and cfg.topology.temperature == 0.1
-    model = small_cnn(4)
-    objective = build_objective(cfg, small_cnn(2).eval())
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    x, y = synthetic_batch()
-    losses = []
-    for _ in range(10):
-        out = objective(model, x, y)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        losses.append(out.loss.item())
-    assert all(math.isfinite(v) for v in losses)
+    losses, _ = train_steps(build_objective(cfg, small_cnn(2).eval()), lr=0.02, steps=10)
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
