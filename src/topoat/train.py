@@ -180,9 +180,7 @@ class Trainer:
         if cfg.topology is not None:
             if not cfg.topology.teacher:
                 raise TopoatError("topology.teacher: give the path of a standard model's checkpoint")
-            self.teacher = load_model(cfg.topology.teacher, self.device)
-            if self.channels_last:
-                self.teacher = self.teacher.to(memory_format=torch.channels_last)
+            self.teacher = self._frozen_model(cfg.topology.teacher)
         # The model the per-epoch topology metrics compare with: validation.reference, else the teacher.
         self.reference = self.teacher
         reference = cfg.validation.reference
@@ -204,9 +202,7 @@ class Trainer:
             if not path:
                 raise TopoatError("distillation.teacher: give the path of a standard model's checkpoint")
             same = cfg.topology is not None and Path(path).resolve() == Path(cfg.topology.teacher).resolve()
-            self.distillation_teacher = self.teacher if same else load_model(path, self.device)
-            if self.channels_last and not same:
-                self.distillation_teacher = self.distillation_teacher.to(memory_format=torch.channels_last)
+            self.distillation_teacher = self.teacher if same else self._frozen_model(path)
         self.objective = build_objective(cfg, self.teacher, self.distillation_teacher)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
@@ -224,6 +220,11 @@ class Trainer:
         self.train_seconds = 0.0
         if resume:
             self._load_state()
+
+    def _frozen_model(self, path: str) -> torch.nn.Module:
+        """A teacher checkpoint on the training device, in the training memory layout."""
+        model = load_model(path, self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _record(self) -> dict:
