@@ -253,3 +253,19 @@ def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
     assert set(entry["best"]["robust_acc"]) == {"pgd-2"}
     with pytest.raises(TopoatError, match="evaluation.checkpoints"):
         tiny_config(**{"evaluation.checkpoints": "[final]"})
+
+
+def test_evaluation_in_channels_last_scores_as_the_default_layout(tmp_path):
+    from topoat.checkpoint import load_model
+    from topoat.runs import _evaluate_model
+
+    Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "run").run()
+    x = torch.rand(48, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(48) % 10
+    scores = {}
+    for layout in ("off", "on"):
+        cfg = tiny_config(**{"runtime.channels_last": layout, "evaluation.attacks": "[pgd-3]"})
+        res = _evaluate_model(cfg, load_model(tmp_path / "run" / "last.pt"), x, y, progress=False)
+        scores[layout] = (res.natural_acc, res.robust_acc["pgd-3"])
+    assert scores["on"][0] == scores["off"][0]
+    assert abs(scores["on"][1] - scores["off"][1]) <= 2 / 48  # float rounding may flip a borderline image

@@ -25,7 +25,7 @@ from .config import TrainConfig, to_dict
 from .data import ImageDataset, dataset_from_config, to_float
 from .errors import TopoatError
 from .evaluate import EvalResult, evaluate, fixed_subset
-from .runtime import resolve_device
+from .runtime import resolve_device, use_channels_last
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
@@ -116,6 +116,9 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
 def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool,
                     attacks: Optional[list[str]] = None) -> EvalResult:
     ev = cfg.evaluation
+    if use_channels_last(x.device, cfg.runtime.channels_last):
+        # the run's own memory format: on a CPU small-cnn, channels-last halves the cost of AutoAttack
+        model = model.to(memory_format=torch.channels_last)
     return evaluate(model, x, y, ev.attacks if attacks is None else attacks, norm=cfg.attack.norm,
                     eps=cfg.attack.eps, step_size=ev.step_size, batch_size=ev.batch_size, progress=progress,
                     autoattack_n=ev.autoattack_n, seed=ev.seed)
