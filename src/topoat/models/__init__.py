@@ -37,4 +37,9 @@ def build_model(arch: str, num_classes: int, in_channels: int, mean: Sequence[fl
         raise TopoatError(f"model {arch}: {e}") from None
 
 
-__all__ = ["ARCHITECTURES", "ImageClassifier", "build_model"]
+def build_model_for(dataset: Any, arch: str = "small-cnn", **args: Any) -> ImageClassifier:
+    """A fresh `arch` for `dataset` (an ImageDataset): its class count, channels and normalisation."""
+    return build_model(arch, dataset.num_classes, dataset.in_channels, dataset.mean, dataset.std, **args)
+
+
+__all__ = ["ARCHITECTURES", "ImageClassifier", "build_model", "build_model_for"]
