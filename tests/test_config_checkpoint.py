@@ -78,3 +78,38 @@ def test_hostile_and_broken_checkpoints_are_refused(tmp_path):
         load_checkpoint(other)
     with pytest.raises(TopoatError, match="not found"):
         load_model(tmp_path / "none.pt")
+
+
+def test_documented_off_values_can_be_written_bare(tmp_path):
+    # YAML 1.1 reads a bare `off` as False: the documented value must still be accepted
+    path = tmp_path / "c.yaml"
+    path.write_text("runtime: {amp: off, channels_last: on}\ntopology: {class_aware: off}\n"
+                    "data: {augment: {flip: 'on'}}\n")
+    cfg = load_config(path)
+    assert cfg.runtime.amp == "off" and cfg.runtime.channels_last == "on"
+    assert cfg.topology.class_aware == "off" and cfg.data.augment.flip is True
+    with pytest.raises(TopoatError, match="runtime.amp must be one of 'auto', 'off', 'bf16', got True"):
+        load_config(data={"runtime": {"amp": True}})  # `on` is not one of amp's values
+
+
+@pytest.mark.parametrize("override,message", [
+    ("attack.eps=.nan", "attack.eps must be a number, got nan"),
+    ("attack.eps=.inf", "attack.eps must be >= 0 and finite"),
+    ("attack.eps=8", "attack.eps must be <= 1 for the Linf norm"),
+    ("attack.step_size=.inf", "attack.step_size must be > 0 and finite"),
+    ("evaluation.step_size=.nan", "evaluation.step_size must be a number"),
+    ("optim.momentum=-0.9", "optim.momentum must be >= 0 and finite"),
+    ("optim.weight_decay=-0.0001", "optim.weight_decay must be >= 0 and finite"),
+    ("optim.lr=.inf", "optim.lr must be > 0 and finite"),
+    ("runtime.threads=-2", "runtime.threads must be >= 1"),
+    ("runtime.threads=0", "runtime.threads must be >= 1"),
+    ("validation.n=0", "validation.n must be >= 1"),
+    ("topology.lambda_adv=.inf", "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
+])
+def test_meaningless_numbers_are_refused(override, message):
+    with pytest.raises(TopoatError, match=message):
+        load_config(data={}, overrides=[override])
+
+
+def test_l2_eps_above_one_is_allowed():
+    assert load_config(data={}, overrides=["attack.norm=L2", "attack.eps=1.5"]).attack.eps == 1.5
