@@ -193,6 +193,37 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def untrained_checkpoint(path, channels=1, num_classes=10):
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    model = build_model("small-cnn", num_classes, channels, [0.5] * channels, [0.25] * channels, width=4)
+    save_atomic(model_record(model, "small-cnn", {"width": 4}, num_classes, channels, (28, 28)), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("model,reference,extra,message", [
+    # a 3-channel model runs on 1-channel images (its normalisation broadcasts them): it must be refused
+    ((3, 10), (1, 10), [], "checkpoint m.pt was made for 3 input channels, but synthetic has 1 input channels"),
+    ((1, 10), (3, 10), [], "--reference r.pt was made for 3 input channels"),
+    ((1, 5), (1, 10), [], "checkpoint m.pt was made for 5 classes, but synthetic has 10 classes"),
+    ((1, 10), (1, 10), ["--json", "missing/a.json"], "--json missing/a.json: folder missing does not exist"),
+    ((1, 10), (1, 10), ["--eps", "nan"], "bad eps 'nan': not a finite number"),
+    ((1, 10), (1, 10), ["--eps", "2"], "analyze: Linf eps must be <= 1"),
+    ((1, 10), (1, 10), ["--layer", "nope"], "--layer: the model has no layer 'nope'"),
+])
+def test_cli_analyze_refuses_models_and_settings_that_do_not_fit(model, reference, extra, message, capsys, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    untrained_checkpoint(tmp_path / "m.pt", *model)
+    untrained_checkpoint(tmp_path / "r.pt", *reference)
+    argv = ["analyze", "m.pt", "--reference", "r.pt", "--dataset", "synthetic", "--eps", "0.1", "--n", "32",
+            "--k", "3", "--attack-steps", "1"]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_table_helpers():
     assert format_spread([0.5]) == "50.00"
     assert format_spread([0.5, 0.7]) == "60.00 ± 14.14"

@@ -216,6 +216,12 @@ def test_cli_sanity_failure_is_loud_and_exits_1(checkpoints, capsys, monkeypatch
     (["--sanity", "--reference", "missing.pt"], "checkpoint not found: missing.pt"),
     (["--dataset", "npz", "--data-root", "missing.npz"], "missing.npz"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--eps", "nan"], "bad eps 'nan': not a finite number"),
+    (["--eps", "inf"], "bad eps 'inf': not a finite number"),
+    (["--attacks", "fgsm", "--eps", "nan"], "bad eps 'nan': not a finite number"),
+    (["--step-size", "nan"], "argument --step-size: bad eps 'nan': not a finite number"),
+    (["--eps", "8"], "eval: Linf eps must be <= 1 (images are in [0, 1]), got 8"),
+    (["--json", "missing/eval.json"], "--json missing/eval.json: folder missing does not exist"),
 ])
 def test_cli_eval_bad_arguments_are_one_line_errors(checkpoints, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

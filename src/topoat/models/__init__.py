@@ -29,11 +29,17 @@ def build_model(arch: str, num_classes: int, in_channels: int, mean: Sequence[fl
     if unknown:
         raise TopoatError(f"model.args: unknown argument(s) {', '.join(sorted(unknown))} for {arch} "
                           f"(allowed: {', '.join(sorted(allowed))})")
+    for name, value in args.items():
+        default = inspect.signature(builder).parameters[name].default
+        # a size (width, depth, feature_dim) of 0 or less builds a model that fails only in its first step
+        if isinstance(default, int) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TopoatError(f"model.args.{name} must be an integer >= 1 for {arch}, got {value!r}")
     if len(mean) != in_channels or len(std) != in_channels:
         raise TopoatError(f"normalisation has {len(mean)} channels, the data {in_channels}")
     try:
         return builder(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **args)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise TopoatError(f"model {arch}: {e}") from None
 
 
