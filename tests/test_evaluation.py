@@ -97,6 +97,28 @@ def test_autoattack_on_a_fixed_subset_reports_like_for_like(undefended):
     assert res.subset["robust_acc"]["worst"] <= res.subset["robust_acc"]["apgd-ce"]
 
 
+def test_a_nan_weight_model_scores_zero_not_its_natural_accuracy(undefended):
+    # NaN logits argmax to class 0: its images counted as correct, and the attack (NaN gradients) changed
+    # nothing, so robust accuracy equalled natural accuracy
+    import copy
+
+    model, x, y = undefended
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.fill_(float("nan"))
+    res = evaluate(broken, x[:32], y[:32], ["fgsm", "pgd-3"], eps=0.1, progress=False)
+    assert res.natural_acc == 0 and res.robust_acc == {"fgsm": 0, "pgd-3": 0, "worst": 0}
+    assert any("32 of 32 images gave non-finite logits" in note for note in res.notes)
+    assert not evaluate(model, x[:32], y[:32], ["fgsm"], eps=0.1, progress=False).notes
+
+
+def test_zero_images_are_refused(undefended):
+    model, x, y = undefended
+    with pytest.raises(TopoatError, match="no images to evaluate"):
+        evaluate(model, x[:0], y[:0], ["fgsm"], progress=False)
+
+
 def test_plan_for_fewer_than_ten_classes():
     assert plan_for_classes(["apgd-ce", "apgd-t", "fab-t", "square"], 10) == (
         ["apgd-ce", "apgd-t", "fab-t", "square"], 9, [])
