@@ -185,9 +185,16 @@ def test_cli_report_of_single_run_folders_and_analyze_json(tiny_study, tmp_path,
     (["report", "."], "has no results.json"),
     (["report", ".", "."], "--out"),
     (["report", ".", "--k", "0"], "more than twice --k"),
+    (["report", "damaged"], "damaged/results.json is not a usable topoat results.json: run 'a': the entry is not a"),
+    (["report", "listed"], "listed/results.json is not a usable topoat results.json: the top level is not a mapping"),
+    (["report", "typed"], "run 'a': 'natural_acc' must be a number"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for folder, document in (("damaged", {"runs": {"a": ["x"]}}), ("listed", []),
+                             ("typed", {"runs": {"a": {"natural_acc": "high"}}})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(document))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err

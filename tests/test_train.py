@@ -216,6 +216,33 @@ def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
     assert "pgd-at-train − pgd-at" in (out / "report.md").read_text()
 
 
+GOOD_ENTRY = {"method": "pgd-at", "topology": None, "checkpoint": "last.pt", "natural_acc": 0.5,
+              "robust_acc": {"pgd-3": 0.25}, "best": None}
+
+
+@pytest.mark.parametrize("document,message", [
+    ([1, 2], "the top level is not a mapping"),
+    ({"runs": []}, "'runs' is missing or not a mapping"),
+    ({"runs": {}}, "it has no run 'only'"),
+    ({"runs": {"only": "done"}}, "run 'only': the entry is not a mapping"),
+    ({"runs": {"only": dict(GOOD_ENTRY, robust_acc=[0.25])}}, "'robust_acc' must be a mapping of attacks to numbers"),
+    ({"runs": {"only": dict(GOOD_ENTRY, checkpoint=3)}}, "run 'only': 'checkpoint' must be a path"),
+    ({"runs": {"only": dict(GOOD_ENTRY, best={"robust_acc": "x"})}}, "'best.robust_acc' must be a mapping"),
+    ({"runs": {"only": dict(GOOD_ENTRY, best=[])}}, "'best' must be a mapping or null"),
+])
+def test_study_resume_with_a_damaged_results_json_is_one_line(tmp_path, capsys, document, message):
+    # no training: the run counts as done because its results.json exists, and that file is read first
+    write_config(tmp_path)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "only", "config": "cfg.yaml"}]}))
+    (tmp_path / "study" / "only").mkdir(parents=True)
+    (tmp_path / "study" / "only" / "results.json").write_text(json.dumps(document))
+    assert main(["study", str(spec), "--out", str(tmp_path / "study"), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a usable topoat results.json" in err and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     cfg = write_config(tmp_path, **{"optim.epochs": 200, "data.synthetic_train": 2048})
     proc = subprocess.Popen([sys.executable, "-m", "topoat", "train", "--config", str(cfg), "--out",

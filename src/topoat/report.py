@@ -103,7 +103,7 @@ def primary_attack(runs: Sequence[Run]) -> Optional[str]:
 def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
     """All runs of the given study or run folders, in order; plus the document-level facts."""
     from .config import load_config
-    from .runs import read_json
+    from .runs import read_results
 
     runs: list[Run] = []
     info: dict = {"datasets": [], "failed": {}, "sources": []}
@@ -113,9 +113,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
         results = folder / "results.json"
         if not results.is_file():
             raise TopoatError(f"report: {folder} has no results.json (train or study into it first)")
-        doc = read_json(results)
-        if not isinstance(doc.get("runs"), dict):
-            raise TopoatError(f"report: {results} has no runs")
+        doc = read_results(results)
         info["sources"].append(str(folder))
         if doc.get("dataset") not in info["datasets"]:
             info["datasets"].append(doc.get("dataset"))
