@@ -104,11 +104,13 @@ def test_documented_off_values_can_be_written_bare(tmp_path):
     ("runtime.threads=-2", "runtime.threads must be >= 1"),
     ("runtime.threads=0", "runtime.threads must be >= 1"),
     ("validation.n=0", "validation.n must be >= 1"),
+    ("data.augment.crop_padding=-2", "data.augment.crop_padding must be >= 0"),
+    ("topology.kernel=perplexity", "topology.perplexity 30 needs graphs of more than 31 samples"),
     ("topology.lambda_adv=.inf", "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
 ])
 def test_meaningless_numbers_are_refused(override, message):
     with pytest.raises(TopoatError, match=message):
-        load_config(data={}, overrides=[override])
+        load_config(data={}, overrides=[override, "optim.batch_size=16"])
 
 
 def test_l2_eps_above_one_is_allowed():

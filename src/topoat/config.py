@@ -193,6 +193,8 @@ class TrainConfig:
             (self.validation.n >= 1, "validation.n must be >= 1"),
             (self.validation.attack_steps >= 0, "validation.attack_steps must be >= 0"),
             (self.data.val_size >= 0, "data.val_size must be >= 0"),
+            # a negative padding would crop every image instead (F.pad accepts it)
+            (self.data.augment.crop_padding >= 0, "data.augment.crop_padding must be >= 0"),
             (self.data.train_subset is None or self.data.train_subset >= 2, "data.train_subset must be >= 2"),
             (self.validation.every >= 1, "validation.every must be >= 1"),
             (_finite(self.method.beta) and self.method.beta >= 0, "method.beta must be >= 0 and finite"),
@@ -215,6 +217,10 @@ class TrainConfig:
                 (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
                 (_finite(t.temperature) and t.temperature > 0, "topology.temperature must be > 0 and finite"),
                 (_finite(t.perplexity) and t.perplexity > 1, "topology.perplexity must be > 1 and finite"),
+                # checked in every training step otherwise, where it ended the run with a traceback
+                (t.kernel != "perplexity" or t.perplexity < o.batch_size - 1,
+                 f"topology.perplexity {t.perplexity:g} needs graphs of more than {t.perplexity + 1:g} samples: "
+                 f"raise optim.batch_size (per process under DDP) or lower the perplexity"),
             ]
         if self.distillation is not None:
             d = self.distillation
