@@ -231,6 +231,26 @@ def test_cli_analyze_refuses_models_and_settings_that_do_not_fit(model, referenc
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_cli_report_refuses_a_reference_made_for_other_data(tmp_path, capsys):
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    run = tmp_path / "study" / "a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(tiny_config()))
+    model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, 10, 1, (12, 12)), run / "last.pt")
+    entry = {"method": "standard", "topology": None, "checkpoint": "a/last.pt", "natural_acc": 0.1,
+             "robust_acc": {}, "best": None}
+    (run.parent / "results.json").write_text(json.dumps({"dataset": "synthetic", "threat": {"norm": "Linf", "eps": 0.1},
+                                                         "runs": {"a": entry}}))
+    other = untrained_checkpoint(tmp_path / "rgb.pt", channels=3)
+    assert main(["report", str(run.parent), "--reference", other, "--n", "32", "--k", "3", "--attack-steps", "1",
+                 "--tsne-points", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "report: model " in err and "was made for 3 input channels, but synthetic has 1 input channels" in err
+
+
 def test_table_helpers():
     assert format_spread([0.5]) == "50.00"
     assert format_spread([0.5, 0.7]) == "60.00 ± 14.14"
