@@ -185,12 +185,70 @@ def test_cli_report_of_single_run_folders_and_analyze_json(tiny_study, tmp_path,
     (["report", "."], "has no results.json"),
     (["report", ".", "."], "--out"),
     (["report", ".", "--k", "0"], "more than twice --k"),
+    (["report", "damaged"], "damaged/results.json is not a usable topoat results.json: run 'a': the entry is not a"),
+    (["report", "listed"], "listed/results.json is not a usable topoat results.json: the top level is not a mapping"),
+    (["report", "typed"], "run 'a': 'natural_acc' must be a number"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for folder, document in (("damaged", {"runs": {"a": ["x"]}}), ("listed", []),
+                             ("typed", {"runs": {"a": {"natural_acc": "high"}}})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(document))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def untrained_checkpoint(path, channels=1, num_classes=10):
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    model = build_model("small-cnn", num_classes, channels, [0.5] * channels, [0.25] * channels, width=4)
+    save_atomic(model_record(model, "small-cnn", {"width": 4}, num_classes, channels, (28, 28)), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("model,reference,extra,message", [
+    # a 3-channel model runs on 1-channel images (its normalisation broadcasts them): it must be refused
+    ((3, 10), (1, 10), [], "checkpoint m.pt was made for 3 input channels, but synthetic has 1 input channels"),
+    ((1, 10), (3, 10), [], "--reference r.pt was made for 3 input channels"),
+    ((1, 5), (1, 10), [], "checkpoint m.pt was made for 5 classes, but synthetic has 10 classes"),
+    ((1, 10), (1, 10), ["--json", "missing/a.json"], "--json missing/a.json: folder missing does not exist"),
+    ((1, 10), (1, 10), ["--eps", "nan"], "bad eps 'nan': not a finite number"),
+    ((1, 10), (1, 10), ["--eps", "2"], "analyze: Linf eps must be <= 1"),
+    ((1, 10), (1, 10), ["--layer", "nope"], "--layer: the model has no layer 'nope'"),
+])
+def test_cli_analyze_refuses_models_and_settings_that_do_not_fit(model, reference, extra, message, capsys, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    untrained_checkpoint(tmp_path / "m.pt", *model)
+    untrained_checkpoint(tmp_path / "r.pt", *reference)
+    argv = ["analyze", "m.pt", "--reference", "r.pt", "--dataset", "synthetic", "--eps", "0.1", "--n", "32",
+            "--k", "3", "--attack-steps", "1"]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_report_refuses_a_reference_made_for_other_data(tmp_path, capsys):
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    run = tmp_path / "study" / "a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(tiny_config()))
+    model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, 10, 1, (12, 12)), run / "last.pt")
+    entry = {"method": "standard", "topology": None, "checkpoint": "a/last.pt", "natural_acc": 0.1,
+             "robust_acc": {}, "best": None}
+    (run.parent / "results.json").write_text(json.dumps({"dataset": "synthetic", "threat": {"norm": "Linf", "eps": 0.1},
+                                                         "runs": {"a": entry}}))
+    other = untrained_checkpoint(tmp_path / "rgb.pt", channels=3)
+    assert main(["report", str(run.parent), "--reference", other, "--n", "32", "--k", "3", "--attack-steps", "1",
+                 "--tsne-points", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "report: model " in err and "was made for 3 input channels, but synthetic has 1 input channels" in err
 
 
 def test_table_helpers():

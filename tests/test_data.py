@@ -82,6 +82,76 @@ def test_npz_user_data(tmp_path):
         load_dataset("npz", str(tmp_path / "junk.npz"))
 
 
+@pytest.mark.parametrize("kind,size", [("images", 12), ("images", 3), ("labels", 5)])
+def test_idx_file_cut_inside_its_header_is_a_one_line_error(fmnist_dir, kind, size):
+    # an image file cut between bytes 8 and 16 used to end in struct.error
+    path = fmnist_dir / f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
+    magic = IMAGE_MAGIC if kind == "images" else LABEL_MAGIC
+    raw = gzip.open(path).read()
+    with gzip.open(path, "wb") as f:
+        f.write(raw[:size])
+    with pytest.raises(TopoatError, match="too short to be an IDX file"):
+        read_idx(path, magic)
+
+
+def test_data_root_expands_the_home_folder(fmnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_fashion_mnist(f"~/{fmnist_dir.relative_to(tmp_path)}", full_size=False).x_train.shape[0] == 20
+    (tmp_path / "mine").mkdir()
+    write_npz(tmp_path / "mine" / "d.npz")
+    assert load_dataset("npz", "~/mine/d.npz").num_classes == 4
+
+
+def write_npz(path, **changes):
+    rng = np.random.default_rng(0)
+    arrays = dict(x_train=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), y_train=np.arange(12) % 4,
+                  x_test=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 4)
+    np.savez(path, **{**arrays, **changes})
+    return str(path)
+
+
+def test_npz_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path):
+    import io
+    import zipfile
+
+    path = tmp_path / "huge.npz"
+    write_npz(path)
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    header = io.BytesIO()  # 93 GiB declared, 64 bytes stored
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (100000, 1000, 1000)})
+    members["x_train.npy"] = header.getvalue() + bytes(64)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(TopoatError, match=r"x_train declares shape \(100000, 1000, 1000\) \(100000000000 bytes\) "
+                                          "but holds only 64 bytes"):
+        load_dataset("npz", str(path))
+
+
+def test_npz_class_count_and_empty_or_empty_shaped_splits(tmp_path):
+    # test labels above every training label used to add classes the model never trains on
+    unseen = write_npz(tmp_path / "unseen.npz", y_test=np.array([0, 1, 2, 3, 7, 9]))
+    with pytest.raises(TopoatError, match="y_test has label\\(s\\) 7, 9 above every training label \\(0..3\\); "
+                                          "add a num_classes array"):
+        load_dataset("npz", unseen)
+    declared = write_npz(tmp_path / "declared.npz", y_test=np.array([0, 1, 2, 3, 7, 9]), num_classes=np.array(10))
+    assert load_dataset("npz", declared).num_classes == 10
+    with pytest.raises(TopoatError, match="labels must lie in 0..4"):
+        load_dataset("npz", write_npz(tmp_path / "small.npz", y_test=np.arange(6) + 2, num_classes=np.array(5)))
+    with pytest.raises(TopoatError, match="num_classes must be a single integer >= 2"):
+        load_dataset("npz", write_npz(tmp_path / "vector.npz", num_classes=np.array([4, 4])))
+    empty = write_npz(tmp_path / "empty.npz", x_test=np.zeros((0, 8, 8), np.uint8), y_test=np.zeros(0, np.int64))
+    with pytest.raises(TopoatError, match="y_test is empty"):
+        load_dataset("npz", empty)
+    for name, shape in (("no-channels", (12, 8, 8, 0)), ("no-rows", (12, 0, 8))):
+        bad = write_npz(tmp_path / f"{name}.npz", x_train=np.zeros(shape, np.uint8),
+                        x_test=np.zeros((6, *shape[1:]), np.uint8))
+        with pytest.raises(TopoatError, match="at least 1 channel and 1x1 pixels"):
+            load_dataset("npz", bad)
+
+
 def test_synthetic_is_deterministic_and_splits_are_disjoint():
     a, b = load_dataset("synthetic"), load_dataset("synthetic")
     assert torch.equal(a.x_train, b.x_train)

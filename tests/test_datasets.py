@@ -335,6 +335,22 @@ def test_tiny_imagenet_bad_inputs(tmp_path):
         load_tiny_imagenet(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("damage", ["y_train", "x_train", "mean", "version", "names"])
+def test_tiny_imagenet_damaged_cache_is_decoded_again(tmp_path, damage):
+    archive = write_zip(tmp_path / "tiny-imagenet-200.zip", tiny_imagenet_files())
+    ds = load_tiny_imagenet(str(archive), full_size=False, progress=False)
+    cache = tmp_path / "tiny-imagenet-200.decoded.npz"
+    with np.load(cache) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays[damage] = {"y_train": arrays["y_train"].astype(np.float32), "x_train": arrays["x_train"][:, 0],
+                      "mean": np.array([0.5]), "version": np.array([1, 1]),
+                      "names": arrays["names"][:1]}[damage]
+    np.savez(cache, **arrays)  # the fingerprint still matches: only the content is wrong
+    again = load_tiny_imagenet(str(archive), full_size=False, progress=False)
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_train, ds.y_train)
+    assert again.y_train.dtype == torch.int64 and again.mean == ds.mean and again.class_names == ds.class_names
+
+
 def test_tiny_imagenet_download(tmp_path, monkeypatch):
     archive = write_zip(tmp_path / "source.zip", tiny_imagenet_files())
     monkeypatch.setattr(tiny_imagenet, "URL", archive.as_uri())

@@ -97,6 +97,28 @@ def test_autoattack_on_a_fixed_subset_reports_like_for_like(undefended):
     assert res.subset["robust_acc"]["worst"] <= res.subset["robust_acc"]["apgd-ce"]
 
 
+def test_a_nan_weight_model_scores_zero_not_its_natural_accuracy(undefended):
+    # NaN logits argmax to class 0: its images counted as correct, and the attack (NaN gradients) changed
+    # nothing, so robust accuracy equalled natural accuracy
+    import copy
+
+    model, x, y = undefended
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.fill_(float("nan"))
+    res = evaluate(broken, x[:32], y[:32], ["fgsm", "pgd-3"], eps=0.1, progress=False)
+    assert res.natural_acc == 0 and res.robust_acc == {"fgsm": 0, "pgd-3": 0, "worst": 0}
+    assert any("32 of 32 images gave non-finite logits" in note for note in res.notes)
+    assert not evaluate(model, x[:32], y[:32], ["fgsm"], eps=0.1, progress=False).notes
+
+
+def test_zero_images_are_refused(undefended):
+    model, x, y = undefended
+    with pytest.raises(TopoatError, match="no images to evaluate"):
+        evaluate(model, x[:0], y[:0], ["fgsm"], progress=False)
+
+
 def test_plan_for_fewer_than_ten_classes():
     assert plan_for_classes(["apgd-ce", "apgd-t", "fab-t", "square"], 10) == (
         ["apgd-ce", "apgd-t", "fab-t", "square"], 9, [])
@@ -216,6 +238,12 @@ def test_cli_sanity_failure_is_loud_and_exits_1(checkpoints, capsys, monkeypatch
     (["--sanity", "--reference", "missing.pt"], "checkpoint not found: missing.pt"),
     (["--dataset", "npz", "--data-root", "missing.npz"], "missing.npz"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--eps", "nan"], "bad eps 'nan': not a finite number"),
+    (["--eps", "inf"], "bad eps 'inf': not a finite number"),
+    (["--attacks", "fgsm", "--eps", "nan"], "bad eps 'nan': not a finite number"),
+    (["--step-size", "nan"], "argument --step-size: bad eps 'nan': not a finite number"),
+    (["--eps", "8"], "eval: Linf eps must be <= 1 (images are in [0, 1]), got 8"),
+    (["--json", "missing/eval.json"], "--json missing/eval.json: folder missing does not exist"),
 ])
 def test_cli_eval_bad_arguments_are_one_line_errors(checkpoints, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

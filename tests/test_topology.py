@@ -193,6 +193,21 @@ def test_degenerate_inputs_are_finite(kernel, kw):
         loss(torch.randn(1, 3), torch.randn(1, 3))
 
 
+@pytest.mark.parametrize("kernel,kw", ALL_KERNELS, ids=[k for k, _ in ALL_KERNELS])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_features_give_nan_not_a_perfect_score(kernel, kw, bad):
+    # one bad value used to make every row invalid, and the mean over no rows was 0, the best score
+    torch.manual_seed(0)
+    loss = TopologyLoss(kernel, **kw)
+    good = torch.randn(8, 6)
+    broken = good.clone()
+    broken[3, 2] = bad
+    assert torch.isnan(loss(broken, torch.randn(8, 6)))
+    assert torch.isnan(loss(torch.randn(8, 6), broken))
+    assert torch.isnan(loss.rows(broken, torch.randn(8, 6), n_rows=4))
+    assert torch.isfinite(loss(good, torch.randn(8, 6)))
+
+
 def test_bf16_autocast_computes_in_fp32():
     torch.manual_seed(0)
     s, t = torch.randn(16, 8), torch.randn(16, 8)

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from topoat import load_model
-from topoat.checkpoint import load_checkpoint
+from topoat import build_model, load_model
+from topoat.checkpoint import load_checkpoint, model_record, save_atomic
 from topoat.cli import main
 from topoat.errors import TopoatError
 from topoat.train import Trainer, TrainingInterrupted, lr_factor
@@ -37,6 +37,7 @@ def test_standard_and_pgd_at_write_a_run_folder(tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["method"]["name"] == "pgd-at"
     assert (out / "best.pt").is_file()
     assert not load_model(out / "last.pt").training
+    assert load_checkpoint(out / "last.pt")["image_size"] == [12, 12]  # so other data can be refused
     with pytest.raises(TopoatError, match="already exists"):
         Trainer(tiny_config(), out)
 
@@ -49,6 +50,46 @@ def test_train_adds_topology_logs_and_accepts_another_teacher_architecture(tmp_p
     record = json.loads((tmp_path / "train" / "metrics.jsonl").read_text())
     assert record["topo_nat"] > 0 and record["topo_adv"] > 0
     assert 0 <= record["val_knn_overlap"] <= 1 and record["val_graph_kl"] >= 0
+
+
+def foreign_checkpoint(path, num_classes=10, channels=1, size=(12, 12)):
+    """An untrained small-cnn checkpoint made for other data (no training needed to be refused)."""
+    model = build_model("small-cnn", num_classes, channels, [0.5] * channels, [0.25] * channels, width=4,
+                        feature_dim=16)
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, num_classes, channels, size),
+                path)
+    return str(path)
+
+
+@pytest.mark.parametrize("key", ["topology.teacher", "distillation.teacher", "validation.reference"])
+@pytest.mark.parametrize("made_for,message", [
+    ({"num_classes": 5}, "was made for 5 classes, but synthetic has 10 classes"),
+    ({"channels": 3}, "was made for 3 input channels, but synthetic has 1 input channels"),
+    ({"size": (16, 16)}, "was made for 16x16 image size, but synthetic has 12x12 image size"),
+])
+def test_a_teacher_or_reference_from_other_data_is_refused(tmp_path, key, made_for, message):
+    # each of these used to train with exit 0: a 3-channel model runs on 1-channel images (its normalisation
+    # broadcasts them) and adaptive pooling takes any size
+    path = foreign_checkpoint(tmp_path / "other.pt", **made_for)
+    with pytest.raises(TopoatError, match=f"{key} {path} {message}"):
+        Trainer(tiny_config(**{key: path}), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    Trainer(tiny_config(**{key: foreign_checkpoint(tmp_path / "same.pt")}), tmp_path / "ok")  # the data's own: fine
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.args": "{width: 0}"}, "model.args.width must be an integer >= 1 for small-cnn, got 0"),
+    ({"model.args": "{width: -3}"}, "model.args.width must be an integer >= 1"),
+    ({"model.args": "{feature_dim: 2.5}"}, "model.args.feature_dim must be an integer >= 1"),
+    ({"data.synthetic_shape": "[1, 1, 1]"}, r"model small-cnn cannot take synthetic images of shape \[1, 1, 1\]"),
+    ({"topology.layer": "nope"}, "topology.layer: the model has no layer 'nope'; use features, logits or a module"),
+    ({"topology.teacher_layer": "body.99"}, "topology.teacher_layer: the model has no layer 'body.99'"),
+])
+def test_bad_model_and_layer_settings_fail_before_training(tmp_path, overrides, message):
+    if any(k.startswith("topology") for k in overrides):
+        overrides = dict(overrides, **{"topology.teacher": foreign_checkpoint(tmp_path / "teacher.pt")})
+    with pytest.raises(TopoatError, match=message):
+        Trainer(tiny_config(**overrides), tmp_path / "run")
 
 
 class SignalAfter:
@@ -173,6 +214,33 @@ def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
     assert main(["study", str(spec), "--out", str(out), "--resume", "--no-progress", "--report"]) == 0
     assert capsys.readouterr().out.count("already done") == 3
     assert "pgd-at-train − pgd-at" in (out / "report.md").read_text()
+
+
+GOOD_ENTRY = {"method": "pgd-at", "topology": None, "checkpoint": "last.pt", "natural_acc": 0.5,
+              "robust_acc": {"pgd-3": 0.25}, "best": None}
+
+
+@pytest.mark.parametrize("document,message", [
+    ([1, 2], "the top level is not a mapping"),
+    ({"runs": []}, "'runs' is missing or not a mapping"),
+    ({"runs": {}}, "it has no run 'only'"),
+    ({"runs": {"only": "done"}}, "run 'only': the entry is not a mapping"),
+    ({"runs": {"only": dict(GOOD_ENTRY, robust_acc=[0.25])}}, "'robust_acc' must be a mapping of attacks to numbers"),
+    ({"runs": {"only": dict(GOOD_ENTRY, checkpoint=3)}}, "run 'only': 'checkpoint' must be a path"),
+    ({"runs": {"only": dict(GOOD_ENTRY, best={"robust_acc": "x"})}}, "'best.robust_acc' must be a mapping"),
+    ({"runs": {"only": dict(GOOD_ENTRY, best=[])}}, "'best' must be a mapping or null"),
+])
+def test_study_resume_with_a_damaged_results_json_is_one_line(tmp_path, capsys, document, message):
+    # no training: the run counts as done because its results.json exists, and that file is read first
+    write_config(tmp_path)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "only", "config": "cfg.yaml"}]}))
+    (tmp_path / "study" / "only").mkdir(parents=True)
+    (tmp_path / "study" / "only" / "results.json").write_text(json.dumps(document))
+    assert main(["study", str(spec), "--out", str(tmp_path / "study"), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a usable topoat results.json" in err and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):

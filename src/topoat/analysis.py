@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import TopoatError
-from .evaluate import build_attack, fixed_subset
+from .evaluate import build_attack, fixed_subset, predicted_class
 from .objectives.train_wrapper import representation
 from .topology import TopologyLoss, knn_overlap
 
@@ -114,8 +114,8 @@ def representations(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf
                     logits_adv, z_adv = representation(model, x_adv, layer)
                 nat.append(z.float().cpu())
                 adv.append(z_adv.float().cpu())
-                correct_nat.append((logits.argmax(1) == yb).cpu())
-                correct_adv.append((logits_adv.argmax(1) == yb).cpu())
+                correct_nat.append((predicted_class(logits) == yb).cpu())
+                correct_adv.append((predicted_class(logits_adv) == yb).cpu())
     finally:
         model.train(was_training)
     natural_ok, adv_ok = torch.cat(correct_nat), torch.cat(correct_adv)

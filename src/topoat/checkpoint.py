@@ -5,9 +5,8 @@ import errno
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -20,10 +19,11 @@ VERSION = 1
 
 
 def model_record(model: ImageClassifier, arch: str, arch_args: dict, num_classes: int,
-                 in_channels: int) -> dict:
-    """Everything needed to rebuild `model` without its code path: architecture, arguments, normalisation."""
+                 in_channels: int, image_size: Optional[Sequence[int]] = None) -> dict:
+    """Everything needed to rebuild `model` without its code path: architecture, arguments, normalisation;
+    and the (height, width) of the images it was trained on, when known, so other data can be refused."""
     model = unwrap(model)
-    return {
+    record = {
         "format": FORMAT,
         "version": VERSION,
         "arch": arch,
@@ -33,6 +33,9 @@ def model_record(model: ImageClassifier, arch: str, arch_args: dict, num_classes
         "normalization": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if image_size is not None:
+        record["image_size"] = [int(v) for v in image_size]
+    return record
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -74,35 +77,109 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip (or, before torch 1.6, a pickle, whose first byte is the PROTO opcode)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise TopoatError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise TopoatError(f"checkpoint not found: {path}")
+    if not _looks_like_torch_file(path):
+        raise TopoatError(f"{path} is not a torch checkpoint (neither a zip nor a pickle)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise TopoatError(f"refusing to load {path}: it is not a plain-weights checkpoint "
                           "(it would need to run code to load)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # damaged bytes surface as almost any exception inside torch.load
         raise TopoatError(f"cannot read checkpoint {path}: corrupt or not a torch file "
                           f"({e.__class__.__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TopoatError(f"{path} is not a topoat checkpoint")
     if ckpt.get("version") != VERSION:
         raise TopoatError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (need {VERSION})")
+    _check_record(ckpt, path)
     return ckpt
+
+
+def _check_record(ckpt: dict, path: Path) -> None:
+    """The model record's keys and types, so a damaged or hand-made checkpoint fails here, naming the key."""
+    def positive_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def numbers(v) -> bool:
+        return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                    for x in v)
+
+    norm = ckpt.get("normalization")
+    size = ckpt.get("image_size")
+    checks = [
+        ("arch", isinstance(ckpt.get("arch"), str), "a string"),
+        ("arch_args", isinstance(ckpt.get("arch_args", {}), dict), "a mapping"),
+        ("num_classes", positive_int(ckpt.get("num_classes")), "an integer >= 1"),
+        ("in_channels", positive_int(ckpt.get("in_channels")), "an integer >= 1"),
+        ("normalization", isinstance(norm, dict) and numbers(norm.get("mean")) and numbers(norm.get("std")),
+         "a mapping of mean and std lists"),
+        ("model_state", isinstance(ckpt.get("model_state"), dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model_state"].items()),
+         "a mapping of names to tensors"),
+        ("image_size", size is None or (isinstance(size, (list, tuple)) and len(size) == 2
+                                         and all(positive_int(v) for v in size)), "[height, width]"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            state = "is missing" if key not in ckpt else f"must be {what}"
+            raise TopoatError(f"{path} is a damaged topoat checkpoint: '{key}' {state}")
+
+
+def _state_mismatch(model: nn.Module, state: dict) -> Optional[str]:
+    """The first difference between a model's state and a checkpoint's, in one line (load_state_dict's
+    own message spreads over many lines and begins with a header only)."""
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            return f"'{key}' is missing"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return (f"'{key}' has shape {list(state[key].shape)} in the checkpoint, "
+                    f"{list(value.shape)} in the model")
+    unexpected = [k for k in state if k not in expected]
+    return f"unexpected key '{unexpected[0]}'" if unexpected else None
 
 
 def model_from_record(ckpt: dict, device: str | torch.device = "cpu") -> ImageClassifier:
     norm = ckpt["normalization"]
     model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], norm["mean"], norm["std"],
                         **ckpt.get("arch_args", {}))
+    mismatch = _state_mismatch(model, ckpt["model_state"])
+    if mismatch is not None:
+        raise TopoatError(f"checkpoint weights do not match architecture {ckpt['arch']} "
+                          f"{ckpt.get('arch_args', {})}: {mismatch}")
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise TopoatError(f"checkpoint weights do not match architecture {ckpt['arch']}: {first}") from None
     return model.to(device)
+
+
+def check_fits_data(ckpt: dict, path: str | Path, role: str, num_classes: int, in_channels: int,
+                    image_size: Sequence[int], dataset: str) -> None:
+    """A teacher, reference or evaluated model must have been made for this data: same classes, channels
+    and image size. A model for other images can still run (the normalisation broadcasts one channel
+    to three, adaptive pooling takes any size), so nothing else would catch it."""
+    have = [("classes", ckpt["num_classes"], num_classes), ("input channels", ckpt["in_channels"], in_channels)]
+    if ckpt.get("image_size") is not None:  # recorded since image sizes are checked; older checkpoints lack it
+        have.append(("image size", "x".join(map(str, ckpt["image_size"])), "x".join(map(str, image_size))))
+    for what, theirs, ours in have:
+        if theirs != ours:
+            raise TopoatError(f"{role} {path} was made for {theirs} {what}, but {dataset} has {ours} {what}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:

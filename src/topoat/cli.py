@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -85,12 +86,15 @@ def _eval(args) -> int:
         raise TopoatError("eval: --results and --run go together")
     if args.reference and not args.sanity:
         raise TopoatError("eval: --reference is used by --sanity only")
+    _check_output_file("--json", args.json)
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    norm = args.norm or config.get("attack", {}).get("norm", "Linf")
-    eps = args.eps if args.eps is not None else config.get("attack", {}).get("eps")
+    recorded_norm, recorded_eps = _recorded_threat(ckpt)
+    norm = args.norm or recorded_norm
+    eps = args.eps if args.eps is not None else recorded_eps
     if eps is None:
         raise TopoatError("eval: --eps is required (the checkpoint does not record its threat model)")
+    _check_threat("eval", norm, eps, args.step_size)
     if args.sanity and eps == 0:
         raise TopoatError("eval: --sanity needs --eps > 0")
     device = resolve_device(args.device)
@@ -107,7 +111,7 @@ def _eval(args) -> int:
     if args.reference:
         reference_ckpt = load_checkpoint(args.reference)
         reference = load_model(args.reference, device)
-        _check_fits(reference, reference_ckpt, ds, args.reference, device)
+        _check_fits(reference, reference_ckpt, ds, args.reference, device, role="--reference")
     idx = fixed_subset(ds.x_test.shape[0], args.n, args.seed)
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
     epoch = f", epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else ""
@@ -169,21 +173,46 @@ def _eval_data(ckpt: dict, dataset: Optional[str], root: Optional[str]):
                         synthetic_test=data.synthetic_test)
 
 
-def _check_fits(model, ckpt: dict, ds, path, device) -> None:
+def _check_fits(model, ckpt: dict, ds, path, device, role: str = "checkpoint") -> None:
     """A model built for other images or classes fails here with one line, not deep inside an attack."""
     import torch
 
+    from .checkpoint import check_fits_data
     from .data import to_float
 
-    if ckpt["in_channels"] != ds.in_channels or ckpt["num_classes"] != ds.num_classes:
-        raise TopoatError(f"{path} takes {ckpt['in_channels']}-channel images and {ckpt['num_classes']} classes, "
-                          f"but {ds.name} has {ds.in_channels} channels and {ds.num_classes} classes")
+    check_fits_data(ckpt, path, role, ds.num_classes, ds.in_channels, ds.image_size, ds.name)
     try:
         with torch.no_grad():
             model(to_float(ds.x_test[:1].to(device)))
     except RuntimeError as e:
         raise TopoatError(f"{path} cannot take {ds.name} images of shape {tuple(ds.x_test.shape[1:])}: "
                           f"{str(e).splitlines()[0]}") from None
+
+
+def _check_output_file(flag: str, path: Optional[str]) -> None:
+    """An output file whose folder does not exist fails before the work, not after it."""
+    if path is not None and not Path(path).parent.is_dir():
+        raise TopoatError(f"{flag} {path}: folder {Path(path).parent} does not exist")
+
+
+def _recorded_threat(ckpt: dict) -> tuple[str, object]:
+    """The norm and eps a checkpoint's config records (Linf and None where it records none)."""
+    config = ckpt.get("config")
+    attack = config.get("attack") if isinstance(config, dict) else None
+    attack = attack if isinstance(attack, dict) else {}
+    return attack.get("norm", "Linf"), attack.get("eps")
+
+
+def _check_threat(command: str, norm: str, eps, step_size: Optional[float] = None) -> None:
+    """The norm, radius and step, whether given or read from a checkpoint's config."""
+    if norm not in ("Linf", "L2"):
+        raise TopoatError(f"{command}: norm must be Linf or L2, got {norm!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise TopoatError(f"{command}: eps must be a finite number >= 0, got {eps!r}")
+    if norm == "Linf" and eps > 1:  # images are in [0, 1]: such a ball holds every image (8 meant for 8/255?)
+        raise TopoatError(f"{command}: Linf eps must be <= 1 (images are in [0, 1]), got {eps:g}")
+    if step_size is not None and step_size <= 0:
+        raise TopoatError(f"{command}: --step-size must be > 0, got {step_size:g}")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -216,7 +245,8 @@ def _analysis_data(args, reference_ckpt: dict):
 
 def _analyze(args) -> int:
     from .analysis import analyze_checkpoints, held_out_subset
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, model_from_record
+    from .objectives.train_wrapper import check_layer
     from .report import format_topology_table
     from .runtime import resolve_device
 
@@ -224,17 +254,22 @@ def _analyze(args) -> int:
         raise TopoatError(f"analyze: --n must be more than twice --k (got n={args.n}, k={args.k})")
     if args.attack_steps < 1:
         raise TopoatError("analyze: --attack-steps must be >= 1")
+    _check_output_file("--json", args.json)
     reference = load_checkpoint(args.reference)
-    for path in args.checkpoints:
-        load_checkpoint(path)  # a bad path fails now, not after the reference's attack has run
-    eps = args.eps
+    checkpoints = {path: load_checkpoint(path) for path in args.checkpoints}  # bad paths fail before any attack
+    recorded_norm, recorded_eps = _recorded_threat(reference)
+    eps = args.eps if args.eps is not None else recorded_eps
     if eps is None:
-        eps = (reference.get("config") or {}).get("attack", {}).get("eps")
-        if eps is None:
-            raise TopoatError("analyze: --eps is required (the reference checkpoint does not record one)")
-    norm = args.norm or (reference.get("config") or {}).get("attack", {}).get("norm", "Linf")
+        raise TopoatError("analyze: --eps is required (the reference checkpoint does not record one)")
+    norm = args.norm or recorded_norm
+    _check_threat("analyze", norm, eps, args.step_size)
     device = resolve_device(args.device)
-    x, y = held_out_subset(_analysis_data(args, reference), args.n, args.seed, device)
+    ds = _analysis_data(args, reference)
+    for path, ckpt in [(args.reference, reference), *checkpoints.items()]:
+        model = model_from_record(ckpt, device).eval()
+        _check_fits(model, ckpt, ds, path, device, role="--reference" if path == args.reference else "checkpoint")
+        check_layer(model, args.layer, "analyze: --layer")
+    x, y = held_out_subset(ds, args.n, args.seed, device)
     attack = f"pgd-{args.attack_steps}"
     metrics = analyze_checkpoints(args.checkpoints, args.reference, x, y, norm=norm, eps=eps, attack=attack,
                                   step_size=args.step_size, k=args.k, layer=args.layer, seed=args.seed)
@@ -244,7 +279,7 @@ def _analyze(args) -> int:
     if args.json:
         document = {"reference": str(args.reference), "n": int(x.shape[0]), "k": args.k, "attack": attack,
                     "norm": norm, "eps": eps, "layer": args.layer, "seed": args.seed, "models": metrics}
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
     return 0
 
 
@@ -262,10 +297,14 @@ def _eps(text: str) -> float:
     try:
         if "/" in text:
             num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"bad eps {text!r}") from None
+    if not math.isfinite(value):  # a NaN or infinite radius or step makes every attack meaningless
+        raise argparse.ArgumentTypeError(f"bad eps {text!r}: not a finite number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

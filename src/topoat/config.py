@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -170,17 +171,33 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> "TrainConfig":
+        o = self.optim
         checks = [
-            (self.attack.eps >= 0, "attack.eps must be >= 0"),
-            (self.attack.step_size > 0, "attack.step_size must be > 0"),
+            (_finite(self.attack.eps) and self.attack.eps >= 0, "attack.eps must be >= 0 and finite"),
+            # images live in [0, 1]: an L-inf ball wider than 1 contains every image, so it is a typo (8, not 8/255)
+            (self.attack.norm != "Linf" or self.attack.eps <= 1, "attack.eps must be <= 1 for the Linf norm "
+             "(images are in [0, 1]; write 8/255 as 0.0314)"),
+            (_finite(self.attack.step_size) and self.attack.step_size > 0, "attack.step_size must be > 0 and finite"),
             (self.attack.steps >= 0, "attack.steps must be >= 0"),
-            (self.optim.epochs >= 1, "optim.epochs must be >= 1"),
-            (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (o.epochs >= 1, "optim.epochs must be >= 1"),
+            (o.batch_size >= 2, "optim.batch_size must be >= 2"),
+            (_finite(o.lr) and o.lr > 0, "optim.lr must be > 0 and finite"),
+            (_finite(o.momentum) and o.momentum >= 0, "optim.momentum must be >= 0 and finite"),
+            (_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay must be >= 0 and finite"),
+            (not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
+            (_finite(o.gamma) and o.gamma >= 0, "optim.gamma must be >= 0 and finite"),
+            (_finite(o.warmup_epochs) and o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0 and finite"),
+            (_finite(*o.milestones), "optim.milestones must be finite numbers"),
+            (o.max_loss > 0, "optim.max_loss must be > 0 (.inf turns the check off)"),
+            (self.runtime.threads is None or self.runtime.threads >= 1, "runtime.threads must be >= 1 (or null)"),
+            (self.validation.n >= 1, "validation.n must be >= 1"),
+            (self.validation.attack_steps >= 0, "validation.attack_steps must be >= 0"),
             (self.data.val_size >= 0, "data.val_size must be >= 0"),
+            # a negative padding would crop every image instead (F.pad accepts it)
+            (self.data.augment.crop_padding >= 0, "data.augment.crop_padding must be >= 0"),
             (self.data.train_subset is None or self.data.train_subset >= 2, "data.train_subset must be >= 2"),
             (self.validation.every >= 1, "validation.every must be >= 1"),
-            (self.method.beta >= 0, "method.beta must be >= 0"),
+            (_finite(self.method.beta) and self.method.beta >= 0, "method.beta must be >= 0 and finite"),
             (0 <= self.method.natural_weight <= 1, "method.natural_weight must be in [0, 1]"),
             (self.method.natural_weight == 0 or self.method.name == "pgd-at",
              "method.natural_weight applies to pgd-at only (TRADES and MART weigh their terms with method.beta)"),
@@ -188,24 +205,32 @@ class TrainConfig:
         if self.method.awp is not None:
             checks += [
                 (self.method.name != "standard", "method.awp needs an adversarial method (pgd-at, trades, mart)"),
-                (self.method.awp.gamma >= 0, "method.awp.gamma must be >= 0"),
+                (_finite(self.method.awp.gamma) and self.method.awp.gamma >= 0,
+                 "method.awp.gamma must be >= 0 and finite"),
                 (self.method.awp.warmup_epochs >= 0, "method.awp.warmup_epochs must be >= 0"),
             ]
         if self.topology is not None:
             t = self.topology
             checks += [
-                (t.lambda_nat >= 0 and t.lambda_adv >= 0, "topology.lambda_nat and lambda_adv must be >= 0"),
+                (_finite(t.lambda_nat, t.lambda_adv) and t.lambda_nat >= 0 and t.lambda_adv >= 0,
+                 "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
                 (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
-                (t.temperature > 0, "topology.temperature must be > 0"),
-                (t.perplexity > 1, "topology.perplexity must be > 1"),
+                (_finite(t.temperature) and t.temperature > 0, "topology.temperature must be > 0 and finite"),
+                (_finite(t.perplexity) and t.perplexity > 1, "topology.perplexity must be > 1 and finite"),
+                # checked in every training step otherwise, where it ended the run with a traceback
+                (t.kernel != "perplexity" or t.perplexity < o.batch_size - 1,
+                 f"topology.perplexity {t.perplexity:g} needs graphs of more than {t.perplexity + 1:g} samples: "
+                 f"raise optim.batch_size (per process under DDP) or lower the perplexity"),
             ]
         if self.distillation is not None:
             d = self.distillation
             checks += [
-                (d.lambda_ >= 0, "distillation.lambda must be >= 0"),
-                (d.temperature > 0, "distillation.temperature must be > 0"),
+                (_finite(d.lambda_) and d.lambda_ >= 0, "distillation.lambda must be >= 0 and finite"),
+                (_finite(d.temperature) and d.temperature > 0, "distillation.temperature must be > 0 and finite"),
             ]
+        step = self.evaluation.step_size
         checks += [(self.evaluation.n is None or self.evaluation.n >= 1, "evaluation.n must be >= 1"),
+                   (step is None or _finite(step) and step > 0, "evaluation.step_size must be > 0 and finite"),
                    (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1"),
                    (self.evaluation.autoattack_n is None or self.evaluation.autoattack_n >= 1,
                     "evaluation.autoattack_n must be >= 1")]
@@ -222,6 +247,10 @@ class TrainConfig:
             except TopoatError as e:
                 raise TopoatError(f"config: evaluation.attacks[{i}]: {e}") from None
         return self
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
 
 
 def _type_name(tp: Any) -> str:
@@ -247,7 +276,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise TopoatError(errors[0] if errors else f"config: {key}: bad value {value!r}")
     if origin is Literal:
-        if isinstance(value, bool) and {"on", "off"} <= set(args):
+        if isinstance(value, bool) and ("on" if value else "off") in args:
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in args:
             raise TopoatError(f"config: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
@@ -263,6 +292,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise TopoatError(f"config: {key} must be a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
+        if isinstance(value, str) and value.lower() in ("on", "off"):
+            value = value.lower() == "on"  # a quoted "on"/"off" means what the bare word means
         if not isinstance(value, bool):
             raise TopoatError(f"config: {key} must be true or false, got {value!r}")
         return value
@@ -271,8 +302,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise TopoatError(f"config: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TopoatError(f"config: {key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise TopoatError(f"config: {key} must be a number, got {value!r}")  # NaN means nothing anywhere
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -133,9 +133,16 @@ class EvalResult:
         return d
 
 
+def predicted_class(logits: Tensor) -> Tensor:
+    """argmax per row, but -1 (never a label) where a row is not finite: NaN logits argmax to some class,
+    which counted as "correct" for that class's images, and an attack on NaN gradients changes nothing,
+    so a NaN-weight model reported robust accuracy equal to its natural accuracy."""
+    return logits.argmax(1).masked_fill(~torch.isfinite(logits).all(1), -1)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> Tensor:
-    return model(x).argmax(1)
+    return predicted_class(model(x))
 
 
 def _stream_seed(seed: int, name: str, start: int) -> int:
@@ -152,12 +159,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
 
     A sample counts as robust to an attack only if it is also classified correctly without attack
     (only those are attacked); with several attacks, "worst" is the per-sample worst case (robust to
-    all), never an average. `custom` adds attacks given as callables `attack(x, y) -> x_adv`.
+    all), never an average. Non-finite logits count as a wrong prediction (and add a note). `custom` adds attacks given as callables `attack(x, y) -> x_adv`.
     AutoAttack runs on a fixed `autoattack_n` of the images when given (it is costly). Random starts
     come from `seed`; the caller's random state is left as it was.
     """
     if x.shape[0] != y.shape[0]:
         raise TopoatError(f"evaluate: {x.shape[0]} images but {y.shape[0]} labels")
+    if x.shape[0] == 0:  # an accuracy over no images is 0/0, not a result
+        raise TopoatError("evaluate: no images to evaluate")
     if batch_size < 1:
         raise TopoatError("evaluate: batch_size must be >= 1")
     if autoattack_n is not None and autoattack_n < 1:
@@ -183,6 +192,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
                 if s.is_autoattack:
                     evaluated[s.name] = aa_mask
         natural = torch.zeros(n, dtype=torch.bool, device=x.device)
+        non_finite = torch.zeros((), dtype=torch.long, device=x.device)
         correct = {k: torch.zeros(n, dtype=torch.bool, device=x.device) for k in named}
         seconds = {k: 0.0 for k in named}
         starts = range(0, n, batch_size)
@@ -190,7 +200,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
         for start in starts:
             end = min(start + batch_size, n)
             xb, yb = x[start:end], y[start:end]
-            natural[start:end] = predict(model, xb) == yb
+            predicted = predict(model, xb)
+            natural[start:end] = predicted == yb
+            non_finite += (predicted < 0).sum()
             for name, attack in named.items():
                 bar.set_description(f"evaluate {name}")
                 # only images that are classified correctly and that this attack covers are attacked
@@ -210,6 +222,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
                             evaluated=evaluated, seconds=seconds)
         for name, c in correct.items():
             result.robust_acc[name] = float(c.sum()) / max(int(evaluated[name].sum()), 1)
+        if int(non_finite):
+            result.notes.append(f"{int(non_finite)} of {n} images gave non-finite logits (NaN or inf weights or "
+                                "activations?); they count as wrong")
         for name, attack in named.items():
             result.notes += [f"{name}: {note}" for note in getattr(attack, "notes", [])]
         common = torch.stack(list(evaluated.values())).all(dim=0) if named else everywhere

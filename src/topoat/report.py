@@ -103,7 +103,7 @@ def primary_attack(runs: Sequence[Run]) -> Optional[str]:
 def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
     """All runs of the given study or run folders, in order; plus the document-level facts."""
     from .config import load_config
-    from .runs import read_json
+    from .runs import read_results
 
     runs: list[Run] = []
     info: dict = {"datasets": [], "failed": {}, "sources": []}
@@ -113,9 +113,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
         results = folder / "results.json"
         if not results.is_file():
             raise TopoatError(f"report: {folder} has no results.json (train or study into it first)")
-        doc = read_json(results)
-        if not isinstance(doc.get("runs"), dict):
-            raise TopoatError(f"report: {results} has no runs")
+        doc = read_results(results)
         info["sources"].append(str(folder))
         if doc.get("dataset") not in info["datasets"]:
             info["datasets"].append(doc.get("dataset"))
@@ -601,7 +599,7 @@ class Analysis:
 def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[str], None]) -> Analysis:
     """Topology metrics of every run against its reference, and the t-SNE maps of the first seed."""
     from .analysis import compare, held_out_subset, representations, tsne_map
-    from .checkpoint import load_model
+    from .checkpoint import check_fits_data, load_checkpoint, model_from_record
     from .data import dataset_from_config
     from .runtime import resolve_device
 
@@ -626,7 +624,11 @@ def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[
     def reps_of(checkpoint: Path, run: Run):
         if checkpoint not in cache:
             eps, norm = float(run.threat.get("eps", run.config.attack.eps)), run.threat.get("norm", run.config.attack.norm)
-            cache[checkpoint] = representations(load_model(checkpoint, device), x, y, norm=norm, eps=eps,
+            ckpt = load_checkpoint(checkpoint)  # a --reference made for other data is refused, not compared
+            check_fits_data(ckpt, checkpoint, "report: model", dataset.num_classes, dataset.in_channels,
+                            dataset.image_size, dataset.name)
+            model = model_from_record(ckpt, device).eval()
+            cache[checkpoint] = representations(model, x, y, norm=norm, eps=eps,
                                                 attack=result.attack, step_size=run.config.evaluation.step_size,
                                                 seed=settings.seed)
         return cache[checkpoint]

@@ -43,6 +43,55 @@ def read_json(path: Path) -> dict:
         raise TopoatError(f"{path} is not valid JSON") from None
 
 
+def read_results(path: Path, run: Optional[str] = None) -> dict:
+    """A results.json checked against the contract above (types of the keys present), so a damaged or
+    hand-edited file is one line naming the key rather than a traceback; with `run`, that run must be in it."""
+    doc = read_json(path)
+    problem = _results_problem(doc)
+    if problem is None and run is not None and run not in doc["runs"]:
+        problem = f"it has no run {run!r}"
+    if problem is not None:
+        raise TopoatError(f"{path} is not a usable topoat results.json: {problem}")
+    return doc
+
+
+def _results_problem(doc: Any) -> Optional[str]:
+    if not isinstance(doc, dict):
+        return "the top level is not a mapping"
+    if not isinstance(doc.get("runs"), dict):
+        return "'runs' is missing or not a mapping"
+    for key, kind in (("dataset", str), ("threat", dict), ("failed", dict)):
+        if key in doc and not isinstance(doc[key], kind):
+            return f"'{key}' is not a {kind.__name__}"
+    for name, entry in doc["runs"].items():
+        problem = _entry_problem(entry)
+        if problem is None and entry.get("best") is not None:
+            problem = _entry_problem(entry["best"], "best.")
+        if problem is not None:
+            return f"run {name!r}: {problem}"
+    return None
+
+
+def _entry_problem(entry: Any, prefix: str = "") -> Optional[str]:
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(entry, dict):
+        return f"'{prefix[:-1]}' must be a mapping" if prefix else "the entry is not a mapping"
+    checks = [("checkpoint", lambda v: isinstance(v, str), "a path"),
+              ("method", lambda v: isinstance(v, str), "a string"),
+              ("natural_acc", number, "a number"),
+              ("robust_acc", lambda v: isinstance(v, dict) and all(number(a) for a in v.values()),
+               "a mapping of attacks to numbers"),
+              ("n_by_attack", lambda v: isinstance(v, dict), "a mapping"),
+              ("topology", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+              ("best", lambda v: v is None or isinstance(v, dict), "a mapping or null")]
+    for key, ok, what in checks:
+        if key in entry and not ok(entry[key]):
+            return f"'{prefix}{key}' must be {what}"
+    return None
+
+
 def method_name(cfg: TrainConfig) -> str:
     return cfg.method.name if cfg.method.awp is None else f"awp-{cfg.method.name}"
 
@@ -78,7 +127,7 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
     """A finished run's entry (its results.json) with `attacks` evaluated on the same images and merged
     in, for the last checkpoint and, unless it holds the same weights, the best one."""
     results = run_dir / "results.json"
-    entry = read_json(results)["runs"][name]
+    entry = read_results(results, name)["runs"][name]
     device = resolve_device(cfg.runtime.device)
     ds = dataset_from_config(cfg.data)
     idx = fixed_subset(ds.x_test.shape[0], cfg.evaluation.n, cfg.evaluation.seed)
@@ -169,10 +218,8 @@ def find_run_slot(results: Path, run: str, checkpoint: Path, *, norm: str, eps: 
     """The results.json document, and the part of run `run` that `checkpoint` belongs to (the run itself for
     its last checkpoint, its `best` entry for best.pt) with that part's label. One-line errors when the
     file, the run, the threat model or the dataset do not match."""
-    doc = read_json(results)
-    runs = doc.get("runs") if isinstance(doc, dict) else None
-    if not isinstance(runs, dict):
-        raise TopoatError(f"{results} is not a topoat results.json (it has no runs)")
+    doc = read_results(results)
+    runs = doc["runs"]
     if run not in runs:
         raise TopoatError(f"{results} has no run {run!r} (it has: {', '.join(runs) or 'none'})")
     if doc.get("dataset") != dataset:

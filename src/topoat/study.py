@@ -10,7 +10,7 @@ from typing import Optional
 
 from .config import from_dict, load_config, read_yaml
 from .errors import TopoatError
-from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_json, rebase_checkpoints,
+from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_results, rebase_checkpoints,
                    results_document, write_json_atomic)
 from .train import Trainer, prepare_output
 
@@ -133,7 +133,7 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         run_dir = out / p.name
         done = run_dir / "results.json"
         if done.is_file():
-            entry = read_json(done)["runs"][p.name]
+            entry = read_results(done, p.name)["runs"][p.name]
             scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else \
                 (entry.get("best") or {}).get("robust_acc", {})
             missing = [a for a in cfg.evaluation.attacks if a not in scored]

@@ -191,7 +191,12 @@ class TopologyLoss(torch.nn.Module):
             t = self.graph(teacher.detach().float(), mask)
             if n_rows is not None:
                 s, t = s[:n_rows], t[:n_rows]
-            return graph_kl(s, t)
+            kl = graph_kl(s, t)
+            # graph_kl leaves out non-finite entries (they mark excluded pairs), so NaN or inf features would
+            # score 0, the perfect loss; NaN instead lets the training loop's divergence check stop the run.
+            # Decided on the device: no host sync in the training step.
+            finite = torch.isfinite(student).all() & torch.isfinite(teacher).all()
+            return torch.where(finite, kl, torch.full_like(kl, float("nan")))
 
     def extra_repr(self) -> str:
         extra = {"softmax-cosine": f", temperature={self.temperature:g}",

@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .analysis import extract, topology_metrics
-from .checkpoint import load_checkpoint, load_model, model_record, save_atomic
+from .checkpoint import check_fits_data, load_checkpoint, model_from_record, model_record, save_atomic
 from .config import TrainConfig, dump_config, from_dict, to_dict
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier, device_for
@@ -23,6 +23,7 @@ from .errors import TopoatError
 from .evaluate import evaluate
 from .models import build_model
 from .objectives import build_objective
+from .objectives.train_wrapper import check_layer
 from .runtime import (autocast, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                       use_channels_last)
 
@@ -136,6 +137,21 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def _check_takes_images(model: torch.nn.Module, x: Tensor, what: str, dataset: str) -> None:
+    """One image through `model` (eval mode, no gradient): images too small for its pooling, or a model
+    built wrongly (a width of 0), fail here in one line rather than inside the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(to_float(x))
+    except RuntimeError as e:
+        raise TopoatError(f"{what} cannot take {dataset} images of shape {list(x.shape[1:])}: "
+                          f"{str(e).strip().splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False,
                  dataset: Optional[ImageDataset] = None, dist: DistContext = SINGLE):
@@ -174,19 +190,26 @@ class Trainer:
         self.channels_last = use_channels_last(self.device, cfg.runtime.channels_last)
         self.model = build_model(cfg.model.arch, d.num_classes, d.in_channels, d.mean, d.std,
                                  **cfg.model.args).to(self.device)
+        _check_takes_images(self.model, self.x_train[:1], f"model {cfg.model.arch}", d.name)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if cfg.topology is not None:
             if not cfg.topology.teacher:
                 raise TopoatError("topology.teacher: give the path of a standard model's checkpoint")
-            self.teacher = self._frozen_model(cfg.topology.teacher)
+            self.teacher = self._frozen_model(cfg.topology.teacher, "topology.teacher")
+            check_layer(self.model, cfg.topology.layer, "topology.layer")
+            check_layer(self.teacher, cfg.topology.teacher_layer or cfg.topology.layer,
+                        "topology.teacher_layer" if cfg.topology.teacher_layer else "topology.layer (of the teacher)")
         # The model the per-epoch topology metrics compare with: validation.reference, else the teacher.
         self.reference = self.teacher
         reference = cfg.validation.reference
         if reference and cfg.validation.topology and not (
                 cfg.topology is not None and Path(reference).resolve() == Path(cfg.topology.teacher).resolve()):
-            self.reference = load_model(reference, self.device)
+            self.reference = self._frozen_model(reference, "validation.reference", layout=False)
+            if cfg.topology is not None:
+                check_layer(self.reference, cfg.topology.teacher_layer or cfg.topology.layer,
+                            "topology.layer (of validation.reference)")
         self.reference_features: Optional[Tensor] = None  # frozen model, fixed split: computed once
         if dist.enabled and cfg.runtime.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -202,7 +225,7 @@ class Trainer:
             if not path:
                 raise TopoatError("distillation.teacher: give the path of a standard model's checkpoint")
             same = cfg.topology is not None and Path(path).resolve() == Path(cfg.topology.teacher).resolve()
-            self.distillation_teacher = self.teacher if same else self._frozen_model(path)
+            self.distillation_teacher = self.teacher if same else self._frozen_model(path, "distillation.teacher")
         self.objective = build_objective(cfg, self.teacher, self.distillation_teacher)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
@@ -221,15 +244,22 @@ class Trainer:
         if resume:
             self._load_state()
 
-    def _frozen_model(self, path: str) -> torch.nn.Module:
-        """A teacher checkpoint on the training device, in the training memory layout."""
-        model = load_model(path, self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+    def _frozen_model(self, path: str, role: str, layout: bool = True) -> torch.nn.Module:
+        """A teacher (or reference) checkpoint made for this data, eval-mode on the training device, in the
+        training memory layout unless `layout` is False. One from other data is refused: it would still run
+        (see check_fits_data) and train against a meaningless graph."""
+        d = self.data
+        ckpt = load_checkpoint(path)
+        check_fits_data(ckpt, path, role, d.num_classes, d.in_channels, d.image_size, d.name)
+        model = model_from_record(ckpt, self.device).eval()
+        _check_takes_images(model, self.x_train[:1], f"{role} {path}", d.name)
+        return model.to(memory_format=torch.channels_last) if self.channels_last and layout else model
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _record(self) -> dict:
         d = self.data
-        return model_record(self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels)
+        return model_record(self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels,
+                            d.image_size)
 
     def _save_state(self, perm: Optional[Tensor]) -> None:
         if self.rank != 0:

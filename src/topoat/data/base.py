@@ -29,6 +29,9 @@ class ImageDataset:
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise TopoatError(f"{self.name}: {split} images must be uint8 (N, C, H, W), got "
                                   f"{x.dtype} {tuple(x.shape)}")
+            if min(x.shape[1:]) < 1:
+                raise TopoatError(f"{self.name}: {split} images must have at least 1 channel and 1x1 pixels, "
+                                  f"got (C, H, W) = {tuple(x.shape[1:])}")
             if y.shape != (x.shape[0],):
                 raise TopoatError(f"{self.name}: {split} has {x.shape[0]} images but {y.numel()} labels")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):

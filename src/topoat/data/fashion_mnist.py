@@ -36,8 +36,9 @@ def read_idx(path: Path, magic: int, expected_count: Optional[int] = None) -> np
         raise TopoatError(f"Fashion-MNIST file missing: {path}; {HOW_TO_GET}") from None
     except (OSError, EOFError, zlib.error) as e:
         raise TopoatError(f"Fashion-MNIST file {path} is corrupt or truncated ({e.__class__.__name__})") from None
-    if len(raw) < 8:
-        raise TopoatError(f"{path}: too short to be an IDX file")
+    header = 16 if magic == IMAGE_MAGIC else 8  # images add two dimensions (rows, cols) to the count
+    if len(raw) < header:
+        raise TopoatError(f"{path}: too short to be an IDX file ({len(raw)} bytes, the header alone is {header})")
     got_magic, count = struct.unpack(">II", raw[:8])
     if got_magic != magic:
         raise TopoatError(f"{path}: bad IDX magic number {got_magic} (expected {magic})")
@@ -56,7 +57,7 @@ def read_idx(path: Path, magic: int, expected_count: Optional[int] = None) -> np
 
 
 def load_fashion_mnist(root: Optional[str] = None, full_size: bool = True) -> ImageDataset:
-    base = Path(root) if root else DEFAULT_ROOT
+    base = Path(root).expanduser() if root else DEFAULT_ROOT
     if not base.is_dir():
         raise TopoatError(f"Fashion-MNIST folder not found: {base}; {HOW_TO_GET}")
     n_train, n_test = (60000, 10000) if full_size else (None, None)

@@ -209,11 +209,26 @@ def _read_cache(path: Path, fingerprint: str) -> Optional[dict[str, np.ndarray]]
         with np.load(path, allow_pickle=False) as f:
             if not all(k in f.files for k in keys):
                 return None
-            if int(f["version"]) != CACHE_VERSION or str(f["source"]) != fingerprint:
+            if f["version"].shape != () or int(f["version"]) != CACHE_VERSION or str(f["source"]) != fingerprint:
                 return None
-            return {k: f[k] for k in keys}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            arrays = {k: f[k] for k in keys}
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile):
         return None
+    return arrays if _cache_is_sound(arrays) else None
+
+
+def _cache_is_sound(a: dict[str, np.ndarray]) -> bool:
+    """The shapes and types the decoder writes; a cache that differs (damaged, or another program's file
+    under this name) is decoded again rather than trusted."""
+    n_classes = a["wnids"].shape[0] if a["wnids"].ndim == 1 else 0
+    images_ok = all(a[x].dtype == np.uint8 and a[x].ndim == 4 and a[x].shape[1:] == (3, SIZE, SIZE)
+                    for x in ("x_train", "x_test"))
+    labels_ok = all(a[y].ndim == 1 and a[y].dtype == np.int64 and a[y].shape[0] == a[x].shape[0]
+                    and (a[y].size == 0 or 0 <= a[y].min() and a[y].max() < n_classes)
+                    for x, y in (("x_train", "y_train"), ("x_test", "y_test")))
+    stats_ok = all(a[k].shape == (3,) and np.issubdtype(a[k].dtype, np.floating) and np.isfinite(a[k]).all()
+                   for k in ("mean", "std"))
+    return n_classes > 0 and a["names"].shape == (n_classes,) and images_ok and labels_ok and stats_ok
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) -> None:

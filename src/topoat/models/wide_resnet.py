@@ -35,6 +35,8 @@ class WideResNet(ImageClassifier):
         super().__init__(mean, std)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"wide-resnet depth must be 6n + 4, got {depth}")
+        if not 0 <= dropout < 1:  # checked here: F.dropout would refuse it only in the first training step
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         layers = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import gather, gather_with_grad
+from ..errors import TopoatError
 from ..topology import TopologyLoss
 from .base import Objective, ObjectiveOutput, Wrapper
 
@@ -37,6 +38,15 @@ def representation(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Ten
     finally:
         handle.remove()
     return logits, captured[-1].flatten(1)
+
+
+def check_layer(model: nn.Module, layer: str, key: str) -> None:
+    """A one-line error naming `key` when `model` has no such layer, before any step is spent."""
+    if layer in ("features", "logits") or layer in dict(model.named_modules()):
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    raise TopoatError(f"{key}: the model has no layer {layer!r}; use features, logits or a module name ({some})")
 
 
 class MemoryBank:
