@@ -323,7 +323,7 @@ def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
         tiny_config(**{"evaluation.checkpoints": "[final]"})
 
 
-def test_evaluation_in_channels_last_scores_as_the_default_layout(tmp_path):
+def test_evaluation_follows_the_runtime_layout_and_threads(tmp_path):
     from topoat.checkpoint import load_model
     from topoat.runs import _evaluate_model
 
@@ -331,9 +331,15 @@ def test_evaluation_in_channels_last_scores_as_the_default_layout(tmp_path):
     x = torch.rand(48, 1, 12, 12, generator=torch.Generator().manual_seed(0))
     y = torch.arange(48) % 10
     scores = {}
-    for layout in ("off", "on"):
-        cfg = tiny_config(**{"runtime.channels_last": layout, "evaluation.attacks": "[pgd-3]"})
-        res = _evaluate_model(cfg, load_model(tmp_path / "run" / "last.pt"), x, y, progress=False)
-        scores[layout] = (res.natural_acc, res.robust_acc["pgd-3"])
+    threads = torch.get_num_threads()
+    try:
+        for layout in ("off", "on"):
+            cfg = tiny_config(**{"runtime.channels_last": layout, "evaluation.attacks": "[pgd-3]",
+                                 "runtime.threads": 1})
+            res = _evaluate_model(cfg, load_model(tmp_path / "run" / "last.pt"), x, y, progress=False)
+            scores[layout] = (res.natural_acc, res.robust_acc["pgd-3"])
+            assert torch.get_num_threads() == 1  # runtime.threads holds for an evaluation-only pass too
+    finally:
+        torch.set_num_threads(threads)
     assert scores["on"][0] == scores["off"][0]
     assert abs(scores["on"][1] - scores["off"][1]) <= 2 / 48  # float rounding may flip a borderline image

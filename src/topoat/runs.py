@@ -165,6 +165,8 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
 def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool,
                     attacks: Optional[list[str]] = None) -> EvalResult:
     ev = cfg.evaluation
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
     if use_channels_last(x.device, cfg.runtime.channels_last):
         # the run's own memory format: on a CPU small-cnn, channels-last halves the cost of AutoAttack
         model = model.to(memory_format=torch.channels_last)
