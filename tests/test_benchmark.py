@@ -1,0 +1,34 @@
+"""The throughput benchmark runs end to end in its CI-sized mode and writes a well-formed JSON."""
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("throughput", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_share_above_the_peak_is_no_result():
+    bench = _load()
+    assert bench.share_of_peak(5.0, 10.0) == 0.5
+    assert bench.share_of_peak(11.0, 10.0) is None
+    assert "no share" in bench.format_share(11.0, 10.0)
+
+
+def test_quick_benchmark_writes_every_measurement(tmp_path):
+    out = tmp_path / "bench.json"
+    assert _load().main(["--quick", "--modes", "pgd-at,pgd-at+train", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    peak = report["peak_flops"]["fp32"]
+    assert peak["flops_per_s"] == max(peak["rates"].values()) and len(peak["rates"]) == 6
+    model = report["models"]["small-cnn"]
+    for row in model["modes"].values():
+        assert row["images_per_s"] > 0 and row["warmup_seconds"] >= 0
+        assert row["share_of_peak"] is None or 0 < row["share_of_peak"] <= 1
+    assert model["speedup_vs_textbook"] > 0 and "train_overhead_pgd-at" in model
+    assert {r["batch_size"] for r in report["batch_scaling"]} == {16, 32}
