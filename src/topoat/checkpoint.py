@@ -1,10 +1,8 @@
 """Checkpoints: written atomically, read with weights_only=True so a hostile pickle cannot run code."""
 from __future__ import annotations
 
-import errno
-import os
+import io
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import TopoatError
+from .files import write_atomic
 from .models import ImageClassifier, build_model
 
 FORMAT = "topoat-checkpoint"
@@ -50,31 +49,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """torch.save `obj` to `path` atomically. It is serialised in memory first: on a full disk torch.save
+    itself raises a RuntimeError that hides the cause, while a plain write reports ENOSPC."""
+    buffer = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        if e.errno == errno.ENOSPC:
-            raise TopoatError(f"no space left on device while writing {path}") from None
-        raise TopoatError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        torch.save(obj, buffer)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise TopoatError(f"cannot write {path}: {first}") from None
+    write_atomic(path, buffer.getbuffer())
 
 
 def _looks_like_torch_file(path: Path) -> bool:

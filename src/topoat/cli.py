@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import TopoatError
+from .errors import Interrupted, TopoatError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,10 +41,14 @@ def _train(args) -> int:
         shutdown()
     if not dist.is_main:  # rank 0 alone evaluates and writes results
         return 0
-    entry = evaluate_run(cfg, out, cfg.name, summary["train_seconds"], relative_to=out,
-                         progress=cfg.runtime.progress)
-    document = results_document(cfg, {cfg.name: entry})
-    write_json_atomic(document, out / "results.json")
+    from .signals import stage
+
+    with stage("during the final evaluation", f"training is complete; `topoat train --out {out} --resume` "
+                                              "evaluates it without training again"):
+        entry = evaluate_run(cfg, out, cfg.name, summary["train_seconds"], relative_to=out,
+                             progress=cfg.runtime.progress)
+        document = results_document(cfg, {cfg.name: entry})
+        write_json_atomic(document, out / "results.json")
     print(format_table(document["runs"]))
     return 0
 
@@ -394,17 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train import TrainingInterrupted
+    from .signals import raise_on_signals, stage
 
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise TopoatError("topoat: give a command: train, study, eval, analyze or report (see --help)")
-        return args.func(args)
+        # every stage answers SIGINT/SIGTERM with one line (the training loop saves a checkpoint first)
+        with raise_on_signals(), stage(f"in topoat {args.command}"):
+            return args.func(args)
     except TopoatError as e:
         print(f"topoat: error: {e}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as e:
+    except Interrupted as e:
         print(f"topoat: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

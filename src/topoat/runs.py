@@ -25,13 +25,12 @@ from .config import TrainConfig, to_dict
 from .data import ImageDataset, dataset_from_config, to_float
 from .errors import TopoatError
 from .evaluate import EvalResult, evaluate, fixed_subset
+from .files import write_text_atomic
 from .runtime import resolve_device, use_channels_last
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict:

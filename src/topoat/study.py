@@ -3,7 +3,7 @@ and tabulated into one results.json. Re-running with resume continues where it s
 from __future__ import annotations
 
 import fnmatch
-import shutil
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -12,7 +12,12 @@ from .config import from_dict, load_config, read_yaml
 from .errors import TopoatError
 from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_results, rebase_checkpoints,
                    results_document, write_json_atomic)
+from .files import write_atomic
+from .signals import stage
 from .train import Trainer, prepare_output
+
+# A study folder holding only its copy of the study file started nothing: it can be started again.
+STUDY_LEFTOVERS = frozenset({"study.yaml"})
 
 
 @dataclass
@@ -52,6 +57,8 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
     if not spec.runs:
         raise TopoatError(f"study {path}: no runs listed")
     names = [r.name for r in spec.runs]
+    for name in names:
+        check_run_name(path, name)
     if len(set(names)) != len(names):
         raise TopoatError(f"study {path}: run names must be unique")
     if spec.reference is not None and spec.reference not in names:
@@ -86,6 +93,16 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
     return spec, planned
 
 
+def check_run_name(path: Path, name) -> None:
+    """A run's folder is `--out/NAME`: a name with a separator, `..` or an absolute path would put it (and
+    its training) outside the study folder."""
+    bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+           or Path(name).is_absolute())
+    if bad:
+        raise TopoatError(f"study {path}: run name {name!r} must be a plain folder name (no '/', '..' or "
+                          "absolute path)")
+
+
 def teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
     """Overrides pointing the run's TRAIN and distillation sections (whichever it has) at `teacher`."""
     cfg = load_config(p.config_path, p.overrides + [f"name={p.name}"])
@@ -109,14 +126,11 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         if not planned:
             raise TopoatError(f"no run of study {path} matches {', '.join(only)}")
     out = Path(out).resolve()
-    if resume:
-        if not out.is_dir():
-            raise TopoatError(f"nothing to resume: {out} does not exist")
-    else:
-        prepare_output(out, resume=False)
-    if not (resume and (out / "study.yaml").resolve() == Path(path).resolve()):
-        shutil.copyfile(path, out / "study.yaml")  # the study file as last run
-    # Validate every config before the first hour of training is spent.
+    if resume and not out.is_dir():
+        raise TopoatError(f"nothing to resume: {out} does not exist")
+    if not resume:  # refuse a used folder before the configs are read; create it only once they are valid
+        prepare_output(out, resume=False, create=False, leftovers=STUDY_LEFTOVERS)
+    # Validate every config before the first hour of training is spent (and before anything is written).
     configs = {}
     for p in planned:
         links = [] if p.teacher is None else teacher_links(p, out / p.teacher / "last.pt")
@@ -126,20 +140,28 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         if not progress:
             cfg.runtime.progress = False
         configs[p.name] = cfg
+    if not resume:
+        prepare_output(out, resume=False, leftovers=STUDY_LEFTOVERS)
+    if not (resume and (out / "study.yaml").resolve() == Path(path).resolve()):
+        _copy_study_file(path, out / "study.yaml")  # the study file as last run
     runs: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for p in planned:
         cfg = configs[p.name]
         run_dir = out / p.name
         done = run_dir / "results.json"
-        if done.is_file():
+        resume_hint = f"`topoat study {path} --out {out} --resume` continues without training {p.name} again"
+        if done.is_file() and _torn(done):
+            echo(f"[{p.name}] {done} is not valid JSON (a torn write): evaluating the run again")
+        elif done.is_file():
             entry = read_results(done, p.name)["runs"][p.name]
             scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else \
                 (entry.get("best") or {}).get("robust_acc", {})
             missing = [a for a in cfg.evaluation.attacks if a not in scored]
             if missing:
                 echo(f"[{p.name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
-                entry = evaluate_missing(cfg, run_dir, p.name, missing, progress=progress)
+                with stage(f"during the evaluation of run {p.name}", resume_hint):
+                    entry = evaluate_missing(cfg, run_dir, p.name, missing, progress=progress)
             else:
                 echo(f"[{p.name}] already done")
             runs[p.name] = rebase_checkpoints(entry, p.name)
@@ -161,8 +183,10 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         echo(f"[{p.name}] evaluating {', '.join(cfg.evaluation.attacks)} on {cfg.evaluation.n or 'all'} test images"
              f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, "
              f"{' and '.join(cfg.evaluation.checkpoints) or 'no'} checkpoint(s)")
-        entry = evaluate_run(cfg, run_dir, p.name, summary["train_seconds"], relative_to=run_dir, progress=progress)
-        write_json_atomic(results_document(cfg, {p.name: entry}), done)
+        with stage(f"during the evaluation of run {p.name}", resume_hint):
+            entry = evaluate_run(cfg, run_dir, p.name, summary["train_seconds"], relative_to=run_dir,
+                                 progress=progress)
+            write_json_atomic(results_document(cfg, {p.name: entry}), done)
         entry = rebase_checkpoints(entry, p.name)
         runs[p.name] = entry
     first = configs[planned[0].name]
@@ -176,3 +200,23 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         echo(f"{name}: FAILED: {why}")
     echo(f"\nresults: {out / 'results.json'}")
     return document
+
+
+def _torn(results: Path) -> bool:
+    """A run's results.json that is not JSON at all: the run is evaluated again from its last checkpoint
+    (the same images and seeds give the same scores)."""
+    try:
+        json.loads(results.read_text())
+    except ValueError:  # JSONDecodeError and undecodable bytes
+        return True
+    except OSError:
+        return False  # unreadable: read_json reports it
+    return False
+
+
+def _copy_study_file(src: str | Path, dst: Path) -> None:
+    try:
+        data = Path(src).read_bytes()
+    except OSError as e:
+        raise TopoatError(f"cannot read study file {src}: {e.strerror or e}") from None
+    write_atomic(dst, data)

@@ -19,7 +19,8 @@ from .checkpoint import check_fits_data, load_checkpoint, model_from_record, mod
 from .config import TrainConfig, dump_config, from_dict, to_dict
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier, device_for
-from .errors import TopoatError
+from .errors import Interrupted, TopoatError
+from .files import is_temp_name, write_atomic, write_text_atomic
 from .evaluate import evaluate
 from .models import build_model
 from .objectives import build_objective
@@ -30,14 +31,38 @@ from .runtime import (autocast, resolve_device, rng_state, seed_everything, set_
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Interrupted):
     """SIGINT/SIGTERM arrived; a resumable checkpoint was saved."""
 
-    def __init__(self, signum: int, checkpoint: Path):
-        super().__init__(f"interrupted by signal {signum}; checkpoint saved to {checkpoint}; "
-                         f"continue with --resume")
-        self.signum = signum
+    def __init__(self, signum: int, checkpoint: Path, when: str = ""):
+        super().__init__(signum, when, f"checkpoint saved to {checkpoint}; continue with --resume")
         self.checkpoint = checkpoint
+
+
+@dataclass
+class EpochTotals:
+    """The running sums an epoch's metrics line averages. They go into a mid-epoch checkpoint, so the line
+    of a resumed epoch covers all of its steps, not just those after the resume."""
+    sums: dict[str, Tensor]
+    n_seen: Tensor
+    seconds: float = 0.0  # wall time of the epoch before the last interruption
+
+    @classmethod
+    def fresh(cls, device: torch.device) -> "EpochTotals":
+        return cls({}, torch.zeros((), device=device))
+
+    def state(self) -> dict:
+        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "n_seen": self.n_seen.cpu(),
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: Optional[dict], device: torch.device, zero: bool = False) -> "EpochTotals":
+        """`zero`: the keys without the values (DDP ranks other than 0; rank 0 saved the summed totals)."""
+        if not state:  # a checkpoint from before the totals were saved, or one at an epoch's end
+            return cls.fresh(device)
+        scale = 0.0 if zero else 1.0
+        return cls({k: v.to(device) * scale for k, v in state["sums"].items()}, state["n_seen"].to(device) * scale,
+                   float(state["seconds"]) * scale)
 
 
 @dataclass
@@ -104,14 +129,37 @@ def stop_on_signals() -> Iterator[dict]:
             signal.signal(sig, h)
 
 
-def prepare_output(out: Path, resume: bool, create: bool = True) -> None:
+# What a run writes before its first last.pt: a folder holding only these never completed an epoch
+# (it failed or was killed in epoch 1), so starting it again loses nothing.
+RUN_LEFTOVERS = frozenset({"config.yaml", "metrics.jsonl", "best.pt"})
+
+
+def restartable(out: Path, leftovers: frozenset[str] = RUN_LEFTOVERS) -> bool:
+    """`out` is a folder that holds nothing but `leftovers` and temporary files of an interrupted write."""
+    return out.is_dir() and all(p.is_file() and (p.name in leftovers or is_temp_name(p.name))
+                                for p in out.iterdir())
+
+
+def clear_leftovers(out: Path, leftovers: frozenset[str] = RUN_LEFTOVERS) -> None:
+    for p in out.iterdir():
+        if p.name in leftovers or is_temp_name(p.name):
+            try:
+                p.unlink()
+            except OSError as e:
+                raise TopoatError(f"cannot remove {p} to start again: {e.strerror or e}") from None
+
+
+def prepare_output(out: Path, resume: bool, create: bool = True, leftovers: frozenset[str] = RUN_LEFTOVERS) -> None:
     if resume:
         if not (out / "last.pt").is_file():
             raise TopoatError(f"nothing to resume in {out} (no last.pt)")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TopoatError(f"output folder {out} already exists and is not empty; pass --resume to continue "
-                          "that run, or choose another --out")
+        if not restartable(out, leftovers):
+            raise TopoatError(f"output folder {out} already exists and is not empty; pass --resume to continue "
+                              "that run, or choose another --out")
+        if create:
+            clear_leftovers(out, leftovers)
     if not create:
         return
     try:
@@ -130,11 +178,30 @@ def _comparable(cfg: TrainConfig) -> dict:
     return d
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-    path.write_text("".join(line + "\n" for line in keep))
+def _metrics_epoch(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError, IndexError):  # json's errors are ValueErrors
+        return None
+
+
+def repair_metrics(path: Path, epochs_done: int, last_record: Optional[dict]) -> None:
+    """Make metrics.jsonl hold exactly the lines of the epochs the checkpoint covers: later lines go (those
+    epochs are trained again), a torn last line goes (a kill mid-write by an older topoat, or a full disk),
+    and the checkpoint's own last line comes back if it is missing."""
+    lines = [line for line in (path.read_text() if path.exists() else "").splitlines() if line.strip()]
+    keep = []
+    for i, line in enumerate(lines):
+        epoch = _metrics_epoch(line)
+        if epoch is None and i < len(lines) - 1:
+            raise TopoatError(f"{path}: line {i + 1} is not a metrics record; remove it to resume")
+        if epoch is not None and epoch <= epochs_done:
+            keep.append(line)
+    if last_record is not None and last_record.get("epoch") == epochs_done and \
+            all(_metrics_epoch(line) != epochs_done for line in keep):
+        keep.append(json.dumps(last_record))
+    if keep != lines:
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def _check_takes_images(model: torch.nn.Module, x: Tensor, what: str, dataset: str) -> None:
@@ -158,6 +225,8 @@ class Trainer:
         self.paths = RunPaths(Path(out))
         self.dist = dist
         self.rank, self.world = dist.rank, dist.world
+        if resume and not self.paths.last.is_file() and restartable(self.paths.root):
+            resume = False  # it never completed an epoch: resuming it is starting it again
         if resume:
             prepare_output(self.paths.root, True)
             saved = from_dict(TrainConfig, load_checkpoint(self.paths.last)["config"]).validate()
@@ -239,6 +308,8 @@ class Trainer:
             raise TopoatError(f"optim.batch_size {cfg.optim.batch_size} is larger than the training set "
                               f"({self.x_train.shape[0]} images)")
         self.epoch, self.step_in_epoch, self.perm = 0, 0, None
+        self.totals = EpochTotals.fresh(self.device)
+        self.last_record: Optional[dict] = None  # the last metrics line, kept in the checkpoint as well
         self.best = {"metric": -1.0, "epoch": 0}
         self.train_seconds = 0.0
         if resume:
@@ -261,7 +332,7 @@ class Trainer:
         return model_record(self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels,
                             d.image_size)
 
-    def _save_state(self, perm: Optional[Tensor]) -> None:
+    def _save_state(self, perm: Optional[Tensor], totals: Optional[EpochTotals] = None) -> None:
         if self.rank != 0:
             return
         state = self._record()
@@ -277,6 +348,8 @@ class Trainer:
             "data_rng": self.data_gen.get_state(),
             "best": dict(self.best),
             "train_seconds": self.train_seconds,
+            "epoch_totals": None if totals is None else totals.state(),
+            "last_record": self.last_record,
         })
         save_atomic(state, self.paths.last)
 
@@ -293,10 +366,12 @@ class Trainer:
             self.data_gen.set_state(state["data_rng"])
             self.best = dict(state["best"])
             self.train_seconds = float(state["train_seconds"])
+            self.totals = EpochTotals.from_state(state.get("epoch_totals"), self.device, zero=self.rank != 0)
+            self.last_record = state.get("last_record")
         except (KeyError, RuntimeError, TypeError) as e:
             raise TopoatError(f"{self.paths.last} is not a resumable training checkpoint ({e.__class__.__name__})") from None
         if self.rank == 0:
-            _truncate_metrics(self.paths.metrics, self.epoch)
+            repair_metrics(self.paths.metrics, self.epoch, self.last_record)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _set_lr(self, global_step: int) -> float:
@@ -308,57 +383,78 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.rank == 0 and not self.resume:
-            self.paths.config.write_text(dump_config(cfg))
-        steps = len(self.loader)
-        max_loss = cfg.optim.max_loss
+            write_text_atomic(self.paths.config, dump_config(cfg))
         with stop_on_signals() as stop:
             while self.epoch < cfg.optim.epochs:
-                t0 = time.perf_counter()
-                if self.perm is None:
-                    self.perm = self.loader.new_epoch()
-                perm = self.perm
-                sums: dict[str, Tensor] = {}
-                n_seen = torch.zeros((), device=self.device)
-                bad = torch.zeros((), dtype=torch.bool, device=self.device)
-                bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=not (cfg.runtime.progress and self.rank == 0),
-                           desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
-                self.model.train()
-                if hasattr(self.objective, "set_epoch"):  # e.g. AWP's warm-up; any callable may be an objective
-                    self.objective.set_epoch(self.epoch)
-                lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
-                for x, y in self.loader.batches(self.step_in_epoch, perm):
-                    lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
-                    out = self.train_step(x, y)
-                    loss = out.loss
-                    self.step_in_epoch += 1
-                    bad |= ~torch.isfinite(loss) | (loss.detach() > max_loss)
-                    self._accumulate(sums, out, loss, y)
-                    n_seen += y.shape[0]
-                    bar.update(1)
-                    if self.step_in_epoch % GUARD_EVERY == 0 or self.step_in_epoch == steps:
-                        self._check_divergence(bad)
-                        bar.set_postfix(loss=f"{float(sums['loss'] / n_seen):.4f}", lr=f"{lr:.3g}")
-                    if self._should_stop(stop):
-                        bar.close()
-                        self._check_divergence(bad)
-                        self.train_seconds += time.perf_counter() - t0
-                        self._save_state(perm)
-                        raise TrainingInterrupted(stop["signum"] or signal.SIGTERM, self.paths.last)
-                bar.close()
-                self.train_seconds += time.perf_counter() - t0
-                self.epoch += 1
-                self.step_in_epoch, self.perm = 0, None
-                record = {"epoch": self.epoch, "lr": lr}
-                for v in [n_seen, *sums.values()]:
-                    all_reduce_sum(v)
-                if float(n_seen) > 0:  # zero only when a resume landed exactly on an epoch's end
-                    record.update({k: float(v / n_seen) for k, v in sums.items()})
-                record.update(self._validate())
-                record["seconds"] = round(time.perf_counter() - t0, 3)
-                record["train_seconds"] = round(self.train_seconds, 3)
-                self._save_state(None)
-                self._log(record)
+                self._train_epoch(stop)
+                if self._should_stop(stop):  # it came during validation or the save: the epoch is kept
+                    raise TrainingInterrupted(stop["signum"], self.paths.last,
+                                              f"after epoch {self.epoch} of {cfg.optim.epochs}")
+        if stop["signum"] is not None:  # it came after the last check, before the handlers were restored
+            raise TrainingInterrupted(stop["signum"], self.paths.last, "after training")
         return {"epochs": self.epoch, "train_seconds": self.train_seconds, "best": dict(self.best)}
+
+    def _train_epoch(self, stop: dict) -> None:
+        """Train what is left of the current epoch, validate, then write its metrics line and checkpoint."""
+        cfg = self.cfg
+        steps = len(self.loader)
+        t0 = time.perf_counter()
+        if self.perm is None:
+            self.perm = self.loader.new_epoch()
+        perm = self.perm
+        totals = self.totals
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=not (cfg.runtime.progress and self.rank == 0),
+                   desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
+        self.model.train()
+        if hasattr(self.objective, "set_epoch"):  # e.g. AWP's warm-up; any callable may be an objective
+            self.objective.set_epoch(self.epoch)
+        lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
+        for x, y in self.loader.batches(self.step_in_epoch, perm):
+            lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
+            out = self.train_step(x, y)
+            loss = out.loss
+            self.step_in_epoch += 1
+            bad |= ~torch.isfinite(loss) | (loss.detach() > cfg.optim.max_loss)
+            self._accumulate(totals.sums, out, loss, y)
+            totals.n_seen += y.shape[0]
+            bar.update(1)
+            if self.step_in_epoch % GUARD_EVERY == 0 or self.step_in_epoch == steps:
+                self._check_divergence(bad)
+                bar.set_postfix(loss=f"{float(totals.sums['loss'] / totals.n_seen):.4f}", lr=f"{lr:.3g}")
+            if self._should_stop(stop):
+                bar.close()
+                self._check_divergence(bad)
+                self._stop_mid_epoch(stop, perm, t0)
+        bar.close()
+        self.train_seconds += time.perf_counter() - t0
+        self.epoch += 1
+        self.step_in_epoch, self.perm = 0, None
+        record = {"epoch": self.epoch, "lr": lr}
+        for v in [totals.n_seen, *totals.sums.values()]:
+            all_reduce_sum(v)
+        if float(totals.n_seen) > 0:  # zero only when a pre-totals checkpoint resumed exactly at an epoch's end
+            record.update({k: float(v / totals.n_seen) for k, v in totals.sums.items()})
+        record.update(self._validate())
+        record["seconds"] = round(totals.seconds + time.perf_counter() - t0, 3)
+        record["train_seconds"] = round(self.train_seconds, 3)
+        self.last_record = record
+        # The line first: a kill between the two leaves a line the checkpoint does not cover, which the
+        # resume drops and writes again; the other order would lose the line for good.
+        self._log(record)
+        self._save_state(None)
+        self.totals = EpochTotals.fresh(self.device)
+
+    def _stop_mid_epoch(self, stop: dict, perm: Tensor, t0: float) -> None:
+        """Save a checkpoint with the epoch's running totals (summed over the processes), then stop."""
+        elapsed = time.perf_counter() - t0
+        self.train_seconds += elapsed
+        totals = self.totals
+        for v in [totals.n_seen, *totals.sums.values()]:
+            all_reduce_sum(v)
+        self._save_state(perm, EpochTotals(totals.sums, totals.n_seen, totals.seconds + elapsed))
+        raise TrainingInterrupted(stop["signum"] or signal.SIGTERM, self.paths.last,
+                                  f"in epoch {self.epoch + 1} of {self.cfg.optim.epochs}")
 
     def train_step(self, x: Tensor, y: Tensor):
         """One optimisation step on a batch (the benchmark times exactly this)."""
@@ -386,9 +482,10 @@ class Trainer:
     def _check_divergence(self, bad: Tensor) -> None:
         if bool(all_reduce_max(bad.to(torch.int32))):
             hint = " (lower topology.lambda_* or use topology.layer: features)" if self.cfg.topology else ""
+            kept = (f"the last good checkpoint is kept in {self.paths.last}" if self.paths.last.is_file() else
+                    f"no checkpoint was saved yet, so the run can be started again into {self.paths.root}")
             raise TopoatError(f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
-                              f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; "
-                              f"the last good checkpoint is kept in {self.paths.last}")
+                              f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; {kept}")
 
     @staticmethod
     def _accumulate(sums: dict[str, Tensor], out, loss: Tensor, y: Tensor) -> None:
@@ -440,10 +537,16 @@ class Trainer:
         return record
 
     def _log(self, record: dict) -> None:
+        """Append one line, atomically: the file is rewritten whole (a few kB), so a kill or a full disk
+        never leaves a torn line."""
         if self.rank != 0:
             return
-        with self.paths.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.paths.metrics
+        try:
+            old = path.read_bytes() if path.exists() else b""
+        except OSError as e:
+            raise TopoatError(f"cannot read {path}: {e.strerror or e}") from None
+        write_atomic(path, old + (json.dumps(record) + "\n").encode())
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, **kwargs) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""The one way topoat writes a file: whole or not at all, and a failure is one line that names the file."""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import TopoatError
+
+TEMP_SUFFIX = ".tmp"  # temporary files are ".NAME.XXXXXXXX.tmp" next to NAME
+
+
+def write_atomic(path: str | Path, data: bytes | bytearray | memoryview) -> None:
+    """Write `data` to a temporary file in the same folder, fsync it, then rename it over `path`: a crash
+    or a full disk leaves the old file (or none), never a half-written one, and no temporary file."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            _write_all(fd, memoryview(data).cast("B"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as e:
+        raise TopoatError(f"cannot write {path}: {_cause(e)}") from None
+    finally:
+        if tmp is not None:  # any failure, a signal's exception included, takes the temporary file away
+            _remove_quietly(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, text.encode())
+
+
+def is_temp_name(name: str) -> bool:
+    """A temporary file `write_atomic` may have left behind when the process was killed."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:  # os.write may write less than asked (a signal, a nearly full disk)
+        data = data[os.write(fd, data):]
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; some file systems cannot fsync a folder, which is harmless."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _cause(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return e.strerror or str(e)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

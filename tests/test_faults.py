@@ -1,0 +1,422 @@
+"""Fault injection: a full or unwritable disk, signals at every stage, kills mid-write, torn files.
+
+Each fault ends in one line and a folder that can be resumed or rerun; docs/RELIABILITY.md tabulates them.
+Signals and kills run the CLI in a subprocess (a real handler, a real exit status) with a patch that sends
+the signal at a chosen stage, so the tests are short and deterministic."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import topoat
+from conftest import tiny_config
+from topoat.checkpoint import load_checkpoint
+from topoat.cli import main
+from topoat.config import dump_config
+from topoat.errors import TopoatError
+from topoat.study import load_study
+from topoat.train import Trainer, TrainingInterrupted
+
+SRC = str(Path(topoat.__file__).resolve().parents[1])
+TIMING = {"seconds", "train_seconds"}
+
+
+def write_config(tmp_path, **overrides):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(tiny_config(**overrides)))
+    return path
+
+
+def run_topoat(argv, patch="", timeout=240):
+    """`topoat ARGV` in a fresh interpreter after `patch` (Python source) has run."""
+    code = "import os, signal, sys\n" + textwrap.dedent(patch) + \
+        f"\nfrom topoat.cli import main\nsys.exit(main({[str(a) for a in argv]!r}))\n"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def untimed(lines):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in lines]
+
+
+class SignalAfter:
+    """Wraps an objective and sends SIGINT to this process after `n` calls, like a user's Ctrl-C."""
+
+    def __init__(self, objective, n):
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.objective(*args)
+
+    def state_dict(self):
+        return self.objective.state_dict()
+
+
+def interrupted_in_epoch_two(run, **overrides):
+    """A 2-epoch run stopped mid-way through its second epoch (6 steps an epoch)."""
+    trainer = Trainer(tiny_config(**overrides), run)
+    trainer.objective = SignalAfter(trainer.objective, 9)
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+# -- 1. a study's runs stay inside --out ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["/tmp/x", "../x", "a/b", "..", ".", "", "a\\b"])
+def test_study_refuses_run_names_that_are_not_plain_folder_names(tmp_path, name):
+    write_config(tmp_path)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": name, "config": "cfg.yaml"}]}))
+    with pytest.raises(TopoatError, match="plain folder name"):
+        load_study(spec)
+
+
+def test_study_writes_nothing_outside_its_folder(tmp_path, capsys):
+    write_config(tmp_path, **{"optim.epochs": 1})
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "../escaped", "config": "cfg.yaml"}]}))
+    assert main(["study", str(spec), "--out", str(tmp_path / "study"), "--no-progress"]) == 2
+    assert "plain folder name" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "study").exists()
+
+
+# -- 2. a full or unwritable disk ---------------------------------------------------------------------
+
+def fail_writes_under(monkeypatch, folder, name, after=0, error=errno.ENOSPC):
+    """os.write fails with `error` for temporary files of `name` under `folder`, after `after` good files."""
+    real_write, seen = os.write, set()
+
+    def write(fd, data):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if target.startswith(str(folder)) and Path(target).name.startswith(f".{name}."):
+            seen.add(target)
+            if len(seen) > after:
+                raise OSError(error, os.strerror(error))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    cfg, run = write_config(tmp_path), tmp_path / "run"
+    fail_writes_under(monkeypatch, tmp_path, "last.pt", after=1)  # epoch 1 saves, epoch 2 finds the disk full
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "no space left on device" in err and str(run / "last.pt") in err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()  # space was freed
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert [r["epoch"] for r in records(run)] == [1, 2]
+
+
+def test_a_failed_first_save_leaves_a_folder_that_can_be_rerun(tmp_path, monkeypatch, capsys):
+    cfg, run = write_config(tmp_path), tmp_path / "run"
+    fail_writes_under(monkeypatch, tmp_path, "last.pt")
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2
+    assert "no space left on device" in one_line(capsys.readouterr().err)
+    assert not (run / "last.pt").exists() and (run / "config.yaml").exists()
+    monkeypatch.undo()
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
+    assert [r["epoch"] for r in records(run)] == [1, 2]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB tmpfs, where this user may mount one (root); skipped elsewhere."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                 capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        mounted = False
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+
+
+def test_a_real_full_disk_is_one_line_and_the_folder_can_be_rerun(tmp_path, small_disk, capsys):
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk, then free one page: config.yaml fits, a checkpoint does not
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - 4096))
+    cfg, run = write_config(tmp_path, **{"optim.epochs": 1}), small_disk / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2
+    assert "no space left on device" in one_line(capsys.readouterr().err)
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    filler.unlink()
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
+
+
+def test_torch_save_failing_is_one_line(tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):  # what torch.save raises when the disk fills under it
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    assert main(["train", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "run")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "cannot write" in err and "PytorchStreamWriter failed writing file" in err
+
+
+def test_unwritable_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    real_mkstemp = tempfile.mkstemp
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(tmp_path / "run")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    assert main(["train", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "run")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "cannot write" in err and "Permission denied" in err
+
+
+def chmod_is_enforced(folder: Path) -> bool:
+    """False for root (and some file systems), where a read-only folder still takes new files."""
+    probe = folder / "probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "x").write_text("x")
+        return False
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+
+
+def test_read_only_run_folder_is_one_line(tmp_path, capsys):
+    if not chmod_is_enforced(tmp_path):
+        pytest.skip("chmod does not stop this user (root) from writing")
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o555)
+    try:
+        assert main(["train", "--config", str(write_config(tmp_path)), "--out", str(run)]) == 2
+    finally:
+        run.chmod(0o755)
+    assert "Permission denied" in one_line(capsys.readouterr().err)
+
+
+# -- 3. signals at every stage -------------------------------------------------------------------------
+
+KILL_AT = {
+    "training": """
+        import topoat.train as t
+        _step = t.Trainer.train_step
+        def train_step(self, *a):
+            if self.step_in_epoch == 2:
+                os.kill(os.getpid(), SIGNUM)
+            return _step(self, *a)
+        t.Trainer.train_step = train_step
+        """,
+    "validation": """
+        import topoat.train as t
+        _validate = t.Trainer._validate
+        def _validate_last(self):
+            if self.epoch == self.cfg.optim.epochs:
+                os.kill(os.getpid(), SIGNUM)
+            return _validate(self)
+        t.Trainer._validate = _validate_last
+        """,
+    "evaluation": """
+        import topoat.runs as r
+        _evaluate_run = r.evaluate_run
+        def evaluate_run(*a, **k):
+            os.kill(os.getpid(), SIGNUM)
+            return _evaluate_run(*a, **k)
+        r.evaluate_run = evaluate_run
+        """,
+}
+
+
+@pytest.mark.parametrize("stage,signum,says", [
+    ("training", signal.SIGTERM, "in epoch 1 of 2"),
+    ("validation", signal.SIGTERM, "after epoch 2 of 2"),
+    ("evaluation", signal.SIGTERM, "during the final evaluation"),
+    ("evaluation", signal.SIGINT, "during the final evaluation"),
+])
+def test_a_signal_at_each_stage_stops_with_one_line_and_resumes_there(tmp_path, stage, signum, says):
+    cfg, run = write_config(tmp_path), tmp_path / "run"
+    proc = run_topoat(["train", "--config", cfg, "--out", run],
+                      KILL_AT[stage].replace("SIGNUM", f"signal.{signum.name}"))
+    assert proc.returncode == 128 + signum
+    err = one_line(proc.stderr)
+    assert signum.name in err and says in err and "--resume" in err
+    assert not (run / "results.json").exists()
+    saved = (run / "last.pt").read_bytes()
+    proc = run_topoat(["train", "--out", run, "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "results.json").is_file() and [r["epoch"] for r in records(run)] == [1, 2]
+    if stage != "training":  # training was complete: the resume evaluates without training again
+        assert (run / "last.pt").read_bytes() == saved
+
+
+def test_study_stops_on_sigterm_during_evaluation_and_resumes_there(tmp_path):
+    write_config(tmp_path, **{"optim.epochs": 1})
+    spec, out = tmp_path / "study.yaml", tmp_path / "study"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "pgd-at", "config": "cfg.yaml"}]}))
+    patch = KILL_AT["evaluation"].replace("topoat.runs", "topoat.study").replace("SIGNUM", "signal.SIGTERM")
+    proc = run_topoat(["study", spec, "--out", out, "--no-progress"], patch)
+    assert proc.returncode == 143
+    assert "during the evaluation of run pgd-at" in one_line(proc.stderr)
+    saved = (out / "pgd-at" / "last.pt").read_bytes()
+    proc = run_topoat(["study", spec, "--out", out, "--no-progress", "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "pgd-at" / "last.pt").read_bytes() == saved
+    assert "pgd-at" in json.loads((out / "results.json").read_text())["runs"]
+
+
+# -- 4. the record survives resumes, kills and torn lines ----------------------------------------------
+
+def test_a_resumed_epoch_has_the_same_metrics_line_as_an_uninterrupted_one(tmp_path):
+    Trainer(tiny_config(), tmp_path / "straight").run()
+    interrupted_in_epoch_two(tmp_path / "stopped")
+    Trainer(tiny_config(), tmp_path / "stopped", resume=True).run()
+    assert untimed(records(tmp_path / "stopped")) == untimed(records(tmp_path / "straight"))
+
+
+def test_sigkill_between_the_metrics_line_and_the_checkpoint_loses_no_line(tmp_path):
+    cfg, run = write_config(tmp_path), tmp_path / "run"
+    patch = """
+        import topoat.train as t
+        writes = []
+        def die_before_the_second(write):  # epoch 1's metrics line and checkpoint: a kill between the two
+            def wrapped(self, *a):
+                writes.append(write.__name__)
+                if len(writes) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return write(self, *a)
+            return wrapped
+        t.Trainer._log = die_before_the_second(t.Trainer._log)
+        t.Trainer._save_state = die_before_the_second(t.Trainer._save_state)
+        """
+    proc = run_topoat(["train", "--config", cfg, "--out", run], patch)
+    assert proc.returncode == -signal.SIGKILL
+    proc = run_topoat(["train", "--config", cfg, "--out", run, "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert [r["epoch"] for r in records(run)] == [1, 2]
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    cfg = write_config(tmp_path)
+    run_topoat(["train", "--config", cfg, "--out", tmp_path / "straight"])
+    run = tmp_path / "run"
+    patch = """
+        import topoat.files as f
+        _write_all, calls = f._write_all, []
+        def half_then_die(fd, data):
+            if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".last.pt."):
+                calls.append(fd)
+                if len(calls) == 2:  # epoch 2's checkpoint
+                    _write_all(fd, data[:len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+            _write_all(fd, data)
+        f._write_all = half_then_die
+        """
+    proc = run_topoat(["train", "--config", cfg, "--out", run], patch)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    proc = run_topoat(["train", "--config", cfg, "--out", run, "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    a, b = (load_checkpoint(r / "last.pt")["model_state"] for r in (tmp_path / "straight", run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert untimed(records(run)) == untimed(records(tmp_path / "straight"))
+
+
+def test_a_torn_metrics_line_is_repaired_on_resume(tmp_path):
+    run = tmp_path / "run"
+    interrupted_in_epoch_two(run)
+    line = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(line[:len(line) // 2])  # epoch 1's line, cut by a kill or a full disk
+    Trainer(tiny_config(), run, resume=True).run()
+    assert [r["epoch"] for r in records(run)] == [1, 2]  # epoch 1's line comes back from the checkpoint
+
+
+def test_a_broken_metrics_line_inside_the_file_is_refused_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    interrupted_in_epoch_two(run)
+    (run / "metrics.jsonl").write_text("not json\n" + (run / "metrics.jsonl").read_text())
+    with pytest.raises(TopoatError, match="line 1 is not a metrics record"):
+        Trainer(tiny_config(), run, resume=True)
+
+
+# -- 6. no dead-end folders ------------------------------------------------------------------------------
+
+def test_a_run_that_diverged_in_epoch_one_can_be_rerun_or_resumed(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TopoatError, match="diverged") as e:
+        Trainer(tiny_config(**{"optim.max_loss": 1e-3}), run).run()
+    assert "last.pt" not in str(e.value) and (run / "config.yaml").exists() and not (run / "last.pt").exists()
+    Trainer(tiny_config(**{"optim.epochs": 1}), run).run()  # rerun into the same folder
+    assert [r["epoch"] for r in records(run)] == [1]
+    with pytest.raises(TopoatError, match="diverged"):
+        Trainer(tiny_config(**{"optim.max_loss": 1e-3}), tmp_path / "again").run()
+    Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "again", resume=True).run()  # --resume starts it
+    assert (tmp_path / "again" / "last.pt").is_file()
+
+
+def test_a_study_with_a_config_error_can_be_rerun(tmp_path, capsys):
+    write_config(tmp_path, **{"optim.epochs": 1})
+    spec, out = tmp_path / "study.yaml", tmp_path / "study"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "r", "config": "cfg.yaml", "set": ["optim.momentun=0"]}]}))
+    assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 2
+    assert "momentun" in one_line(capsys.readouterr().err)
+    assert not out.exists() or not any(out.iterdir())
+    out.mkdir(exist_ok=True)
+    (out / "study.yaml").write_text("left by an older topoat\n")  # a folder holding only the study file
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "r", "config": "cfg.yaml"}]}))
+    assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
+
+
+def test_study_resume_evaluates_a_run_again_when_its_results_json_is_corrupt(tmp_path, capsys):
+    write_config(tmp_path, **{"optim.epochs": 1})
+    spec, out = tmp_path / "study.yaml", tmp_path / "study"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "r", "config": "cfg.yaml"}]}))
+    assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
+    results = out / "r" / "results.json"
+    good = json.loads(results.read_text())
+    results.write_text(results.read_text()[:40])
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert "not valid JSON" in capsys.readouterr().out
+    again = json.loads(results.read_text())["runs"]["r"]
+    assert again["natural_acc"] == good["runs"]["r"]["natural_acc"]
+    assert again["robust_acc"] == good["runs"]["r"]["robust_acc"]
