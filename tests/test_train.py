@@ -343,3 +343,15 @@ def test_evaluation_follows_the_runtime_layout_and_threads(tmp_path):
         torch.set_num_threads(threads)
     assert scores["on"][0] == scores["off"][0]
     assert abs(scores["on"][1] - scores["off"][1]) <= 2 / 48  # float rounding may flip a borderline image
+
+
+def test_version_and_the_resolved_config_print_without_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("topoat ")
+    write_config(tmp_path)
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--set", "optim.lr=0.02", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.02 and "runtime" in printed and not list(tmp_path.glob("*/config.yaml"))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 2
+    assert "--out is required" in capsys.readouterr().err

@@ -21,6 +21,15 @@ def _train(args) -> int:
     from .runs import evaluate_run, format_table, results_document, write_json_atomic
     from .train import Trainer
 
+    if args.print_config:
+        from .config import dump_config
+
+        if args.config is None:
+            raise TopoatError("train: --print-config needs --config")
+        print(dump_config(load_config(args.config, args.set)), end="")
+        return 0
+    if args.out is None:
+        raise TopoatError("train: --out is required (the run folder)")
     out = Path(args.out)
     if args.resume:
         if args.config is None and not (out / "config.yaml").is_file():
@@ -311,15 +320,26 @@ def _eps(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    import torch
+
+    from . import __version__
+
+    return f"topoat {__version__} (torch {torch.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="topoat", description="Topology-preserving adversarial training (TRAIN).")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one model (standard, an AT method, optionally + TRAIN)")
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--out", required=True, help="run folder (must not exist, unless --resume)")
+    p.add_argument("--out", help="run folder (must not exist, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved, validated config (defaults filled in) and exit")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
