@@ -355,3 +355,17 @@ def test_version_and_the_resolved_config_print_without_training(tmp_path, capsys
     assert printed["optim"]["lr"] == 0.02 and "runtime" in printed and not list(tmp_path.glob("*/config.yaml"))
     assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
+    from topoat.runtime import bar_disabled
+    from topoat.train import epoch_line
+
+    Trainer(tiny_config(**{"optim.epochs": 2}), tmp_path / "run").run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "] epoch " in line]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
+    assert "val natural" in lines[0] and "val robust" in lines[0] and "\r" not in lines[0]
+    line = epoch_line("r", {"epoch": 3, "loss": 0.5, "val_natural_acc": 0.8, "val_knn_overlap": 0.25,
+                            "seconds": 2.0}, 5)
+    assert line == "[r] epoch 3/5  loss 0.5000  val natural 80.0%  knn_overlap 0.25  2.0 s"
+    assert bar_disabled(False) is True and bar_disabled(True) is None  # None: a bar on a terminal only

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .attacks import CW, FGSM, PGD, Attack, AutoAttack
 from .attacks.autoattack import COMPONENTS as AUTOATTACK_COMPONENTS
 from .errors import TopoatError
+from .runtime import bar_disabled
 
 AUTOATTACK_VERSIONS = {"autoattack": "standard", "autoattack-plus": "plus", "autoattack-rand": "rand"}
 ATTACK_HELP = ("fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack (standard version), "
@@ -196,7 +197,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
         correct = {k: torch.zeros(n, dtype=torch.bool, device=x.device) for k in named}
         seconds = {k: 0.0 for k in named}
         starts = range(0, n, batch_size)
-        bar = tqdm(total=len(starts) * len(named), desc="evaluate", leave=False, disable=not progress)
+        bar = tqdm(total=len(starts) * len(named), desc="evaluate", leave=False, disable=bar_disabled(progress))
         for start in starts:
             end = min(start + batch_size, n)
             xb, yb = x[start:end], y[start:end]

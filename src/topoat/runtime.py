@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import ContextManager
+from typing import ContextManager, Optional
 
 import numpy as np
 import torch
@@ -50,6 +50,11 @@ def use_channels_last(device: torch.device, setting: str) -> bool:
     # "auto" means CUDA only: on CPU, torch 2.13 corrupts its heap in the backward of a channels-last
     # 1x1 stride-2 convolution with few channels (e.g. a width-4 PreAct ResNet at 64x64); "on" forces it.
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def bar_disabled(wanted: bool) -> Optional[bool]:
+    """tqdm's `disable`: None shows a bar only on a terminal, so piped logs get no carriage returns."""
+    return None if wanted else True
 
 
 def rng_state(device: torch.device) -> dict:

@@ -25,8 +25,8 @@ from .evaluate import evaluate
 from .models import build_model
 from .objectives import build_objective
 from .objectives.train_wrapper import check_layer
-from .runtime import (autocast, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
-                      use_channels_last)
+from .runtime import (autocast, bar_disabled, resolve_device, rng_state, seed_everything, set_deterministic,
+                      set_rng_state, use_channels_last)
 
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 
@@ -404,7 +404,7 @@ class Trainer:
         perm = self.perm
         totals = self.totals
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=not (cfg.runtime.progress and self.rank == 0),
+        bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=bar_disabled(cfg.runtime.progress and self.rank == 0),
                    desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
         self.model.train()
         if hasattr(self.objective, "set_epoch"):  # e.g. AWP's warm-up; any callable may be an objective
@@ -444,6 +444,8 @@ class Trainer:
         self._log(record)
         self._save_state(None)
         self.totals = EpochTotals.fresh(self.device)
+        if self.rank == 0:
+            print(epoch_line(cfg.name, record, cfg.optim.epochs), flush=True)
 
     def _stop_mid_epoch(self, stop: dict, perm: Tensor, t0: float) -> None:
         """Save a checkpoint with the epoch's running totals (summed over the processes), then stop."""
@@ -547,6 +549,21 @@ class Trainer:
         except OSError as e:
             raise TopoatError(f"cannot read {path}: {e.strerror or e}") from None
         write_atomic(path, old + (json.dumps(record) + "\n").encode())
+
+
+def epoch_line(name: str, record: dict, epochs: int) -> str:
+    """One plain line per epoch for the console and piped logs; metrics.jsonl keeps every number."""
+    parts = [f"[{name}] epoch {record['epoch']}/{epochs}"]
+    if "loss" in record:
+        parts.append(f"loss {record['loss']:.4f}")
+    for key, label in (("val_natural_acc", "val natural"), ("val_robust_acc", "val robust")):
+        if key in record:
+            parts.append(f"{label} {100 * record[key]:.1f}%")
+    parts += [f"{key[4:]} {value:.4g}" for key, value in record.items()
+              if key.startswith("val_") and key not in ("val_natural_acc", "val_robust_acc")
+              and isinstance(value, (int, float))]
+    parts.append(f"{record['seconds']:.1f} s")
+    return "  ".join(parts)
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, **kwargs) -> dict[str, Any]:

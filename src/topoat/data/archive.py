@@ -23,6 +23,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 from tqdm.auto import tqdm
 
 from ..errors import TopoatError
+from ..runtime import bar_disabled
 
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: the largest real member (CIFAR-100 train.bin) is 154 MB
 MAX_TOTAL_BYTES = 8 << 30  # 8 GiB: the largest real archive (Tiny ImageNet) unpacks to about 0.5 GB
@@ -70,7 +71,7 @@ def download(url: str, dest: str | Path, *, md5: Optional[str] = None, sha256: O
                 with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http/https/file)
                     total = response.headers.get("Content-Length")
                     bar = tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
-                               unit_divisor=1024, desc=f"downloading {dest.name}", disable=not progress,
+                               unit_divisor=1024, desc=f"downloading {dest.name}", disable=bar_disabled(progress),
                                leave=False)
                     with bar:
                         for chunk in iter(lambda: response.read(CHUNK), b""):

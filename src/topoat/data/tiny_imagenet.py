@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TopoatError
+from ..runtime import bar_disabled
 from .archive import SafeZip
 from .archive import download as download_file
 from .base import ImageDataset
@@ -186,7 +187,7 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
         raise TopoatError(f"Tiny ImageNet: no training images under train/<wnid>/images/ in {source.description}")
     arrays = {}
     bar = tqdm(total=len(train_files) + len(val_files), desc="decoding Tiny ImageNet (once; cached)",
-               disable=not progress, leave=False)
+               disable=bar_disabled(progress), leave=False)
     with bar:
         for split, files in (("train", train_files), ("test", val_files)):
             x = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)  # NCHW, filled in place: no 1 GB copy
