@@ -320,6 +320,16 @@ def _eps(text: str) -> float:
     return value
 
 
+def _configs(args) -> int:
+    from .config import PRESETS, preset_names
+
+    for kind, use in (("configs", "topoat train --config NAME"), ("studies", "topoat study NAME")):
+        print(f"{kind} ({use}; the files are in {PRESETS / kind}):")
+        for name in preset_names(kind):
+            print(f"  {name}")
+    return 0
+
+
 def _version() -> str:
     import torch
 
@@ -333,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
+    p = sub.add_parser("configs", help="list the packaged configs and studies (usable by name)")
+    p.set_defaults(func=_configs)
+
     p = sub.add_parser("train", help="train one model (standard, an AT method, optionally + TRAIN)")
-    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--config", help="YAML config file, or a packaged config's name (e.g. fashion-mnist/pgd-at)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run folder (must not exist, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -343,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("study", help="train and evaluate the runs of a study file")
+    p = sub.add_parser("study", help="train and evaluate the runs of a study file (or a packaged study, by name)")
     p.add_argument("spec", help="study YAML")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")

@@ -378,12 +378,37 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"  # the configs/ and studies/ the package ships
+
+
+def preset_path(name: str | Path, kind: str = "configs") -> Path:
+    """A config (`kind` "configs") or study ("studies") file: `name` as a path when that file exists,
+    else the packaged one of that name, e.g. `fashion-mnist/pgd-at` -> presets/configs/fashion-mnist/pgd-at.yaml,
+    so the shipped files work from any folder after `pip install`."""
+    path = Path(name).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    stem = str(name)[: -len(".yaml")] if str(name).endswith(".yaml") else str(name)
+    for candidate in (stem, stem.removeprefix(f"{kind}/")):
+        packaged = PRESETS / kind / f"{candidate}.yaml"
+        if packaged.is_file():
+            return packaged
+    return path  # not found either way: read_yaml names the path as given
+
+
+def preset_names(kind: str = "configs") -> list[str]:
+    """The packaged configs or studies, by the names `preset_path` accepts."""
+    root = PRESETS / kind
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise TopoatError(f"config file not found: {path}") from None
+        raise TopoatError(f"config file not found: {path} (nor a packaged one of that name; "
+                          "`topoat configs` lists them)") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise TopoatError(f"cannot read config file {path}: {e.__class__.__name__}") from None
     try:
@@ -401,7 +426,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> TrainConfig:
-    raw = dict(data or {}) if path is None else read_yaml(path)
+    raw = dict(data or {}) if path is None else read_yaml(preset_path(path, "configs"))
     raw = apply_overrides(raw, list(overrides or []))
     return from_dict(TrainConfig, raw).validate()
 

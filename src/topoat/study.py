@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import from_dict, load_config, read_yaml
+from .config import from_dict, load_config, preset_path, read_yaml
 from .errors import TopoatError
 from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_results, rebase_checkpoints,
                    results_document, write_json_atomic)
@@ -52,7 +52,7 @@ class PlannedRun:
 
 
 def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[StudySpec, list[PlannedRun]]:
-    path = Path(path)
+    path = preset_path(path, "studies")
     spec = from_dict(StudySpec, read_yaml(path))
     if not spec.runs:
         raise TopoatError(f"study {path}: no runs listed")
@@ -120,6 +120,7 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
 
     On resume, a finished run whose results lack attacks the study now lists is evaluated with just
     those (a study can grow its evaluation after a screening phase without retraining)."""
+    path = preset_path(path, "studies")
     spec, planned = load_study(path, extra)
     if only is not None:
         planned = [p for p in planned if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in only)]
