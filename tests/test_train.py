@@ -369,3 +369,19 @@ def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
                             "seconds": 2.0}, 5)
     assert line == "[r] epoch 3/5  loss 0.5000  val natural 80.0%  knn_overlap 0.25  2.0 s"
     assert bar_disabled(False) is True and bar_disabled(True) is None  # None: a bar on a terminal only
+
+
+def test_runs_and_results_record_what_produced_them(tmp_path):
+    from topoat.runs import evaluate_run, results_document
+
+    cfg = tiny_config(**{"optim.epochs": 1})
+    summary = Trainer(cfg, tmp_path / "run").run()
+    starts = json.loads((tmp_path / "run" / "provenance.json").read_text())["starts"]
+    assert len(starts) == 1 and starts[0]["torch"] == torch.__version__ and starts[0]["resumed_at_epoch"] is None
+    Trainer(cfg, tmp_path / "run", resume=True).run()  # a resume adds its own entry
+    starts = json.loads((tmp_path / "run" / "provenance.json").read_text())["starts"]
+    assert [s["resumed_at_epoch"] for s in starts] == [None, 1]
+    entry = evaluate_run(cfg, tmp_path / "run", "run", summary["train_seconds"], relative_to=tmp_path, progress=False)
+    doc = results_document(cfg, {"run": entry})
+    for key in ("topoat", "torch", "python", "git_commit", "device", "threads", "command", "time"):
+        assert key in doc["provenance"]

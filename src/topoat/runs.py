@@ -8,7 +8,8 @@ results.json is a fixed contract:
                                  "robust_acc": {ATTACK: float}}}}}
 The top-level scores are the last checkpoint's; `best` is best.pt (best validation robust accuracy) on
 the same test images. Optional extras: "n_eval" (test images), "n_by_attack" (attacks run on fewer
-images, e.g. AutoAttack), "autoattack_subset" (every score on those images), "eval_seconds".
+images, e.g. AutoAttack), "autoattack_subset" (every score on those images), "eval_seconds"; at the top
+level "provenance" (versions, git commit, device, command line: what produced the file).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .data import ImageDataset, dataset_from_config, to_float
 from .errors import TopoatError
 from .evaluate import EvalResult, evaluate, fixed_subset
 from .files import write_text_atomic
-from .runtime import resolve_device, use_channels_last
+from .runtime import provenance, resolve_device, use_channels_last
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
@@ -279,7 +280,8 @@ def merge_evaluation(results: Path, run: str, checkpoint: Path, res: EvalResult,
 
 
 def results_document(cfg: TrainConfig, runs: dict[str, dict]) -> dict:
-    return {"dataset": cfg.data.dataset, "threat": {"norm": cfg.attack.norm, "eps": cfg.attack.eps}, "runs": runs}
+    return {"dataset": cfg.data.dataset, "threat": {"norm": cfg.attack.norm, "eps": cfg.attack.eps}, "runs": runs,
+            "provenance": provenance(resolve_device(cfg.runtime.device))}
 
 
 def format_table(runs: dict[str, dict]) -> str:

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import platform
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import ContextManager, Optional
 
 import numpy as np
@@ -22,6 +27,49 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TopoatError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def provenance(device: torch.device) -> dict:
+    """What produced a result, so a results.json can be traced: versions, code, machine, command."""
+    from . import __version__
+
+    return {
+        "topoat": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _git_commit() -> Optional[str]:
+    """The commit of the checkout the package runs from (with "+changes" when it has uncommitted edits);
+    None for an installed copy or without git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def seed_everything(seed: int) -> None:

@@ -25,8 +25,8 @@ from .evaluate import evaluate
 from .models import build_model
 from .objectives import build_objective
 from .objectives.train_wrapper import check_layer
-from .runtime import (autocast, bar_disabled, resolve_device, rng_state, seed_everything, set_deterministic,
-                      set_rng_state, use_channels_last)
+from .runtime import (autocast, bar_disabled, provenance, resolve_device, rng_state, seed_everything,
+                      set_deterministic, set_rng_state, use_channels_last)
 
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 
@@ -131,7 +131,7 @@ def stop_on_signals() -> Iterator[dict]:
 
 # What a run writes before its first last.pt: a folder holding only these never completed an epoch
 # (it failed or was killed in epoch 1), so starting it again loses nothing.
-RUN_LEFTOVERS = frozenset({"config.yaml", "metrics.jsonl", "best.pt"})
+RUN_LEFTOVERS = frozenset({"config.yaml", "metrics.jsonl", "best.pt", "provenance.json"})
 
 
 def restartable(out: Path, leftovers: frozenset[str] = RUN_LEFTOVERS) -> bool:
@@ -384,6 +384,8 @@ class Trainer:
         cfg = self.cfg
         if self.rank == 0 and not self.resume:
             write_text_atomic(self.paths.config, dump_config(cfg))
+        if self.rank == 0:
+            self._record_provenance()
         with stop_on_signals() as stop:
             while self.epoch < cfg.optim.epochs:
                 self._train_epoch(stop)
@@ -537,6 +539,18 @@ class Trainer:
                              "validation": record})
                 save_atomic(best, self.paths.best)
         return record
+
+    def _record_provenance(self) -> None:
+        """provenance.json: one entry per start of the run (a resume may be on another machine or code)."""
+        path = self.paths.root / "provenance.json"
+        starts = []
+        if self.resume and path.is_file():
+            try:
+                starts = list(json.loads(path.read_text()).get("starts", []))
+            except (OSError, ValueError, AttributeError):
+                starts = []  # a damaged record is replaced, never a reason to stop training
+        starts.append({**provenance(self.device), "resumed_at_epoch": self.epoch if self.resume else None})
+        write_text_atomic(path, json.dumps({"starts": starts}, indent=1) + "\n")
 
     def _log(self, record: dict) -> None:
         """Append one line, atomically: the file is rewritten whole (a few kB), so a kill or a full disk
