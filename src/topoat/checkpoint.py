@@ -122,7 +122,7 @@ def _check_record(ckpt: dict, path: Path) -> None:
             raise TopoatError(f"{path} is a damaged topoat checkpoint: '{key}' {state}")
 
 
-def _state_mismatch(model: nn.Module, state: dict) -> Optional[str]:
+def state_mismatch(model: nn.Module, state: dict) -> Optional[str]:
     """The first difference between a model's state and a checkpoint's, in one line (load_state_dict's
     own message spreads over many lines and begins with a header only)."""
     expected = model.state_dict()
@@ -140,7 +140,7 @@ def model_from_record(ckpt: dict, device: str | torch.device = "cpu") -> ImageCl
     norm = ckpt["normalization"]
     model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], norm["mean"], norm["std"],
                         **ckpt.get("arch_args", {}))
-    mismatch = _state_mismatch(model, ckpt["model_state"])
+    mismatch = state_mismatch(model, ckpt["model_state"])
     if mismatch is not None:
         raise TopoatError(f"checkpoint weights do not match architecture {ckpt['arch']} "
                           f"{ckpt.get('arch_args', {})}: {mismatch}")

@@ -100,7 +100,12 @@ def _eval(args) -> int:
     if args.reference and not args.sanity:
         raise TopoatError("eval: --reference is used by --sanity only")
     _check_output_file("--json", args.json)
-    ckpt = load_checkpoint(args.checkpoint)
+    foreign = args.arch is not None or args.model is not None
+    if not foreign and args.checkpoint is None:
+        raise TopoatError("eval: give a checkpoint (or a model with --arch or --model)")
+    if foreign and args.results:
+        raise TopoatError("eval: --results merges into a topoat run; a model from --arch/--model has none")
+    ckpt = _foreign_record(args) if foreign else load_checkpoint(args.checkpoint)
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     recorded_norm, recorded_eps = _recorded_threat(ckpt)
     norm = args.norm or recorded_norm
@@ -111,9 +116,12 @@ def _eval(args) -> int:
     if args.sanity and eps == 0:
         raise TopoatError("eval: --sanity needs --eps > 0")
     device = resolve_device(args.device)
-    model = model_from_record(ckpt, device).eval()
     ds = _eval_data(ckpt, args.dataset, args.data_root)
-    _check_fits(model, ckpt, ds, args.checkpoint, device)
+    if foreign:
+        model = _foreign_model(args, ckpt, ds).to(device).eval()
+    else:
+        model = model_from_record(ckpt, device).eval()
+    _check_fits(model, ckpt, ds, args.checkpoint or args.model, device)
     if args.results:  # a results.json that does not fit fails before the attacks run, not after
         find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=ds.name)
         run_seed = config.get("evaluation", {}).get("seed", args.seed)
@@ -128,7 +136,9 @@ def _eval(args) -> int:
     idx = fixed_subset(ds.x_test.shape[0], args.n, args.seed)
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
     epoch = f", epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else ""
-    print(f"{args.checkpoint} ({ckpt['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images (seed {args.seed}), "
+    for note in ckpt.get("notes", []):
+        print(f"note: {note}")
+    print(f"{args.checkpoint or args.model} ({ckpt['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images (seed {args.seed}), "
           f"{norm} eps {eps:.6g}")
     res = evaluate(model, x, y, attacks, norm=norm, eps=eps, step_size=args.step_size, batch_size=args.batch_size,
                    progress=not args.no_progress, autoattack_n=args.autoattack_n, seed=args.seed)
@@ -161,6 +171,64 @@ def _eval(args) -> int:
               f"The robust accuracies above are probably overestimated (gradient masking or a broken attack):\n"
               f"do not report them without an adaptive attack.\n{bar}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _foreign_record(args) -> dict:
+    """What a checkpoint would say about a model from --arch (a plain state_dict) or --model (a factory)."""
+    if args.arch is not None and args.model is not None:
+        raise TopoatError("eval: give --arch (with a state_dict file) or --model, not both")
+    if args.arch is not None and (args.checkpoint is None or args.num_classes is None):
+        raise TopoatError("eval: --arch needs the state_dict file and --num-classes")
+    if args.dataset is None:
+        raise TopoatError("eval: --dataset is required for a model from --arch or --model")
+    return {"arch": args.arch or args.model, "num_classes": args.num_classes, "in_channels": None,
+            "dataset": args.dataset, "notes": []}
+
+
+def _foreign_model(args, record: dict, ds):
+    """The model of --arch or --model, with `record` completed from the data it is evaluated on."""
+    import torch
+
+    from .data import to_float
+    from .external import model_from_factory, model_from_state_dict
+
+    record["in_channels"] = ds.in_channels
+    if args.arch is not None:
+        model, notes = model_from_state_dict(args.checkpoint, args.arch, args.num_classes, ds.in_channels,
+                                             ds.mean, ds.std, _arch_args(args.arch_args))
+        record["notes"] += notes
+        return model
+    model = model_from_factory(args.model, args.checkpoint).eval()
+    try:
+        with torch.no_grad():
+            logits = model(to_float(ds.x_test[:1]))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise TopoatError(f"--model {args.model} does not take {ds.name} images: {first}") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise TopoatError(f"--model {args.model} must return logits of shape (batch, classes)")
+    record["num_classes"] = args.num_classes or int(logits.shape[1])
+    return model
+
+
+def _arch_args(text: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise TopoatError(f"eval: --arch-args must be a YAML mapping such as '{{width: 64}}', got {text!r}")
+    return value
+
+
+def _export(args) -> int:
+    from .external import export_checkpoint
+
+    weights, meta = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {weights} (state_dict) and {meta} (how to rebuild it)")
     return 0
 
 
@@ -372,7 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of a checkpoint under attacks (and gradient-masking checks)",
                        description="Natural and robust accuracy of a topoat checkpoint on a fixed, seeded choice of "
                                    "test images. Exit status: 0 done, 1 a --sanity check failed, 2 a user error.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a topoat checkpoint; with --arch a plain state_dict; with --model optional weights")
+    p.add_argument("--arch", help="a topoat architecture whose plain state_dict the file holds (needs --num-classes)")
+    p.add_argument("--num-classes", type=int, help="classes of the --arch model")
+    p.add_argument("--arch-args", default="{}", metavar="YAML", help="arguments of --arch, e.g. '{width: 64}'")
+    p.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="any importable model: FACTORY() returns an nn.Module taking [0, 1] images, giving logits")
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root")
     p.add_argument("--attacks", default="pgd-20",
@@ -399,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sanity-steps", type=int, default=20, help="PGD steps of the sanity checks (default 20)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="a checkpoint as a plain state_dict and a JSON of how to rebuild the model")
+    p.add_argument("checkpoint")
+    p.add_argument("out", help="the state_dict file (.pt); its .json is written beside it")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("analyze", help="topology metrics of checkpoints against a reference (standard) model")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
