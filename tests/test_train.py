@@ -385,3 +385,40 @@ def test_runs_and_results_record_what_produced_them(tmp_path):
     doc = results_document(cfg, {"run": entry})
     for key in ("topoat", "torch", "python", "git_commit", "device", "threads", "command", "time"):
         assert key in doc["provenance"]
+
+
+class _FakeWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter (the tensorboard package is an optional extra)."""
+    calls: list = []
+
+    def __init__(self, log_dir):
+        self.calls.append(("open", log_dir))
+
+    def add_text(self, tag, text):
+        self.calls.append(("text", tag, text))
+
+    def add_scalar(self, tag, value, step):
+        self.calls.append(("scalar", tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_tensorboard_gets_each_epochs_metrics_and_the_config(tmp_path, monkeypatch):
+    import types
+
+    _FakeWriter.calls = []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
+    Trainer(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run").run()
+    calls = _FakeWriter.calls
+    assert calls[0] == ("open", str(tmp_path / "run" / "tensorboard")) and calls[-1] == ("close",)
+    assert calls[1][:2] == ("text", "config") and "tensorboard: true" in calls[1][2]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for record in lines:
+        assert ("scalar", "val_natural_acc", record["val_natural_acc"], record["epoch"]) in calls
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with pytest.raises(TopoatError, match="needs the tensorboard package"):
+        Trainer(tiny_config(**{"runtime.tensorboard": True}), tmp_path / "run2").run()

@@ -152,6 +152,7 @@ class RuntimeConfig:
     channels_last: Literal["auto", "on", "off"] = "auto"
     sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch
     progress: bool = True
+    tensorboard: bool = False  # also write each epoch's metrics to <run>/tensorboard (needs the package)
     threads: Optional[int] = None
 
 

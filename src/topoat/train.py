@@ -15,13 +15,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .analysis import extract, topology_metrics
+from .board import EpochBoard
 from .checkpoint import check_fits_data, load_checkpoint, model_from_record, model_record, save_atomic
 from .config import TrainConfig, dump_config, from_dict, to_dict
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier, device_for
 from .errors import Interrupted, TopoatError
-from .files import is_temp_name, write_atomic, write_text_atomic
 from .evaluate import evaluate
+from .files import is_temp_name, write_atomic, write_text_atomic
 from .models import build_model
 from .objectives import build_objective
 from .objectives.train_wrapper import check_layer
@@ -169,11 +170,12 @@ def prepare_output(out: Path, resume: bool, create: bool = True, leftovers: froz
 
 
 def _comparable(cfg: TrainConfig) -> dict:
-    """The config minus the switches that do not change what is trained (progress bars, threads) or
+    """The config minus the switches that do not change what is trained (progress bars, threads, logging) or
     only act after training (the evaluation)."""
     d = to_dict(cfg)
     d["runtime"].pop("progress", None)
     d["runtime"].pop("threads", None)
+    d["runtime"].pop("tensorboard", None)
     d.pop("evaluation", None)
     return d
 
@@ -280,6 +282,7 @@ class Trainer:
                 check_layer(self.reference, cfg.topology.teacher_layer or cfg.topology.layer,
                             "topology.layer (of validation.reference)")
         self.reference_features: Optional[Tensor] = None  # frozen model, fixed split: computed once
+        self.board: Optional[EpochBoard] = None
         if dist.enabled and cfg.runtime.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_model = torch.compile(self.model) if cfg.runtime.compile else self.model
@@ -386,12 +389,18 @@ class Trainer:
             write_text_atomic(self.paths.config, dump_config(cfg))
         if self.rank == 0:
             self._record_provenance()
-        with stop_on_signals() as stop:
-            while self.epoch < cfg.optim.epochs:
-                self._train_epoch(stop)
-                if self._should_stop(stop):  # it came during validation or the save: the epoch is kept
-                    raise TrainingInterrupted(stop["signum"], self.paths.last,
-                                              f"after epoch {self.epoch} of {cfg.optim.epochs}")
+            if cfg.runtime.tensorboard:
+                self.board = EpochBoard(self.paths.root / "tensorboard", dump_config(cfg))
+        try:
+            with stop_on_signals() as stop:
+                while self.epoch < cfg.optim.epochs:
+                    self._train_epoch(stop)
+                    if self._should_stop(stop):  # it came during validation or the save: the epoch is kept
+                        raise TrainingInterrupted(stop["signum"], self.paths.last,
+                                                  f"after epoch {self.epoch} of {cfg.optim.epochs}")
+        finally:
+            if self.board is not None:
+                self.board.close()
         if stop["signum"] is not None:  # it came after the last check, before the handlers were restored
             raise TrainingInterrupted(stop["signum"], self.paths.last, "after training")
         return {"epochs": self.epoch, "train_seconds": self.train_seconds, "best": dict(self.best)}
@@ -448,6 +457,8 @@ class Trainer:
         self.totals = EpochTotals.fresh(self.device)
         if self.rank == 0:
             print(epoch_line(cfg.name, record, cfg.optim.epochs), flush=True)
+            if self.board is not None:
+                self.board.log(record)
 
     def _stop_mid_epoch(self, stop: dict, perm: Tensor, t0: float) -> None:
         """Save a checkpoint with the epoch's running totals (summed over the processes), then stop."""
