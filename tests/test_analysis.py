@@ -282,3 +282,24 @@ def test_paired_differences_per_attack_and_lambda_ablation_picture(tmp_path):
     path = plot_lambda_ablation(runs, tmp_path / "lambda.png", "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_lambda_ablation(runs[:2], tmp_path / "none.png", "test") is None  # two weights: no ablation
+
+
+def test_tsne_columns_pair_each_train_run_with_its_base_and_name_what_is_left_out():
+    from types import SimpleNamespace
+
+    from topoat.report import MAX_TSNE_COLUMNS, tsne_selection
+
+    def run(name, method, train=False, reference=False):
+        return SimpleNamespace(name=f"{name}-s0", group=name, seed=0, method=method, is_train=train,
+                               checkpoint=name, reference="standard" if not reference else name)
+
+    runs = [run("standard", "standard", reference=True), run("pgd-at", "pgd-at"), run("trades", "trades"),
+            run("mart", "mart"), run("awp", "awp"), run("extra", "pgd-at-x"), run("more", "pgd-at-y"),
+            run("pgd-at-train", "pgd-at", train=True), run("mart-train", "mart", train=True)]
+    picked, left_out = tsne_selection(runs)
+    assert [r.group for r in picked] == ["standard", "pgd-at", "pgd-at-train", "mart", "mart-train", "trades"]
+    assert len(picked) == MAX_TSNE_COLUMNS and left_out == ["awp", "extra", "more"]
+    picked, left_out = tsne_selection(runs, ["mart-train", "standard"])
+    assert [r.group for r in picked] == ["mart-train", "standard"] and len(left_out) == 7
+    with pytest.raises(TopoatError, match="--tsne-models: no run nope"):
+        tsne_selection(runs, ["nope"])

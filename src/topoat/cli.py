@@ -367,8 +367,9 @@ def _analyze(args) -> int:
 def _report(args) -> int:
     from .report import ReportSettings, write_report
 
+    tsne_models = [m.strip() for m in args.tsne_models.split(",") if m.strip()] if args.tsne_models else None
     settings = ReportSettings(n=args.n, k=args.k, attack_steps=args.attack_steps, tsne_points=args.tsne_points,
-                              device=args.device)
+                              tsne_models=tsne_models, device=args.device)
     write_report(args.run_dirs, args.out, reference=args.reference, settings=settings)
     return 0
 
@@ -504,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--attack-steps", type=int, default=20)
     p.add_argument("--tsne-points", type=int, default=1000, help="natural images per t-SNE map")
+    p.add_argument("--tsne-models", metavar="NAME[,NAME]",
+                   help="runs (or groups of seeds) drawn as t-SNE columns, in order (default: the reference, "
+                        "each TRAIN run beside its base method, then the rest, up to 6)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_report)
     return parser

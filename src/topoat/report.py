@@ -442,8 +442,7 @@ def plot_accuracy_curves(runs: Sequence[Run], path: Path, title: str) -> Optiona
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         _integer_epochs(ax)
-        if ax.has_data():
-            ax.legend(fontsize=8)
+    _legend_below(fig, ax_nat)
     if not drawn[1]:
         ax_rob.text(0.5, 0.5, "no run logged a validation attack", ha="center", va="center",
                     transform=ax_rob.transAxes)
@@ -477,7 +476,7 @@ def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 1
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         _integer_epochs(ax)
-        ax.legend(fontsize=8)
+    _legend_below(fig, ax_kl)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
@@ -493,23 +492,28 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]
     if len(points) < 2:
         return None
     colours = _group_colours(list(groups_of(runs)))  # the same colour per run as in the curves
-    fig = _figure(6.4, 5.0)
+    fig = _figure(8.4, 5.0)
     ax = fig.subplots()
-    seen = set()
-    for r in points:
-        x, y = 100 * r.entry["natural_acc"], 100 * r.entry["robust_acc"][attack]
-        label = None if r.group in seen else f"{r.group} ({r.method}{' + TRAIN' if r.is_train else ''})"
-        seen.add(r.group)
-        ax.scatter([x], [y], s=40, color=colours[r.group], marker="D" if r.is_train else "o", label=label,
-                   zorder=3)
-        ax.annotate(lambda_label(r.entry), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for group, members in groups_of(points).items():
+        nat = [100 * r.entry["natural_acc"] for r in members]
+        rob = [100 * r.entry["robust_acc"][attack] for r in members]
+        x, y = statistics.fmean(nat), statistics.fmean(rob)
+        spread = len(members) > 1
+        first = members[0]
+        seeds = f", {len(members)} seeds" if spread else ""
+        ax.errorbar([x], [y], xerr=[statistics.stdev(nat)] if spread else None,
+                    yerr=[statistics.stdev(rob)] if spread else None, fmt="D" if first.is_train else "o",
+                    color=colours[group], markersize=6, capsize=3, zorder=3,
+                    label=f"{group} ({first.method}{' + TRAIN' if first.is_train else ''}{seeds})")
+        ax.annotate(lambda_label(first.entry), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     ax.set_xlabel("natural accuracy (%)")
     ax.set_ylabel(f"robust accuracy, {attack.upper()} (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + "; mean ± std over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.15)
     _min_span(ax, 4.0)
-    ax.legend(fontsize=8, loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return _save(fig, path)
 
 
@@ -559,8 +563,15 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Optiona
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_below(fig, ax)
     return _save(fig, path)
+
+
+def _legend_below(fig, ax) -> None:
+    """One legend for the figure, under the axes: inside, it covered the curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8)
 
 
 def _min_span(ax, points: float) -> None:
@@ -580,6 +591,7 @@ class ReportSettings:
     k: int = 10
     attack_steps: int = 20
     tsne_points: int = 1000
+    tsne_models: Optional[list[str]] = None  # group or run names; default: see tsne_selection
     graph_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -640,11 +652,9 @@ def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[
     # t-SNE: one column per group, its first seed; the reference model first
     seeds = [r.seed for r in analysable]
     first_seed = min((s for s in seeds if s is not None), default=None)
-    chosen = [r for r in analysable if r.seed == first_seed]
-    chosen.sort(key=lambda r: 0 if r.checkpoint == r.reference else 1)
-    if len(chosen) > MAX_TSNE_COLUMNS:
-        result.notes.append(f"t-SNE shows the first {MAX_TSNE_COLUMNS} of {len(chosen)} models")
-        chosen = chosen[:MAX_TSNE_COLUMNS]
+    chosen, left_out = tsne_selection([r for r in analysable if r.seed == first_seed], settings.tsne_models)
+    if left_out:
+        result.notes.append(f"t-SNE leaves out {', '.join(left_out)} (choose with --tsne-models)")
     m = min(settings.tsne_points, x.shape[0])
     for r in chosen:
         echo(f"[report] {r.name}: t-SNE of {m} natural + {m} adversarial representations")
@@ -662,6 +672,35 @@ def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[
                                          "adversarial": adv_text}})
     result.labels = result.labels[:m]
     return result
+
+
+def tsne_selection(runs: Sequence[Run], wanted: Optional[Sequence[str]] = None) -> tuple[list[Run], list[str]]:
+    """The runs drawn as t-SNE columns and the names of those left out. `wanted`: group or run names, in
+    order. By default the reference model, then each TRAIN run beside its base method, then the rest, up to
+    MAX_TSNE_COLUMNS."""
+    def name(r: Run) -> str:
+        return r.group if r.seed is not None else r.name
+
+    by_name = {name(r): r for r in runs}
+    if wanted:
+        unknown = [w for w in wanted if w not in by_name and not any(w == r.name for r in runs)]
+        if unknown:
+            raise TopoatError(f"report: --tsne-models: no run {', '.join(unknown)} (have {', '.join(by_name)})")
+        picked = [by_name.get(w) or next(r for r in runs if r.name == w) for w in wanted]
+    else:
+        groups = groups_of(runs)
+        picked = [r for r in runs if r.checkpoint == r.reference]
+        for r in runs:
+            if r.is_train:
+                base = base_group(r.group, groups[r.group], groups)
+                picked += [q for q in ([by_name.get(base)] if base else []) + [r] if q is not None]
+        picked += list(runs)
+        unique: list[Run] = []
+        for r in picked:  # runs are unhashable dataclasses: keep the first of each, by identity
+            if not any(r is q for q in unique):
+                unique.append(r)
+        picked = unique[:MAX_TSNE_COLUMNS]
+    return picked, [name(r) for r in runs if not any(r is q for q in picked)]
 
 
 def topology_section(runs: Sequence[Run], analysis: Analysis, k: int) -> str:
