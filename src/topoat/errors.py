@@ -9,6 +9,10 @@ class TopoatError(Exception):
     """
 
 
+class TrainingDiverged(TopoatError):
+    """The loss became non-finite or exceeded optim.max_loss: a study records the run as failed and goes on."""
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped a command at a known stage (`when`); `hint` says how to continue.
 

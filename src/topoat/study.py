@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import from_dict, load_config, preset_path, read_yaml
-from .errors import TopoatError
+from .errors import TopoatError, TrainingDiverged
 from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_results, rebase_checkpoints,
                    results_document, write_json_atomic)
 from .files import write_atomic
@@ -174,9 +174,7 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
              f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)")
         try:
             summary = Trainer(cfg, run_dir, resume=(run_dir / "last.pt").is_file()).run()
-        except TopoatError as e:
-            if "diverged" not in str(e):
-                raise
+        except TrainingDiverged as e:
             failed[p.name] = str(e)
             echo(f"[{p.name}] failed: {e}")
             continue

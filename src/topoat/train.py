@@ -20,7 +20,7 @@ from .checkpoint import check_fits_data, load_checkpoint, model_from_record, mod
 from .config import TrainConfig, dump_config, from_dict, to_dict
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier, device_for
-from .errors import Interrupted, TopoatError
+from .errors import Interrupted, TopoatError, TrainingDiverged
 from .evaluate import evaluate
 from .files import is_temp_name, write_atomic, write_text_atomic
 from .models import build_model
@@ -85,10 +85,6 @@ class RunPaths:
     @property
     def best(self) -> Path:
         return self.root / "best.pt"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.json"
 
 
 def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
@@ -499,7 +495,7 @@ class Trainer:
             hint = " (lower topology.lambda_* or use topology.layer: features)" if self.cfg.topology else ""
             kept = (f"the last good checkpoint is kept in {self.paths.last}" if self.paths.last.is_file() else
                     f"no checkpoint was saved yet, so the run can be started again into {self.paths.root}")
-            raise TopoatError(f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
+            raise TrainingDiverged(f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
                               f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; {kept}")
 
     @staticmethod
@@ -589,8 +585,3 @@ def epoch_line(name: str, record: dict, epochs: int) -> str:
               and isinstance(value, (int, float))]
     parts.append(f"{record['seconds']:.1f} s")
     return "  ".join(parts)
-
-
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, **kwargs) -> dict[str, Any]:
-    """Train one run into folder `out` (see `Trainer`); returns a short summary."""
-    return Trainer(cfg, out, resume=resume, **kwargs).run()

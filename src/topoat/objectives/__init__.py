@@ -9,7 +9,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import TopoatError
 from .awp import AdversarialWeightPerturbation
-from .base import Objective, ObjectiveOutput, Wrapper, pgd_from_config
+from .base import Objective, ObjectiveOutput, Wrapper
 from .distillation import Distilled, distillation_loss
 from .mart import MART
 from .pgd_at import PGDAT
@@ -59,4 +59,4 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
 
 __all__ = ["MART", "METHODS", "TRADES", "AdversarialWeightPerturbation", "Distilled", "MemoryBank", "Objective",
            "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "Wrapper", "build_base_objective",
-           "build_objective", "distillation_loss", "pgd_from_config", "representation"]
+           "build_objective", "distillation_loss", "representation"]

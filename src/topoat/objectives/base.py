@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import PGD, eval_mode, maximize, random_init
+from ..attacks import eval_mode, maximize, random_init
 from ..attacks.base import attack_view
 from ..config import AttackConfig
 
@@ -130,8 +130,3 @@ class Wrapper(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.base.load_state_dict(state)
-
-
-def pgd_from_config(model: nn.Module, attack: AttackConfig) -> PGD:
-    return PGD(model, eps=attack.eps, step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
-               random_start=attack.random_start, eval_mode=attack.eval_mode)
