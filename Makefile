@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/main
 
-.PHONY: setup data run test clean
+.PHONY: setup data run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: setup data
 
 test: setup
 	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m pip install -q "ruff>=0.5"
+	$(PY) -m ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

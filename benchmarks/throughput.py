@@ -248,9 +248,11 @@ def main(argv=None) -> int:
     peak_key = "bf16" if uses_bf16 else "fp32"
     peak = peaks[peak_key]["flops_per_s"]
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
+                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "python": sys.version.split()[0],
                           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-              "command": " ".join(["python", "benchmarks/throughput.py"] + (argv if argv is not None else sys.argv[1:])),
+              "command": " ".join(["python", "benchmarks/throughput.py"]
+                                  + (argv if argv is not None else sys.argv[1:])),
               "peak_flops": peaks, "models": {}}
     print(f"matmul peak: fp32 {peaks['fp32']['flops_per_s'] / 1e9:.1f} GFLOP/s ({peaks['fp32']['best']}), "
           f"bf16 {peaks['bf16']['flops_per_s'] / 1e9:.1f} GFLOP/s ({peaks['bf16']['best']})")

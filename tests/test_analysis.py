@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_config
+
 from topoat.analysis import analyze_checkpoints, compare, representations, topology_metrics, trustworthiness
 from topoat.checkpoint import load_model
 from topoat.cli import main

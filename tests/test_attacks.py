@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import train_undefended
+
 from topoat import CW, FGSM, PGD, evaluate
 
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from topoat.checkpoint import load_checkpoint
 from topoat.config import dump_config
 from topoat.train import Trainer

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config, train_undefended
 from torch import nn
 
-from conftest import tiny_config, train_undefended
 from topoat.attacks import AutoAttack
 from topoat.attacks.autoattack import plan_for_classes
 from topoat.checkpoint import model_record, save_atomic

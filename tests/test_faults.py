@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 import topoat
-from conftest import tiny_config
 from topoat.checkpoint import load_checkpoint
 from topoat.cli import main
 from topoat.config import dump_config

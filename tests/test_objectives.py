@@ -5,14 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
-from conftest import tiny_config
 from topoat.config import load_config
 from topoat.errors import TopoatError
 from topoat.models import build_model
-from topoat.objectives import (MART, PGDAT, TRADES, AdversarialWeightPerturbation, TopologyRegularized,
-                               build_objective)
+from topoat.objectives import MART, PGDAT, TRADES, AdversarialWeightPerturbation, TopologyRegularized, build_objective
 
 # ---------------------------------------------------------------------------------------------------
 # A 2-layer network and its numpy twin
@@ -357,7 +356,8 @@ def test_every_method_trains_and_lowers_its_loss(method, awp, with_train):
     cfg = tiny_config(**overrides)
     objective = build_objective(cfg, small_cnn(2).eval() if with_train else None)
     losses, out = train_steps(objective, lr=0.05, steps=8)
-    assert ("topo_nat" in out.parts) == with_train and ("topo_adv" in out.parts) == (with_train and method != "standard")
+    assert ("topo_nat" in out.parts) == with_train
+    assert ("topo_adv" in out.parts) == (with_train and method != "standard")
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train=128",
-        "data.synthetic_test=32", "data.val_size=32", "data.train_subset=null", "model.args={width: 4, feature_dim: 16}",
+        "data.synthetic_test=32", "data.val_size=32", "data.train_subset=null",
+        "model.args={width: 4, feature_dim: 16}",
         "attack.steps=1", "optim.epochs=1", "optim.batch_size=32", "validation.n=32", "validation.attack_steps=1",
         "evaluation.n=32", "evaluation.attacks=[pgd-2]", "runtime.progress=false"]
 

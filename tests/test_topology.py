@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from scipy.optimize import brentq
 from scipy.special import xlogy
 

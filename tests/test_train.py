@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_config
+
 from topoat import build_model, load_model
 from topoat.checkpoint import load_checkpoint, model_record, save_atomic
 from topoat.cli import main

@@ -138,7 +138,8 @@ def compare(model: Representations, reference: Representations, k: int = 10, gra
     return metrics
 
 
-def held_out_subset(dataset, n: Optional[int], seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def held_out_subset(dataset, n: Optional[int], seed: int = 0,
+                    device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call."""
     from .data import to_float
 
@@ -168,7 +169,8 @@ def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path
     return results
 
 
-def tsne_map(natural: Tensor, adversarial: Tensor, seed: int = 0, perplexity: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+def tsne_map(natural: Tensor, adversarial: Tensor, seed: int = 0,
+             perplexity: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
     """One joint 2-D t-SNE of a model's natural and adversarial representations.
 
     Joint rather than one map each, so the two share coordinates: an adversarial point drawn inside

@@ -138,7 +138,8 @@ def _eval(args) -> int:
     epoch = f", epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else ""
     for note in ckpt.get("notes", []):
         print(f"note: {note}")
-    print(f"{args.checkpoint or args.model} ({ckpt['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images (seed {args.seed}), "
+    print(f"{args.checkpoint or args.model} ({ckpt['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images "
+          f"(seed {args.seed}), "
           f"{norm} eps {eps:.6g}")
     res = evaluate(model, x, y, attacks, norm=norm, eps=eps, step_size=args.step_size, batch_size=args.batch_size,
                    progress=not args.no_progress, autoattack_n=args.autoattack_n, seed=args.seed)

@@ -160,7 +160,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
 
     A sample counts as robust to an attack only if it is also classified correctly without attack
     (only those are attacked); with several attacks, "worst" is the per-sample worst case (robust to
-    all), never an average. Non-finite logits count as a wrong prediction (and add a note). `custom` adds attacks given as callables `attack(x, y) -> x_adv`.
+    all), never an average. Non-finite logits count as a wrong prediction (and add a note). `custom` adds
+    attacks given as callables `attack(x, y) -> x_adv`.
     AutoAttack runs on a fixed `autoattack_n` of the images when given (it is costly). Random starts
     come from `seed`; the caller's random state is left as it was.
     """

@@ -260,7 +260,8 @@ def results_section(runs: Sequence[Run], key: str = "") -> str:
         seeds = ", ".join(str(r.seed) for r in members if r.seed is not None) or "-"
         epochs = [", ".join(str(e.get("epoch", "?")) for e in entries)] if key else []
         rows.append([group, members[0].method, lambda_label(members[0].entry) if members[0].is_train else "-"]
-                    + ([seeds] if with_seeds else []) + epochs + [format_spread([e.get("natural_acc") for e in entries])]
+                    + ([seeds] if with_seeds else []) + epochs
+                    + [format_spread([e.get("natural_acc") for e in entries])]
                     + [format_spread([e.get("robust_acc", {}).get(a) for e in entries]) for a in attacks]
                     + ([] if key else [format_spread([r.entry.get("train_seconds") for r in members], scale=1,
                                                      digits=0)]))
@@ -635,7 +636,8 @@ def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[
 
     def reps_of(checkpoint: Path, run: Run):
         if checkpoint not in cache:
-            eps, norm = float(run.threat.get("eps", run.config.attack.eps)), run.threat.get("norm", run.config.attack.norm)
+            eps = float(run.threat.get("eps", run.config.attack.eps))
+            norm = run.threat.get("norm", run.config.attack.norm)
             ckpt = load_checkpoint(checkpoint)  # a --reference made for other data is refused, not compared
             check_fits_data(ckpt, checkpoint, "report: model", dataset.num_classes, dataset.in_channels,
                             dataset.image_size, dataset.name)
@@ -846,7 +848,8 @@ def _markdown(runs, info, analysis: Analysis, pictures, settings: ReportSettings
         parts += ["", "## Topology against the standard model", "",
                   f"On {analysis.n} held-out test images (seed {settings.seed}), penultimate features, each model "
                   f"against its reference (standard) model. Graph KL: the TRAIN loss between cosine affinity graphs "
-                  f"of {min(settings.graph_size, analysis.n)} images (0 = identical neighbourhoods; lower is closer); adversarial: "
+                  f"of {min(settings.graph_size, analysis.n)} images (0 = identical neighbourhoods; lower is closer); "
+                  "adversarial: "
                   f"the model's features of {analysis.attack.upper()} examples made against itself, against the "
                   f"reference's natural graph. kNN overlap: mean Jaccard overlap of the {settings.k} nearest "
                   f"neighbours (1 = identical). Trustworthiness (scikit-learn, k={settings.k}): the reference as "

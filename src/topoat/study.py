@@ -10,9 +10,17 @@ from typing import Optional
 
 from .config import from_dict, load_config, preset_path, read_yaml
 from .errors import TopoatError, TrainingDiverged
-from .runs import (evaluate_missing, evaluate_run, format_table, method_name, read_results, rebase_checkpoints,
-                   results_document, write_json_atomic)
 from .files import write_atomic
+from .runs import (
+    evaluate_missing,
+    evaluate_run,
+    format_table,
+    method_name,
+    read_results,
+    rebase_checkpoints,
+    results_document,
+    write_json_atomic,
+)
 from .signals import stage
 from .train import Trainer, prepare_output
 

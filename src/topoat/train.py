@@ -26,8 +26,17 @@ from .files import is_temp_name, write_atomic, write_text_atomic
 from .models import build_model
 from .objectives import build_objective
 from .objectives.train_wrapper import check_layer
-from .runtime import (autocast, bar_disabled, provenance, resolve_device, rng_state, seed_everything,
-                      set_deterministic, set_rng_state, use_channels_last)
+from .runtime import (
+    autocast,
+    bar_disabled,
+    provenance,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+    use_channels_last,
+)
 
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 
@@ -368,7 +377,8 @@ class Trainer:
             self.totals = EpochTotals.from_state(state.get("epoch_totals"), self.device, zero=self.rank != 0)
             self.last_record = state.get("last_record")
         except (KeyError, RuntimeError, TypeError) as e:
-            raise TopoatError(f"{self.paths.last} is not a resumable training checkpoint ({e.__class__.__name__})") from None
+            raise TopoatError(f"{self.paths.last} is not a resumable training checkpoint "
+                              f"({e.__class__.__name__})") from None
         if self.rank == 0:
             repair_metrics(self.paths.metrics, self.epoch, self.last_record)
 
@@ -411,7 +421,8 @@ class Trainer:
         perm = self.perm
         totals = self.totals
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False, disable=bar_disabled(cfg.runtime.progress and self.rank == 0),
+        bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False,
+                   disable=bar_disabled(cfg.runtime.progress and self.rank == 0),
                    desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
         self.model.train()
         if hasattr(self.objective, "set_epoch"):  # e.g. AWP's warm-up; any callable may be an objective

@@ -3,4 +3,5 @@ from .autoattack import AutoAttack
 from .base import Attack, eval_mode
 from .pgd import CW, FGSM, PGD, margin_loss, maximize, project, random_init
 
-__all__ = ["Attack", "AutoAttack", "CW", "FGSM", "PGD", "eval_mode", "margin_loss", "maximize", "project", "random_init"]
+__all__ = ["Attack", "AutoAttack", "CW", "FGSM", "PGD", "eval_mode", "margin_loss", "maximize", "project",
+           "random_init"]

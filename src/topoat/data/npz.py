@@ -46,7 +46,8 @@ def _check_declared_sizes(p: Path, names: list[str]) -> None:
             info = z.getinfo(f"{name}.npy")
             stored_limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO)
             if info.file_size > stored_limit:
-                raise TopoatError(f"{p}: member {name}.npy claims {info.file_size} bytes but stores {info.compress_size}")
+                raise TopoatError(f"{p}: member {name}.npy claims {info.file_size} bytes "
+                                  f"but stores {info.compress_size}")
             with z.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)

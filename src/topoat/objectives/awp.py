@@ -67,7 +67,8 @@ class AdversarialWeightPerturbation(Objective):
         self._proxy.load_state_dict(net.state_dict())
         return self._proxy.train()
 
-    def perturbation(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def perturbation(self, model: nn.Module, x: Tensor, y: Tensor,
+                     x_adv: Optional[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """(weight, offset) pairs for the weights AWP moves, each offset of norm gamma * ||weight||."""
         net = unwrap(model)
         proxy = self._proxy_of(net)
