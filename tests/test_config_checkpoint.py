@@ -166,3 +166,35 @@ def test_wrong_shape_weights_name_the_first_mismatching_key(tmp_path):
     save_atomic(record, path)
     with pytest.raises(TopoatError, match="'head.bias' is missing"):
         load_model(path)
+
+
+def test_a_config_can_start_from_a_base_config(tmp_path):
+    from topoat.config import load_config
+
+    (tmp_path / "base.yaml").write_text("name: base\nmethod: {name: trades, beta: 6.0}\noptim: {lr: 0.2, epochs: 7}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: child\noptim: {lr: 0.05}\n"
+                                         "topology: {lambda_nat: 3.0, lambda_adv: 3.0}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.name == "child" and cfg.method.name == "trades" and cfg.method.beta == 6.0
+    assert cfg.optim.lr == 0.05 and cfg.optim.epochs == 7 and cfg.topology.lambda_nat == 3.0
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(TopoatError, match="comes back to it"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "bad.yaml").write_text("base: [1]\n")
+    with pytest.raises(TopoatError, match="base must be the path"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(TopoatError, match="not found"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_every_train_config_is_its_base_config_plus_the_topology_term():
+    from pathlib import Path
+
+    from topoat.config import PRESETS, load_config, to_dict
+
+    for train in sorted(Path(PRESETS, "configs").rglob("*-train.yaml")):
+        with_term, without = to_dict(load_config(train)), to_dict(load_config(str(train).replace("-train", "")))
+        assert with_term["topology"] is not None and without["topology"] is None, train
+        assert {k: v for k, v in with_term.items() if k not in ("name", "topology")} == \
+            {k: v for k, v in without.items() if k not in ("name", "topology")}, train

@@ -18,6 +18,10 @@ def test_installed_package_trains_from_a_packaged_config_in_another_folder(tmp_p
                     "--target", str(site), str(REPO)], check=True, capture_output=True, timeout=300)
     assert (site / "topoat" / "presets" / "configs" / "fashion-mnist" / "pgd-at.yaml").is_file()
     assert (site / "topoat" / "presets" / "studies" / "frontier.yaml").is_file()
+    shipped = {p.relative_to(site / "topoat").as_posix() for p in (site / "topoat" / "presets").rglob("*.yaml")}
+    in_checkout = {p.relative_to(REPO / "src" / "topoat").as_posix()
+                   for p in (REPO / "src" / "topoat" / "presets").rglob("*.yaml")}
+    assert shipped == in_checkout
     env = {**os.environ, "PYTHONPATH": str(site)}
     work = tmp_path / "elsewhere"
     work.mkdir()

@@ -425,9 +425,35 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its `base:` chain resolved: `base: pgd-at.yaml` (relative to the file)
+    starts from that config, and this file's keys are merged over it, section by section."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise TopoatError(f"config file {path}: its base: chain comes back to it")
+    raw = read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise TopoatError(f"config file {path}: base must be the path of another config file, got {base!r}")
+    return merge_sections(read_config_yaml(path.parent / base, _seen + (path.resolve(),)), raw)
+
+
+def merge_sections(base: dict, over: dict) -> dict:
+    """`over` merged into `base`: mappings key by key, anything else (lists, null) replaced whole."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> TrainConfig:
-    raw = dict(data or {}) if path is None else read_yaml(preset_path(path, "configs"))
+    raw = dict(data or {}) if path is None else read_config_yaml(preset_path(path, "configs"))
     raw = apply_overrides(raw, list(overrides or []))
     return from_dict(TrainConfig, raw).validate()
 
