@@ -293,7 +293,7 @@ def test_study_stops_on_sigterm_during_evaluation_and_resumes_there(tmp_path):
     write_config(tmp_path, **{"optim.epochs": 1})
     spec, out = tmp_path / "study.yaml", tmp_path / "study"
     spec.write_text(yaml.safe_dump({"runs": [{"name": "pgd-at", "config": "cfg.yaml"}]}))
-    patch = KILL_AT["evaluation"].replace("topoat.runs", "topoat.study").replace("SIGNUM", "signal.SIGTERM")
+    patch = KILL_AT["evaluation"].replace("SIGNUM", "signal.SIGTERM")  # the study evaluates through runs too
     proc = run_topoat(["study", spec, "--out", out, "--no-progress"], patch)
     assert proc.returncode == 143
     assert "during the evaluation of run pgd-at" in one_line(proc.stderr)

@@ -18,8 +18,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _train(args) -> int:
     from .config import load_config
-    from .runs import evaluate_run, format_table, results_document, write_json_atomic
-    from .train import Trainer
+    from .runs import format_table, train_and_evaluate
 
     if args.print_config:
         from .config import dump_config
@@ -45,20 +44,13 @@ def _train(args) -> int:
 
     dist = init_from_env(cfg.runtime.device)
     try:
-        summary = Trainer(cfg, out, resume=args.resume, dist=dist).run()
+        entry = train_and_evaluate(cfg, out, resume=args.resume, dist=dist, stage_name="during the final evaluation",
+                                   resume_hint=f"training is complete; `topoat train --out {out} --resume` "
+                                               "evaluates it without training again")
     finally:
         shutdown()
-    if not dist.is_main:  # rank 0 alone evaluates and writes results
-        return 0
-    from .signals import stage
-
-    with stage("during the final evaluation", f"training is complete; `topoat train --out {out} --resume` "
-                                              "evaluates it without training again"):
-        entry = evaluate_run(cfg, out, cfg.name, summary["train_seconds"], relative_to=out,
-                             progress=cfg.runtime.progress)
-        document = results_document(cfg, {cfg.name: entry})
-        write_json_atomic(document, out / "results.json")
-    print(format_table(document["runs"]))
+    if entry is not None:  # rank 0
+        print(format_table({cfg.name: entry}))
     return 0
 
 

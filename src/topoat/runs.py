@@ -17,13 +17,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from .checkpoint import load_checkpoint, load_model, model_from_record
 from .config import TrainConfig, to_dict
 from .data import ImageDataset, dataset_from_config, to_float
+from .distributed import SINGLE, DistContext
 from .errors import TopoatError
 from .evaluate import EvalResult, evaluate, fixed_subset
 from .files import write_text_atomic
@@ -94,6 +95,29 @@ def _entry_problem(entry: Any, prefix: str = "") -> Optional[str]:
 
 def method_name(cfg: TrainConfig) -> str:
     return cfg.method.name if cfg.method.awp is None else f"awp-{cfg.method.name}"
+
+
+def train_and_evaluate(cfg: TrainConfig, run_dir: Path, *, resume: bool, stage_name: str, resume_hint: str,
+                       dist: DistContext = SINGLE, echo: Optional[Callable[[str], None]] = None) -> Optional[dict]:
+    """One run from start to results: train `cfg` into `run_dir` (or resume it), evaluate it and write its
+    results.json. Returns its entry; None on the processes other than rank 0, which only train. The CLI
+    and a study both run a run through here."""
+    from .signals import stage
+    from .train import Trainer
+
+    summary = Trainer(cfg, run_dir, resume=resume, dist=dist).run()
+    if not dist.is_main:
+        return None
+    if echo is not None:
+        aa_n, ev = cfg.evaluation.autoattack_n, cfg.evaluation
+        echo(f"[{cfg.name}] evaluating {', '.join(ev.attacks)} on {ev.n or 'all'} test images"
+             f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, "
+             f"{' and '.join(ev.checkpoints) or 'no'} checkpoint(s)")
+    with stage(stage_name, resume_hint):
+        entry = evaluate_run(cfg, run_dir, cfg.name, summary["train_seconds"], relative_to=run_dir,
+                             progress=cfg.runtime.progress)
+        write_json_atomic(results_document(cfg, {cfg.name: entry}), run_dir / "results.json")
+    return entry
 
 
 def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: float,

@@ -13,16 +13,16 @@ from .errors import TopoatError, TrainingDiverged
 from .files import write_atomic
 from .runs import (
     evaluate_missing,
-    evaluate_run,
     format_table,
     method_name,
     read_results,
     rebase_checkpoints,
     results_document,
+    train_and_evaluate,
     write_json_atomic,
 )
 from .signals import stage
-from .train import Trainer, prepare_output
+from .train import prepare_output
 
 # A study folder holding only its copy of the study file started nothing: it can be started again.
 STUDY_LEFTOVERS = frozenset({"study.yaml"})
@@ -181,21 +181,13 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         echo(f"[{p.name}] training ({method_name(cfg)}"
              f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)")
         try:
-            summary = Trainer(cfg, run_dir, resume=(run_dir / "last.pt").is_file()).run()
+            entry = train_and_evaluate(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), echo=echo,
+                                       stage_name=f"during the evaluation of run {p.name}", resume_hint=resume_hint)
         except TrainingDiverged as e:
             failed[p.name] = str(e)
             echo(f"[{p.name}] failed: {e}")
             continue
-        aa_n = cfg.evaluation.autoattack_n
-        echo(f"[{p.name}] evaluating {', '.join(cfg.evaluation.attacks)} on {cfg.evaluation.n or 'all'} test images"
-             f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, "
-             f"{' and '.join(cfg.evaluation.checkpoints) or 'no'} checkpoint(s)")
-        with stage(f"during the evaluation of run {p.name}", resume_hint):
-            entry = evaluate_run(cfg, run_dir, p.name, summary["train_seconds"], relative_to=run_dir,
-                                 progress=progress)
-            write_json_atomic(results_document(cfg, {p.name: entry}), done)
-        entry = rebase_checkpoints(entry, p.name)
-        runs[p.name] = entry
+        runs[p.name] = rebase_checkpoints(entry, p.name)
     first = configs[planned[0].name]
     document = results_document(first, runs)
     if failed:
