@@ -175,7 +175,7 @@ def _foreign_record(args) -> dict:
         raise TopoatError("eval: --arch needs the state_dict file and --num-classes")
     if args.dataset is None:
         raise TopoatError("eval: --dataset is required for a model from --arch or --model")
-    return {"arch": args.arch or args.model, "num_classes": args.num_classes, "in_channels": None,
+    return {"arch": args.arch or "importable model", "num_classes": args.num_classes, "in_channels": None,
             "dataset": args.dataset, "notes": []}
 
 
