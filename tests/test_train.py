@@ -306,6 +306,13 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
     assert robust["pgd-2"] == entry["robust_acc"]["pgd-2"] and "fgsm" in robust
     assert "fgsm" in (doc["runs"]["pgd-at-kd"]["best"] or {"robust_acc": {"fgsm": 0}})["robust_acc"]
     assert "evaluation.attacks=[pgd-2, fgsm]" in (out / "study.yaml").read_text()
+    # a study asking for another number of images still scores the new attack on the run's own images
+    runs[1]["set"][1] = "evaluation.attacks=[pgd-2, fgsm, pgd-3]"
+    spec.write_text(yaml.safe_dump({"runs": runs}))
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume",
+                 "--set", "evaluation.n=32"]) == 0
+    entry = json.loads((out / "pgd-at-kd" / "results.json").read_text())["runs"]["pgd-at-kd"]
+    assert "pgd-3" in entry["robust_acc"] and "pgd-3" not in entry.get("n_by_attack", {})
     assert main(["study", str(spec), "--out", str(out), "--resume", "--runs", "nothing*"]) == 2
 
 

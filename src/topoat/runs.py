@@ -154,7 +154,9 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
     entry = read_results(results, name)["runs"][name]
     device = resolve_device(cfg.runtime.device)
     ds = dataset_from_config(cfg.data)
-    idx = fixed_subset(ds.x_test.shape[0], cfg.evaluation.n, cfg.evaluation.seed)
+    # the images the run was scored on, even if the study now asks for more: scores of one entry share images
+    n = entry.get("n_eval", cfg.evaluation.n)
+    idx = fixed_subset(ds.x_test.shape[0], n, cfg.evaluation.seed)
     x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
     slots = [("last", entry["checkpoint"])]
     best = entry.get("best")
