@@ -41,9 +41,17 @@ def provenance(device: torch.device) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "command": " ".join(sys.argv),
+        "command": _command_line(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _command_line() -> str:
+    """The command as typed: `topoat ...` whether it ran as the console script or `python -m topoat`."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    if program.name == "topoat" or program.parts[-2:] == ("topoat", "__main__.py"):
+        return " ".join(["topoat", *sys.argv[1:]])
+    return " ".join(sys.argv)
 
 
 def _cpu_name() -> str:
