@@ -1,3 +1,6 @@
+import os
+import signal
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,3 +50,19 @@ def train_undefended(num_classes=10, seed=0, epochs=10, shape=(1, 12, 12), n_tes
             opt.step()
     opt.zero_grad(set_to_none=True)
     return model.eval(), to_float(ds.x_test), ds.y_test
+
+
+class SignalAfter:
+    """Wraps an objective and sends SIGINT to this process after `n` calls, like a user's Ctrl-C."""
+
+    def __init__(self, objective, n):
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.objective(*args)
+
+    def state_dict(self):
+        return self.objective.state_dict()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import SignalAfter, tiny_config
 
 import topoat
 from topoat.checkpoint import load_checkpoint
@@ -57,22 +57,6 @@ def records(run):
 
 def untimed(lines):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in lines]
-
-
-class SignalAfter:
-    """Wraps an objective and sends SIGINT to this process after `n` calls, like a user's Ctrl-C."""
-
-    def __init__(self, objective, n):
-        self.objective, self.n, self.calls = objective, n, 0
-
-    def __call__(self, *args):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.objective(*args)
-
-    def state_dict(self):
-        return self.objective.state_dict()
 
 
 def interrupted_in_epoch_two(run, **overrides):

@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import SignalAfter, tiny_config
 
 from topoat import build_model, load_model
 from topoat.checkpoint import load_checkpoint, model_record, save_atomic
@@ -90,22 +89,6 @@ def test_bad_model_and_layer_settings_fail_before_training(tmp_path, overrides, 
         overrides = dict(overrides, **{"topology.teacher": foreign_checkpoint(tmp_path / "teacher.pt")})
     with pytest.raises(TopoatError, match=message):
         Trainer(tiny_config(**overrides), tmp_path / "run")
-
-
-class SignalAfter:
-    """Wraps an objective and raises SIGINT in-process after `n` calls, like a user's Ctrl-C."""
-
-    def __init__(self, objective, n):
-        self.objective, self.n, self.calls = objective, n, 0
-
-    def __call__(self, *args):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.objective(*args)
-
-    def state_dict(self):
-        return self.objective.state_dict()
 
 
 # 7 steps per epoch: mid-epoch, an epoch boundary, and mid-epoch with TRAIN's memory bank (saved with the

@@ -27,12 +27,12 @@ def _raise(signum, _frame):
 
 
 @contextmanager
-def raise_on_signals() -> Iterator[None]:
-    """SIGINT/SIGTERM raise `Interrupted` in the main thread (the default SIGTERM kills without a word)."""
+def handling_signals(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block; the previous handlers come back after it."""
     previous = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _raise)
+            previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
@@ -40,3 +40,8 @@ def raise_on_signals() -> Iterator[None]:
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+def raise_on_signals():
+    """SIGINT/SIGTERM raise `Interrupted` in the main thread (the default SIGTERM kills without a word)."""
+    return handling_signals(_raise)

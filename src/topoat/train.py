@@ -37,6 +37,7 @@ from .runtime import (
     set_rng_state,
     use_channels_last,
 )
+from .signals import handling_signals
 
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 
@@ -122,17 +123,8 @@ def stop_on_signals() -> Iterator[dict]:
     def handler(signum, _frame):
         flag["signum"] = signum
 
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
+    with handling_signals(handler):
         yield flag
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
 
 
 # What a run writes before its first last.pt: a folder holding only these never completed an epoch
