@@ -299,6 +299,39 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
     assert main(["study", str(spec), "--out", str(out), "--resume", "--runs", "nothing*"]) == 2
 
 
+@pytest.mark.parametrize("checkpoints", ["[last, best]", "[best]"])
+def test_study_grows_a_finished_run_to_more_images_as_a_fresh_evaluation_would(tmp_path, capsys, checkpoints):
+    from topoat.config import load_config
+    from topoat.runs import evaluate_run
+
+    # fgsm has no random start, so scoring the added images alone must give a fresh run's counts exactly
+    write_config(tmp_path, **{"optim.epochs": 1, "evaluation.attacks": "[fgsm, pgd-2]",
+                              "evaluation.checkpoints": checkpoints})
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "at", "config": "cfg.yaml"}]}))
+    out = tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--set", "evaluation.n=24"]) == 0
+    small = json.loads((out / "at" / "results.json").read_text())["runs"]["at"]
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume",
+                 "--set", "evaluation.n=null"]) == 0
+    assert "done on 24 test images; scoring the 40 more" in capsys.readouterr().out
+    grown = json.loads((out / "results.json").read_text())["runs"]["at"]
+    cfg = load_config(tmp_path / "cfg.yaml", ["evaluation.n=null"])
+    fresh = evaluate_run(cfg, out / "at", "at", 0.0, relative_to=out / "at", progress=False)
+    assert grown["n_eval"] == fresh["n_eval"] == 64
+    for part in ([grown, fresh], [grown["best"], fresh["best"]]):
+        assert part[0]["natural_acc"] == pytest.approx(part[1]["natural_acc"], abs=1e-12)
+        assert set(part[0]["robust_acc"]) <= set(part[1]["robust_acc"])
+        if "fgsm" in part[1]["robust_acc"]:
+            assert part[0]["robust_acc"]["fgsm"] == pytest.approx(part[1]["robust_acc"]["fgsm"], abs=1e-12)
+            assert part[0]["robust_acc"]["worst"] * 64 == pytest.approx(round(part[0]["robust_acc"]["worst"] * 64))
+    assert small["n_eval"] == 24 and set(grown["best"]["robust_acc"]) == set(small["best"]["robust_acc"])
+    # asking for fewer images than a run has keeps its larger sample
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--set", "evaluation.n=16"]) == 0
+    assert json.loads((out / "results.json").read_text())["runs"]["at"]["n_eval"] == 64
+
+
 def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
     from topoat.runs import evaluate_run
     from topoat.train import Trainer

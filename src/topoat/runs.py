@@ -182,6 +182,75 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
     return entry
 
 
+def images_to_add(cfg: TrainConfig, entry: dict, n_test: int) -> int:
+    """How many test images a finished run lacks for `cfg.evaluation.n` (all of them when None): 0 when
+    it was scored on at least as many (a study that asks for fewer keeps the larger sample)."""
+    wanted = n_test if cfg.evaluation.n is None else min(cfg.evaluation.n, n_test)
+    return max(wanted - int(entry.get("n_eval", wanted)), 0)
+
+
+def evaluate_more_images(cfg: TrainConfig, run_dir: Path, name: str, progress: bool = True,
+                         echo: Callable[[str], None] = lambda line: None) -> dict:
+    """A finished run's entry grown to `cfg.evaluation.n` test images: the images it lacks are scored
+    with every attack it already holds, and each score becomes the count-weighted mean of both parts.
+
+    The chosen subsets are nested (`fixed_subset`), so the old images are among the new ones and the
+    result is a score on exactly the images a fresh evaluation on `cfg.evaluation.n` would use. The
+    random starts on the added images differ from a fresh run's (they are other batches); each image
+    still gets the same attack. A run whose AutoAttack ran on a fixed fraction (`autoattack_n`) is
+    evaluated again from scratch instead: its subsets do not nest."""
+    results = run_dir / "results.json"
+    entry = read_results(results, name)["runs"][name]
+    device = resolve_device(cfg.runtime.device)
+    ds = dataset_from_config(cfg.data)
+    n_test = ds.x_test.shape[0]
+    if not images_to_add(cfg, entry, n_test):
+        return entry
+    n_old = int(entry["n_eval"])
+    slots = [("last", entry)] + ([("best", entry["best"])] if isinstance(entry.get("best"), dict) else [])
+    if cfg.evaluation.autoattack_n is not None or any("n_by_attack" in s or "autoattack_subset" in s
+                                                      for _, s in slots):
+        echo(f"[{name}] done on {n_old} test images; evaluating it again on {cfg.evaluation.n or 'all'} "
+             "(its AutoAttack ran on a fraction of them, which does not grow)")
+        entry = evaluate_run(cfg, run_dir, name, float(entry.get("train_seconds", 0.0)), relative_to=run_dir,
+                             dataset=ds, progress=progress)
+        write_json_atomic(results_document(cfg, {name: entry}), results)
+        return entry
+    echo(f"[{name}] done on {n_old} test images; scoring the {images_to_add(cfg, entry, n_test)} more that "
+         f"evaluation.n={cfg.evaluation.n} asks for")
+    new_idx = fixed_subset(n_test, cfg.evaluation.n, cfg.evaluation.seed)
+    added = new_idx[~torch.isin(new_idx, fixed_subset(n_test, n_old, cfg.evaluation.seed))]
+    x, y = to_float(ds.x_test[added].to(device)), ds.y_test[added].to(device)
+    scored: dict[str, tuple[EvalResult, list[str]]] = {}
+    for kind, slot in slots:
+        attacks = [a for a in slot.get("robust_acc", {}) if a != "worst"]
+        reuse = kind == "best" and slot.get("same_as_last") and attacks == scored["last"][1]
+        if reuse:
+            scored[kind] = scored["last"]
+            continue
+        model = load_model((run_dir / slot["checkpoint"]).resolve(), device)
+        scored[kind] = (_evaluate_model(cfg, model, x, y, progress, attacks), attacks)
+    n_new = n_old + len(added)
+    for kind, slot in slots:
+        res, _ = scored[kind]
+        mean = lambda old, new: (round(old * n_old) + round(new * res.n)) / n_new
+        slot["natural_acc"] = mean(slot["natural_acc"], res.natural_acc)
+        robust = slot.get("robust_acc", {})
+        for a in list(robust):
+            if a in res.robust_acc:
+                robust[a] = mean(robust[a], res.robust_acc[a])
+            else:
+                del robust[a]  # a per-sample worst case over attacks that were not all rerun
+        seconds = slot.setdefault("eval_seconds", {})
+        for a, s in res.seconds.items():
+            seconds[a] = round(seconds.get(a, 0.0) + s, 2)
+    entry["n_eval"] = n_new
+    doc = read_json(results)
+    doc["runs"][name] = entry
+    write_json_atomic(doc, results)
+    return entry
+
+
 def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
     """The attacks a checkpoint ("last" or "best") is evaluated with: all of evaluation.attacks if
     evaluation.checkpoints lists it, else none (natural accuracy only, which costs next to nothing)."""

@@ -13,6 +13,7 @@ from .errors import TopoatError, TrainingDiverged
 from .files import write_atomic
 from .runs import (
     evaluate_missing,
+    evaluate_more_images,
     format_table,
     method_name,
     read_results,
@@ -127,7 +128,8 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
     """Train and evaluate every planned run (those matching a pattern of `only`, if given) not yet done.
 
     On resume, a finished run whose results lack attacks the study now lists is evaluated with just
-    those (a study can grow its evaluation after a screening phase without retraining)."""
+    those, and one scored on fewer test images than `evaluation.n` now asks for is scored on the images
+    it lacks (a study can grow its evaluation after a screening phase without retraining)."""
     path = preset_path(path, "studies")
     spec, planned = load_study(path, extra)
     if only is not None:
@@ -164,6 +166,10 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
             echo(f"[{p.name}] {done} is not valid JSON (a torn write): evaluating the run again")
         elif done.is_file():
             entry = read_results(done, p.name)["runs"][p.name]
+            n_eval = entry.get("n_eval")
+            if isinstance(n_eval, int) and (cfg.evaluation.n is None or cfg.evaluation.n > n_eval):
+                with stage(f"during the evaluation of run {p.name}", resume_hint):
+                    entry = evaluate_more_images(cfg, run_dir, p.name, progress=progress, echo=echo)
             scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else \
                 (entry.get("best") or {}).get("robust_acc", {})
             missing = [a for a in cfg.evaluation.attacks if a not in scored]
