@@ -35,8 +35,10 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m pip install -q "ruff>=0.5"
+	$(PY) -m pip install -q -e ".[lint]"
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from topoat import build_model
 from topoat.config import load_config
 from topoat.data import load_dataset, to_float
+from topoat.objectives import Wrapper
 
 torch.set_num_threads(2)
 
@@ -52,10 +53,11 @@ def train_undefended(num_classes=10, seed=0, epochs=10, shape=(1, 12, 12), n_tes
     return model.eval(), to_float(ds.x_test), ds.y_test
 
 
-class SignalAfter:
+class SignalAfter(Wrapper):
     """Wraps an objective and sends SIGINT to this process after `n` calls, like a user's Ctrl-C."""
 
     def __init__(self, objective, n):
+        super().__init__(objective)
         self.objective, self.n, self.calls = objective, n, 0
 
     def __call__(self, *args):
@@ -63,6 +65,3 @@ class SignalAfter:
         if self.calls == self.n:
             os.kill(os.getpid(), signal.SIGINT)
         return self.objective(*args)
-
-    def state_dict(self):
-        return self.objective.state_dict()

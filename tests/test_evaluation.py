@@ -13,7 +13,7 @@ from topoat.cli import main
 from topoat.config import to_dict
 from topoat.errors import TopoatError
 from topoat.evaluate import evaluate, fixed_subset, parse_attack
-from topoat.runs import format_table
+from topoat.results import format_table
 from topoat.sanity import Check, SanityReport, sanity_checks
 
 SHAPE = [1, 12, 12]
@@ -227,12 +227,12 @@ def test_cli_sanity_failure_is_loud_and_exits_1(checkpoints, capsys, monkeypatch
     (["--attacks", "pgd20"], "unknown attack 'pgd20'"),
     (["--attacks", "aa:apgd-ce+bogus"], "unknown AutoAttack attack 'bogus'"),
     (["--attacks", ","], "lists no attack"),
-    (["--n", "0"], "--n must be >= 1"),
-    (["--eps", "-0.1"], "--eps must be >= 0"),
+    (["--n", "0"], "argument --n: must be >= 1, got 0"),
+    (["--eps", "-0.1"], "argument --eps: must be >= 0, got -0.1"),
     (["--eps", "8/0"], "bad eps"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--autoattack-n", "0"], "--autoattack-n must be >= 1"),
-    (["--step-size", "0"], "--step-size must be > 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["--autoattack-n", "0"], "argument --autoattack-n: must be >= 1"),
+    (["--step-size", "0"], "argument --step-size: must be > 0, got 0"),
     (["--results", "r.json"], "--results and --run go together"),
     (["--reference", "x.pt"], "--reference is used by --sanity only"),
     (["--sanity", "--reference", "missing.pt"], "checkpoint not found: missing.pt"),

@@ -300,6 +300,7 @@ def test_a_resumed_epoch_has_the_same_metrics_line_as_an_uninterrupted_one(tmp_p
 def test_sigkill_between_the_metrics_line_and_the_checkpoint_loses_no_line(tmp_path):
     cfg, run = write_config(tmp_path), tmp_path / "run"
     patch = """
+        import topoat.folder as f
         import topoat.train as t
         writes = []
         def die_before_the_second(write):  # epoch 1's metrics line and checkpoint: a kill between the two
@@ -309,7 +310,7 @@ def test_sigkill_between_the_metrics_line_and_the_checkpoint_loses_no_line(tmp_p
                     os.kill(os.getpid(), signal.SIGKILL)
                 return write(self, *a)
             return wrapped
-        t.Trainer._log = die_before_the_second(t.Trainer._log)
+        f.RunFolder.append_metrics = die_before_the_second(f.RunFolder.append_metrics)
         t.Trainer._save_state = die_before_the_second(t.Trainer._save_state)
         """
     proc = run_topoat(["train", "--config", cfg, "--out", run], patch)

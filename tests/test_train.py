@@ -395,7 +395,8 @@ def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
 
 
 def test_runs_and_results_record_what_produced_them(tmp_path):
-    from topoat.runs import evaluate_run, results_document
+    from topoat.results import results_document
+    from topoat.runs import evaluate_run
 
     cfg = tiny_config(**{"optim.epochs": 1})
     summary = Trainer(cfg, tmp_path / "run").run()

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from .errors import TopoatError
 from .evaluate import build_attack, fixed_subset, predicted_class
-from .objectives.train_wrapper import representation
-from .topology import TopologyLoss, knn_overlap
+from .models import representation
+from .topology import Kernel, TopologyLoss, knn_overlap
 
 TOPOLOGY_METRICS = ("graph_kl", "graph_kl_adv", "knn_overlap", "trustworthiness")
 
@@ -40,7 +40,7 @@ def extract(model: nn.Module, x: Tensor, layer: str = "features", batch_size: in
         model.train(was_training)
 
 
-def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: str = "cosine") -> float:
+def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Kernel = "cosine") -> float:
     """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale).
 
     A graph's KL depends on its size, so a remainder smaller than `graph_size` is left out rather than
@@ -65,7 +65,7 @@ def trustworthiness(embedded: Tensor, original: Tensor, k: int = 10) -> float:
 
 
 def topology_metrics(student: Tensor, teacher: Tensor, k: int = 10, graph_size: int = 128,
-                     kernel: str = "cosine", student_adv: Optional[Tensor] = None,
+                     kernel: Kernel = "cosine", student_adv: Optional[Tensor] = None,
                      with_trustworthiness: bool = False) -> dict[str, float]:
     """Metrics of `student` features against `teacher` features of the same natural samples.
 
@@ -124,7 +124,7 @@ def representations(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf
 
 
 def compare(model: Representations, reference: Representations, k: int = 10, graph_size: int = 128,
-            kernel: str = "cosine") -> dict[str, float]:
+            kernel: Kernel = "cosine") -> dict[str, float]:
     """The four topology metrics of `model` against `reference`, plus the model's accuracies on the set."""
     n = reference.natural.shape[0]
     if model.natural.shape[0] != n:
@@ -150,7 +150,7 @@ def held_out_subset(dataset, n: Optional[int], seed: int = 0,
 def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path, x: Tensor, y: Tensor, *,
                         norm: str = "Linf", eps: float = 8 / 255, attack: str = "pgd-20",
                         step_size: Optional[float] = None, k: int = 10, layer: str = "features",
-                        graph_size: int = 128, kernel: str = "cosine", seed: int = 0) -> dict[str, dict]:
+                        graph_size: int = 128, kernel: Kernel = "cosine", seed: int = 0) -> dict[str, dict]:
     """Topology metrics of each checkpoint against the `reference` checkpoint on (x, y), keyed by path.
 
     The reference itself is included (as a checkpoint among the others or first): its natural metrics
@@ -158,13 +158,17 @@ def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path
     from .checkpoint import load_model
 
     device = x.device
-    kwargs = dict(norm=norm, eps=eps, attack=attack, step_size=step_size, layer=layer, seed=seed)
-    ref = representations(load_model(reference, device), x, y, **kwargs)
+
+    def representations_of(checkpoint: str | Path) -> Representations:
+        return representations(load_model(checkpoint, device), x, y, norm=norm, eps=eps, attack=attack,
+                               step_size=step_size, layer=layer, seed=seed)
+
+    ref = representations_of(reference)
     results = {str(reference): compare(ref, ref, k, graph_size, kernel)}
     for path in checkpoints:
         if str(path) in results:
             continue
-        reps = representations(load_model(path, device), x, y, **kwargs)
+        reps = representations_of(path)
         results[str(path)] = compare(reps, ref, k, graph_size, kernel)
     return results
 

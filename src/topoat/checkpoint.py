@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -17,11 +17,11 @@ FORMAT = "topoat-checkpoint"
 VERSION = 1
 
 
-def model_record(model: ImageClassifier, arch: str, arch_args: dict, num_classes: int,
+def model_record(model: nn.Module, arch: str, arch_args: dict, num_classes: int,
                  in_channels: int, image_size: Optional[Sequence[int]] = None) -> dict:
     """Everything needed to rebuild `model` without its code path: architecture, arguments, normalisation;
     and the (height, width) of the images it was trained on, when known, so other data can be refused."""
-    model = unwrap(model)
+    plain = cast(ImageClassifier, unwrap(model))  # a topoat model: it holds its normalisation
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -29,8 +29,8 @@ def model_record(model: ImageClassifier, arch: str, arch_args: dict, num_classes
         "arch_args": dict(arch_args),
         "num_classes": int(num_classes),
         "in_channels": int(in_channels),
-        "normalization": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "normalization": {"mean": plain.mean.flatten().tolist(), "std": plain.std.flatten().tolist()},
+        "model_state": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
     }
     if image_size is not None:
         record["image_size"] = [int(v) for v in image_size]
@@ -40,10 +40,11 @@ def model_record(model: ImageClassifier, arch: str, arch_args: dict, num_classes
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module behind DDP and torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
         else:
             return model
 
@@ -157,7 +158,8 @@ def check_fits_data(ckpt: dict, path: str | Path, role: str, num_classes: int, i
     """A teacher, reference or evaluated model must have been made for this data: same classes, channels
     and image size. A model for other images can still run (the normalisation broadcasts one channel
     to three, adaptive pooling takes any size), so nothing else would catch it."""
-    have = [("classes", ckpt["num_classes"], num_classes), ("input channels", ckpt["in_channels"], in_channels)]
+    have: list[tuple[str, object, object]] = [("classes", ckpt["num_classes"], num_classes),
+                                              ("input channels", ckpt["in_channels"], in_channels)]
     if ckpt.get("image_size") is not None:  # recorded since image sizes are checked; older checkpoints lack it
         have.append(("image size", "x".join(map(str, ckpt["image_size"])), "x".join(map(str, image_size))))
     for what, theirs, ours in have:

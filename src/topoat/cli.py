@@ -18,7 +18,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _train(args) -> int:
     from .config import load_config
-    from .runs import format_table, train_and_evaluate
+    from .folder import RunFolder
+    from .results import format_table
+    from .runs import train_and_evaluate
 
     if args.print_config:
         from .config import dump_config
@@ -31,9 +33,10 @@ def _train(args) -> int:
         raise TopoatError("train: --out is required (the run folder)")
     out = Path(args.out)
     if args.resume:
-        if args.config is None and not (out / "config.yaml").is_file():
-            raise TopoatError(f"nothing to resume in {out} (no config.yaml)")
-        cfg = load_config(args.config or out / "config.yaml", args.set)
+        saved = RunFolder(out).config
+        if args.config is None and not saved.is_file():
+            raise TopoatError(f"nothing to resume in {out} (no {saved.name})")
+        cfg = load_config(args.config or saved, args.set)
     else:
         if args.config is None:
             raise TopoatError("train: --config is required (unless --resume)")
@@ -68,73 +71,53 @@ def _study(args) -> int:
 
 
 def _eval(args) -> int:
-    from .checkpoint import load_checkpoint, load_model, model_from_record
-    from .data import to_float
-    from .evaluate import evaluate, fixed_subset, format_result, parse_attack
-    from .runs import find_run_slot, merge_evaluation
+    from .checkpoint import load_checkpoint, load_model
+    from .evaluate import evaluate, format_result, parse_attack
+    from .results import find_run_slot, merge_evaluation
     from .runtime import resolve_device
+    from .target import check_fits, load_target, recorded_threat
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not attacks:
         raise TopoatError("eval: --attacks lists no attack")
     for a in attacks:
         parse_attack(a)
-    for flag, value, low in (("--n", args.n, 1), ("--batch-size", args.batch_size, 1),
-                             ("--autoattack-n", args.autoattack_n, 1), ("--sanity-steps", args.sanity_steps, 1)):
-        if value is not None and value < low:
-            raise TopoatError(f"eval: {flag} must be >= {low}, got {value}")
-    if args.eps is not None and args.eps < 0:
-        raise TopoatError(f"eval: --eps must be >= 0, got {args.eps:g}")
-    if args.step_size is not None and args.step_size <= 0:
-        raise TopoatError(f"eval: --step-size must be > 0, got {args.step_size:g}")
     if (args.results is None) != (args.run is None):
         raise TopoatError("eval: --results and --run go together")
     if args.reference and not args.sanity:
         raise TopoatError("eval: --reference is used by --sanity only")
-    _check_output_file("--json", args.json)
-    foreign = args.arch is not None or args.model is not None
-    if not foreign and args.checkpoint is None:
-        raise TopoatError("eval: give a checkpoint (or a model with --arch or --model)")
-    if foreign and args.results:
+    if args.results and (args.arch is not None or args.model is not None):
         raise TopoatError("eval: --results merges into a topoat run; a model from --arch/--model has none")
-    ckpt = _foreign_record(args) if foreign else load_checkpoint(args.checkpoint)
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    recorded_norm, recorded_eps = _recorded_threat(ckpt)
-    norm = args.norm or recorded_norm
-    eps = args.eps if args.eps is not None else recorded_eps
-    if eps is None:
-        raise TopoatError("eval: --eps is required (the checkpoint does not record its threat model)")
-    _check_threat("eval", norm, eps, args.step_size)
+    _check_output_file("--json", args.json)
+    device = resolve_device(args.device)
+    target = load_target(args.checkpoint, device, dataset=args.dataset, root=args.data_root, arch=args.arch,
+                         num_classes=args.num_classes, factory=args.model,
+                         arch_args=_arch_args(args.arch_args) if args.arch is not None else None)
+    norm, eps = recorded_threat(target.record, args.norm, args.eps, args.step_size)
     if args.sanity and eps == 0:
         raise TopoatError("eval: --sanity needs --eps > 0")
-    device = resolve_device(args.device)
-    ds = _eval_data(ckpt, args.dataset, args.data_root)
-    if foreign:
-        model = _foreign_model(args, ckpt, ds).to(device).eval()
-    else:
-        model = model_from_record(ckpt, device).eval()
-    _check_fits(model, ckpt, ds, args.checkpoint or args.model, device)
+    ds = target.data
     if args.results:  # a results.json that does not fit fails before the attacks run, not after
         find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=ds.name)
-        run_seed = config.get("evaluation", {}).get("seed", args.seed)
+        config = target.record.get("config")
+        evaluation = config.get("evaluation") if isinstance(config, dict) else None
+        run_seed = evaluation.get("seed", args.seed) if isinstance(evaluation, dict) else args.seed
         if run_seed != args.seed:
             raise TopoatError(f"eval: the run chose its test images with seed {run_seed}; pass --seed {run_seed} "
                               "to merge into its results")
     reference = None
     if args.reference:
-        reference_ckpt = load_checkpoint(args.reference)
         reference = load_model(args.reference, device)
-        _check_fits(reference, reference_ckpt, ds, args.reference, device, role="--reference")
-    idx = fixed_subset(ds.x_test.shape[0], args.n, args.seed)
-    x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
-    epoch = f", epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else ""
-    for note in ckpt.get("notes", []):
+        check_fits(reference, load_checkpoint(args.reference), ds, args.reference, device, role="--reference")
+    x, y = target.test_images(args.n, args.seed, device)
+    epoch = f", epoch {target.record['epoch']}" if isinstance(target.record.get("epoch"), int) else ""
+    for note in target.record.get("notes", []):
         print(f"note: {note}")
-    print(f"{args.checkpoint or args.model} ({ckpt['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images "
-          f"(seed {args.seed}), "
-          f"{norm} eps {eps:.6g}")
-    res = evaluate(model, x, y, attacks, norm=norm, eps=eps, step_size=args.step_size, batch_size=args.batch_size,
-                   progress=not args.no_progress, autoattack_n=args.autoattack_n, seed=args.seed)
+    print(f"{target.label} ({target.record['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images "
+          f"(seed {args.seed}), {norm} eps {eps:.6g}")
+    res = evaluate(target.model, x, y, attacks, norm=norm, eps=eps, step_size=args.step_size,
+                   batch_size=args.batch_size, progress=not args.no_progress, autoattack_n=args.autoattack_n,
+                   seed=args.seed)
     print(format_result(res))
     for note in res.notes:
         print(f"note: {note}")
@@ -142,9 +125,9 @@ def _eval(args) -> int:
     if args.sanity:
         from .sanity import sanity_checks
 
-        report = sanity_checks(model, x, y, norm=norm, eps=eps, step_size=args.step_size, steps=args.sanity_steps,
-                               reference=reference, autoattack_n=args.autoattack_n, known=res,
-                               batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
+        report = sanity_checks(target.model, x, y, norm=norm, eps=eps, step_size=args.step_size,
+                               steps=args.sanity_steps, reference=reference, autoattack_n=args.autoattack_n,
+                               known=res, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
         print()
         print(report.format())
     if args.json:
@@ -167,44 +150,6 @@ def _eval(args) -> int:
     return 0
 
 
-def _foreign_record(args) -> dict:
-    """What a checkpoint would say about a model from --arch (a plain state_dict) or --model (a factory)."""
-    if args.arch is not None and args.model is not None:
-        raise TopoatError("eval: give --arch (with a state_dict file) or --model, not both")
-    if args.arch is not None and (args.checkpoint is None or args.num_classes is None):
-        raise TopoatError("eval: --arch needs the state_dict file and --num-classes")
-    if args.dataset is None:
-        raise TopoatError("eval: --dataset is required for a model from --arch or --model")
-    return {"arch": args.arch or "importable model", "num_classes": args.num_classes, "in_channels": None,
-            "dataset": args.dataset, "notes": []}
-
-
-def _foreign_model(args, record: dict, ds):
-    """The model of --arch or --model, with `record` completed from the data it is evaluated on."""
-    import torch
-
-    from .data import to_float
-    from .external import model_from_factory, model_from_state_dict
-
-    record["in_channels"] = ds.in_channels
-    if args.arch is not None:
-        model, notes = model_from_state_dict(args.checkpoint, args.arch, args.num_classes, ds.in_channels,
-                                             ds.mean, ds.std, _arch_args(args.arch_args))
-        record["notes"] += notes
-        return model
-    model = model_from_factory(args.model, args.checkpoint).eval()
-    try:
-        with torch.no_grad():
-            logits = model(to_float(ds.x_test[:1]))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise TopoatError(f"--model {args.model} does not take {ds.name} images: {first}") from None
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise TopoatError(f"--model {args.model} must return logits of shape (batch, classes)")
-    record["num_classes"] = args.num_classes or int(logits.shape[1])
-    return model
-
-
 def _arch_args(text: str) -> dict:
     import yaml
 
@@ -225,68 +170,10 @@ def _export(args) -> int:
     return 0
 
 
-def _eval_data(ckpt: dict, dataset: Optional[str], root: Optional[str]):
-    """The test split for a checkpoint: --dataset (default: the checkpoint's), read with the checkpoint's own
-    data settings (root, synthetic shape) when it names the same dataset; --data-root overrides the root."""
-    from .config import TrainConfig, from_dict
-    from .data import load_dataset
-
-    name = dataset or ckpt.get("dataset")
-    if not name:
-        raise TopoatError("eval: --dataset is required (the checkpoint does not name its dataset)")
-    data = None
-    if isinstance(ckpt.get("config"), dict):
-        try:
-            data = from_dict(TrainConfig, ckpt["config"]).data
-        except TopoatError:
-            data = None  # a config from another topoat version: use the dataset name alone
-    if data is None or data.dataset != name:
-        return load_dataset(name, root)
-    return load_dataset(name, root or data.root, synthetic_shape=data.synthetic_shape,
-                        synthetic_classes=data.synthetic_classes, synthetic_train=data.synthetic_train,
-                        synthetic_test=data.synthetic_test)
-
-
-def _check_fits(model, ckpt: dict, ds, path, device, role: str = "checkpoint") -> None:
-    """A model built for other images or classes fails here with one line, not deep inside an attack."""
-    import torch
-
-    from .checkpoint import check_fits_data
-    from .data import to_float
-
-    check_fits_data(ckpt, path, role, ds.num_classes, ds.in_channels, ds.image_size, ds.name)
-    try:
-        with torch.no_grad():
-            model(to_float(ds.x_test[:1].to(device)))
-    except RuntimeError as e:
-        raise TopoatError(f"{path} cannot take {ds.name} images of shape {tuple(ds.x_test.shape[1:])}: "
-                          f"{str(e).splitlines()[0]}") from None
-
-
 def _check_output_file(flag: str, path: Optional[str]) -> None:
     """An output file whose folder does not exist fails before the work, not after it."""
     if path is not None and not Path(path).parent.is_dir():
         raise TopoatError(f"{flag} {path}: folder {Path(path).parent} does not exist")
-
-
-def _recorded_threat(ckpt: dict) -> tuple[str, object]:
-    """The norm and eps a checkpoint's config records (Linf and None where it records none)."""
-    config = ckpt.get("config")
-    attack = config.get("attack") if isinstance(config, dict) else None
-    attack = attack if isinstance(attack, dict) else {}
-    return attack.get("norm", "Linf"), attack.get("eps")
-
-
-def _check_threat(command: str, norm: str, eps, step_size: Optional[float] = None) -> None:
-    """The norm, radius and step, whether given or read from a checkpoint's config."""
-    if norm not in ("Linf", "L2"):
-        raise TopoatError(f"{command}: norm must be Linf or L2, got {norm!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise TopoatError(f"{command}: eps must be a finite number >= 0, got {eps!r}")
-    if norm == "Linf" and eps > 1:  # images are in [0, 1]: such a ball holds every image (8 meant for 8/255?)
-        raise TopoatError(f"{command}: Linf eps must be <= 1 (images are in [0, 1]), got {eps:g}")
-    if step_size is not None and step_size <= 0:
-        raise TopoatError(f"{command}: --step-size must be > 0, got {step_size:g}")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -296,52 +183,25 @@ def _write_text(path: Path, text: str) -> None:
         raise TopoatError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _analysis_data(args, reference_ckpt: dict):
-    """The dataset the topology metrics use: --dataset, else the reference checkpoint's own data config."""
-    from .config import TrainConfig, from_dict
-    from .data import dataset_from_config, load_dataset
-
-    if args.dataset:
-        return load_dataset(args.dataset, args.data_root)
-    if isinstance(reference_ckpt.get("config"), dict):
-        try:
-            cfg = from_dict(TrainConfig, reference_ckpt["config"])
-        except TopoatError:
-            cfg = None  # a config from another topoat version: fall back to the dataset name
-        if cfg is not None:
-            if args.data_root:
-                cfg.data.root = args.data_root
-            return dataset_from_config(cfg.data)
-    if reference_ckpt.get("dataset"):
-        return load_dataset(reference_ckpt["dataset"], args.data_root)
-    raise TopoatError("analyze: --dataset is required (the reference checkpoint does not name its dataset)")
-
-
 def _analyze(args) -> int:
     from .analysis import analyze_checkpoints, held_out_subset
     from .checkpoint import load_checkpoint, model_from_record
-    from .objectives.train_wrapper import check_layer
+    from .models import check_layer
     from .report import format_topology_table
     from .runtime import resolve_device
+    from .target import check_fits, recorded_dataset, recorded_threat
 
-    if args.k < 1 or args.n <= 2 * args.k:
+    if args.n <= 2 * args.k:
         raise TopoatError(f"analyze: --n must be more than twice --k (got n={args.n}, k={args.k})")
-    if args.attack_steps < 1:
-        raise TopoatError("analyze: --attack-steps must be >= 1")
     _check_output_file("--json", args.json)
     reference = load_checkpoint(args.reference)
     checkpoints = {path: load_checkpoint(path) for path in args.checkpoints}  # bad paths fail before any attack
-    recorded_norm, recorded_eps = _recorded_threat(reference)
-    eps = args.eps if args.eps is not None else recorded_eps
-    if eps is None:
-        raise TopoatError("analyze: --eps is required (the reference checkpoint does not record one)")
-    norm = args.norm or recorded_norm
-    _check_threat("analyze", norm, eps, args.step_size)
+    norm, eps = recorded_threat(reference, args.norm, args.eps, args.step_size, command="analyze")
     device = resolve_device(args.device)
-    ds = _analysis_data(args, reference)
+    ds = recorded_dataset(reference, args.dataset, args.data_root, command="analyze")
     for path, ckpt in [(args.reference, reference), *checkpoints.items()]:
         model = model_from_record(ckpt, device).eval()
-        _check_fits(model, ckpt, ds, path, device, role="--reference" if path == args.reference else "checkpoint")
+        check_fits(model, ckpt, ds, path, device, role="--reference" if path == args.reference else "checkpoint")
         check_layer(model, args.layer, "analyze: --layer")
     x, y = held_out_subset(ds, args.n, args.seed, device)
     attack = f"pgd-{args.attack_steps}"
@@ -379,6 +239,30 @@ def _eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"bad eps {text!r}") from None
     if not math.isfinite(value):  # a NaN or infinite radius or step makes every attack meaningless
         raise argparse.ArgumentTypeError(f"bad eps {text!r}: not a finite number")
+    return value
+
+
+def _radius(text: str) -> float:
+    value = _eps(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
+    return value
+
+
+def _step(text: str) -> float:
+    value = _eps(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -437,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?",
                    help="a topoat checkpoint; with --arch a plain state_dict; with --model optional weights")
     p.add_argument("--arch", help="a topoat architecture whose plain state_dict the file holds (needs --num-classes)")
-    p.add_argument("--num-classes", type=int, help="classes of the --arch model")
+    p.add_argument("--num-classes", type=_count, help="classes of the --arch model")
     p.add_argument("--arch-args", default="{}", metavar="YAML", help="arguments of --arch, e.g. '{width: 64}'")
     p.add_argument("--model", metavar="MODULE:FACTORY",
                    help="any importable model: FACTORY() returns an nn.Module taking [0, 1] images, giving logits")
@@ -448,13 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(standard), autoattack-plus, autoattack-rand, apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square, "
                         "or a list such as aa:apgd-ce+apgd-t (default: pgd-20)")
     p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the checkpoint's threat model")
-    p.add_argument("--eps", type=_eps, default=None, help="e.g. 0.1 or 8/255 (default: the checkpoint's)")
-    p.add_argument("--step-size", type=_eps, default=None, help="PGD/CW step (default eps / 4)")
-    p.add_argument("--n", type=int, default=1000, help="test images (a fixed seeded choice; default 1000)")
-    p.add_argument("--autoattack-n", type=int, default=None,
+    p.add_argument("--eps", type=_radius, default=None, help="e.g. 0.1 or 8/255 (default: the checkpoint's)")
+    p.add_argument("--step-size", type=_step, default=None, help="PGD/CW step (default eps / 4)")
+    p.add_argument("--n", type=_count, default=1000, help="test images (a fixed seeded choice; default 1000)")
+    p.add_argument("--autoattack-n", type=_count, default=None,
                    help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="chooses the images and the attacks' random starts")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_count, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--results", metavar="RESULTS_JSON",
@@ -464,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check for gradient masking; a failed check is reported loudly and exits with status 1")
     p.add_argument("--reference", metavar="STANDARD_CKPT",
                    help="standard model for --sanity's transfer check (skipped without it)")
-    p.add_argument("--sanity-steps", type=int, default=20, help="PGD steps of the sanity checks (default 20)")
+    p.add_argument("--sanity-steps", type=_count, default=20, help="PGD steps of the sanity checks (default 20)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 
@@ -478,13 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, metavar="TEACHER", help="the standard model's checkpoint")
     p.add_argument("--dataset", help="dataset name (default: the reference checkpoint's data config)")
     p.add_argument("--data-root")
-    p.add_argument("--n", type=int, default=1000, help="held-out test images (a fixed seeded choice)")
+    p.add_argument("--n", type=_count, default=1000, help="held-out test images (a fixed seeded choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=10, help="neighbours for kNN overlap and trustworthiness")
+    p.add_argument("--k", type=_count, default=10, help="neighbours for kNN overlap and trustworthiness")
     p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the reference's config")
-    p.add_argument("--eps", type=_eps, default=None, help="default: the reference's config")
-    p.add_argument("--attack-steps", type=int, default=20, help="PGD steps for the adversarial representations")
-    p.add_argument("--step-size", type=_eps, default=None, help="PGD step (default eps / 4)")
+    p.add_argument("--eps", type=_radius, default=None, help="default: the reference's config")
+    p.add_argument("--attack-steps", type=_count, default=20, help="PGD steps for the adversarial representations")
+    p.add_argument("--step-size", type=_step, default=None, help="PGD step (default eps / 4)")
     p.add_argument("--layer", default="features", help="features (penultimate), logits, or a module name")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics here")
@@ -494,10 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a study folder or single run folders")
     p.add_argument("--out", help="where report.md and figures/ go (default: the only RUN_DIR)")
     p.add_argument("--reference", help="checkpoint every run is compared with (default: each run's standard model)")
-    p.add_argument("--n", type=int, default=1000, help="held-out test images for the topology metrics")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--attack-steps", type=int, default=20)
-    p.add_argument("--tsne-points", type=int, default=1000, help="natural images per t-SNE map")
+    p.add_argument("--n", type=_count, default=1000, help="held-out test images for the topology metrics")
+    p.add_argument("--k", type=_count, default=10)
+    p.add_argument("--attack-steps", type=_count, default=20)
+    p.add_argument("--tsne-points", type=_count, default=1000, help="natural images per t-SNE map")
     p.add_argument("--tsne-models", metavar="NAME[,NAME]",
                    help="runs (or groups of seeds) drawn as t-SNE columns, in order (default: the reference, "
                         "each TRAIN run beside its base method, then the rest, up to 6)")

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .attacks.names import parse_attack  # a misspelt attack fails at validation, not after the training
 from .errors import TopoatError
 
 
@@ -240,8 +241,6 @@ class TrainConfig:
                 raise TopoatError(f"config: {message}")
         if self.attack.eval_mode is None:
             self.attack.eval_mode = AUTHORS_ATTACK_EVAL_MODE[self.method.name]
-        from .evaluate import parse_attack  # a misspelt attack fails now, not after the training
-
         for i, spec in enumerate(self.evaluation.attacks):
             try:
                 parse_attack(spec)
@@ -282,7 +281,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in args:
             raise TopoatError(f"config: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass annotation, not an instance
         return from_dict(tp, value, prefix=key)
     if origin is list:
         if not isinstance(value, (list, tuple)):

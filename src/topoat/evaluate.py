@@ -5,67 +5,26 @@ convention), not only on topoat models.
 """
 from __future__ import annotations
 
-import re
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import CW, FGSM, PGD, Attack, AutoAttack
-from .attacks.autoattack import COMPONENTS as AUTOATTACK_COMPONENTS
+
+# The attack-name grammar lives at the attacks layer (torch-free, for config validation); its names stay
+# importable from here.
+from .attacks.names import ATTACK_HELP as ATTACK_HELP
+from .attacks.names import AUTOATTACK_VERSIONS as AUTOATTACK_VERSIONS
+from .attacks.names import AttackSpec as AttackSpec
+from .attacks.names import parse_attack
+from .attacks.pgd import Norm
 from .errors import TopoatError
 from .runtime import bar_disabled
-
-AUTOATTACK_VERSIONS = {"autoattack": "standard", "autoattack-plus": "plus", "autoattack-rand": "rand"}
-ATTACK_HELP = ("fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack (standard version), "
-               "autoattack-plus, autoattack-rand, one of " + ", ".join(AUTOATTACK_COMPONENTS)
-               + ", or a list such as aa:apgd-ce+apgd-t")
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """A parsed attack name. `kind` is fgsm, pgd, cw or autoattack; AutoAttack has a `version` or a
-    custom list of `components`."""
-    name: str
-    kind: str
-    steps: int = 1
-    restarts: int = 1
-    version: Optional[str] = None
-    components: tuple[str, ...] = ()
-
-    @property
-    def is_autoattack(self) -> bool:
-        return self.kind == "autoattack"
-
-
-def parse_attack(spec: str) -> AttackSpec:
-    """Check an attack name without building anything; unknown names are a one-line TopoatError."""
-    s = str(spec).strip().lower()
-    if s == "fgsm":
-        return AttackSpec(s, "fgsm")
-    m = re.fullmatch(r"(pgd|cw)-(\d+)(?:-r(\d+))?", s)
-    if m:
-        steps, restarts = int(m.group(2)), int(m.group(3) or 1)
-        if steps < 1 or restarts < 1:
-            raise TopoatError(f"attack {spec!r}: steps and restarts must be >= 1")
-        return AttackSpec(s, m.group(1), steps, restarts)
-    if s in AUTOATTACK_VERSIONS:
-        return AttackSpec(s, "autoattack", version=AUTOATTACK_VERSIONS[s])
-    body = s[len("aa:"):] if s.startswith("aa:") else s
-    parts = tuple(body.split("+"))
-    if all(p in AUTOATTACK_COMPONENTS for p in parts) and (s.startswith("aa:") or len(parts) == 1):
-        if len(set(parts)) != len(parts):
-            raise TopoatError(f"attack {spec!r} lists an AutoAttack attack twice")
-        return AttackSpec(s, "autoattack", components=parts)
-    if s.startswith("aa:"):
-        bad = [p for p in parts if p not in AUTOATTACK_COMPONENTS]
-        raise TopoatError(f"attack {spec!r}: unknown AutoAttack attack {', '.join(map(repr, bad))}; "
-                          f"use {', '.join(AUTOATTACK_COMPONENTS)}")
-    raise TopoatError(f"unknown attack {spec!r}; use {ATTACK_HELP}")
 
 
 def build_attack(spec: str, model: nn.Module, norm: str, eps: float,
@@ -75,12 +34,13 @@ def build_attack(spec: str, model: nn.Module, norm: str, eps: float,
     and draws its random starts from `seed`."""
     a = parse_attack(spec)
     step = step_size if step_size is not None else eps / 4
+    pgd_norm = cast(Norm, norm)  # the norm is a str in this public API; PGD rejects any but Linf and L2 (ValueError)
     if a.kind == "fgsm":
-        return FGSM(model, eps, norm=norm)
+        return FGSM(model, eps, norm=pgd_norm)
     if a.kind == "pgd":
-        return PGD(model, eps, step, a.steps, norm=norm, restarts=a.restarts)
+        return PGD(model, eps, step, a.steps, norm=pgd_norm, restarts=a.restarts)
     if a.kind == "cw":
-        return CW(model, eps, step, a.steps, norm=norm, restarts=a.restarts)
+        return CW(model, eps, step, a.steps, norm=pgd_norm, restarts=a.restarts)
     return AutoAttack(model, eps, norm=norm, version=a.version or "standard",
                       attacks=list(a.components) or None, seed=seed)
 
@@ -117,6 +77,8 @@ class EvalResult:
 
     def accuracy_on(self, mask: Tensor) -> dict[str, float]:
         """Natural and robust accuracy of every attack that ran on all of `mask`'s images."""
+        if self.natural is None:  # the TypeError that `None & mask` raised, saying what is missing
+            raise TypeError("accuracy_on needs the per-sample masks of an evaluation (natural is None)")
         k = max(int(mask.sum()), 1)
         out = {"natural": float((self.natural & mask).sum()) / k}
         for name, c in self.correct.items():
@@ -244,7 +206,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
 
 def format_result(result: EvalResult) -> str:
     """A plain-text table of an evaluation: one row per attack, accuracy in percent."""
-    rows = [("natural", result.n, result.natural_acc, None)]
+    rows: list[tuple[str, int, float, Optional[float]]] = [("natural", result.n, result.natural_acc, None)]
     rows += [(name, result.n_of(name) if name != "worst" else result.n, acc, result.seconds.get(name))
              for name, acc in result.robust_acc.items()]
     lines = _table(rows)
@@ -258,10 +220,10 @@ def format_result(result: EvalResult) -> str:
 
 
 def _table(rows: list) -> list[str]:
+    from .tables import text_table
+
     timed = any(sec is not None for *_, sec in rows)
     header = ("attack", "images", "accuracy %") + (("seconds",) if timed else ())
-    cells = [header] + [(name, str(n), f"{100 * acc:.2f}") + (("" if sec is None else f"{sec:.1f}",) if timed else ())
-                        for name, n, acc, sec in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in cells]
+    cells = [(name, n, f"{100 * acc:.2f}") + (("" if sec is None else f"{sec:.1f}",) if timed else ())
+             for name, n, acc, sec in rows]
+    return text_table(header, cells, align="l" + "r" * (len(header) - 1), rule=False).splitlines()

@@ -99,8 +99,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Pa
         raise TopoatError(f"export: {out} would be the state_dict; name it .pt (its .json comes beside it)")
     description = {key: ckpt.get(key) for key in ("arch", "arch_args", "num_classes", "in_channels", "image_size",
                                                   "normalization", "dataset")}
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    attack = config.get("attack") if isinstance(config.get("attack"), dict) else {}
+    raw_config = ckpt.get("config")
+    config = raw_config if isinstance(raw_config, dict) else {}
+    raw_attack = config.get("attack")
+    attack = raw_attack if isinstance(raw_attack, dict) else {}
     description["threat"] = {"norm": attack.get("norm"), "eps": attack.get("eps")}
     description["rebuild"] = (f"topoat.build_model({ckpt['arch']!r}, {ckpt['num_classes']}, {ckpt['in_channels']}, "
                               f"mean, std, **arch_args).load_state_dict(torch.load(PATH, weights_only=True))")

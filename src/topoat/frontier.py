@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .tables import markdown_table
+
 HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
 KNOBS = {"pgd-at": ("natural_weight", "α"), "trades": ("beta", "β"), "mart": ("beta", "β")}
 
@@ -140,14 +142,15 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
         base = {g: rs for g, rs in groups.items()
                 if rs[0].method == method and not is_regularized(rs[0])
                 and any(scores(r, attack, checkpoint) for r in rs)}
-        settings = sorted({(knob_value(rs[0]), g) for g, rs in base.items()})
+        settings = sorted({(value, g) for g, rs in base.items()
+                           if (value := knob_value(rs[0])) is not None})  # never None: `method` has a knob
         if len({v for v, _ in settings}) < 2:
             continue
         by_seed: dict[Optional[int], list[tuple[float, float]]] = {}
-        mean_points = []
+        mean_points: list[tuple[float, float, float, float, float, int]] = []
         for value, g in settings:
-            per_seed = {r.seed: scores(r, attack, checkpoint) for r in base[g]}
-            per_seed = {s: v for s, v in per_seed.items() if v is not None}
+            scored = {r.seed: scores(r, attack, checkpoint) for r in base[g]}
+            per_seed = {s: v for s, v in scored.items() if v is not None}
             for s, (rob, nat) in per_seed.items():
                 by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
             robs = [100 * v[0] for v in per_seed.values()]
@@ -207,13 +210,13 @@ def gain_rows(f: Frontier) -> tuple[list[str], list[list[str]]]:
 def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     """Natural (y) against robust (x) accuracy: each base curve as a line through its seed means, each
     regularized group as a labelled point, mean ± one std over seeds in both directions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (saved through the Agg canvas), not pyplot: drawing never switches the user's backend.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     methods = list(f.curves)
-    fig, axes = plt.subplots(1, len(methods), figsize=(7.0 * len(methods), 5.6), squeeze=False)
+    fig = Figure(figsize=(7.0 * len(methods), 5.6))
+    axes = fig.subplots(1, len(methods), squeeze=False)
     markers = {"cosine": "s", "softmax-cosine": "^", "perplexity": "D", "gaussian": "v", "student-t": "P"}
     for ax, method in zip(axes[0], methods):
         curve = f.curves[method]
@@ -231,7 +234,7 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
             rob, nat = statistics.fmean(p.robust), statistics.fmean(p.natural)
             ax.errorbar([rob], [nat], xerr=[_std(p.robust) if len(p.robust) > 1 else 0],
                         yerr=[_std(p.natural) if len(p.natural) > 1 else 0], marker=marker, linestyle="none",
-                        capsize=3, markersize=8, color=plt.cm.tab10(i % 10),
+                        capsize=3, markersize=8, color=colormaps["tab10"](i % 10),
                         label=f"{p.label} ({len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}): "
                               f"gain {statistics.fmean(p.gains):+.2f}")
         ax.set_xlabel(f"robust accuracy, {f.attack} (%)")
@@ -243,11 +246,11 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
-def frontier_section(f: Frontier, markdown_table) -> str:
+def frontier_section(f: Frontier) -> str:
+    """The markdown text under a report's frontier heading: what the gains mean, then the gain table."""
     header, rows = gain_rows(f)
     which = "best-by-validation" if f.checkpoint == "best" else "last"
     return "\n".join([

@@ -9,12 +9,14 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import ContextManager, Optional
+from typing import ContextManager, Optional, TypeVar
 
 import numpy as np
 import torch
 
 from .errors import TopoatError
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -106,6 +108,12 @@ def use_channels_last(device: torch.device, setting: str) -> bool:
     # "auto" means CUDA only: on CPU, torch 2.13 corrupts its heap in the backward of a channels-last
     # 1x1 stride-2 convolution with few channels (e.g. a width-4 PreAct ResNet at 64x64); "on" forces it.
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def as_channels_last(model: M) -> M:
+    """The model with its weights in channels-last layout (`use_channels_last` decides when)."""
+    # torch's stubs omit Module.to's memory_format keyword, which torch has accepted since 1.5
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def bar_disabled(wanted: bool) -> Optional[bool]:

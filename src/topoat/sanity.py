@@ -14,13 +14,15 @@ images, and at least TOLERANCE_IMAGES.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, cast
 
 from torch import Tensor, nn
 
 from .attacks import PGD
+from .attacks.names import parse_attack
+from .attacks.pgd import Norm
 from .errors import TopoatError
-from .evaluate import EvalResult, evaluate, parse_attack
+from .evaluate import EvalResult, evaluate
 
 TOLERANCE_FRACTION = 0.005
 TOLERANCE_IMAGES = 1
@@ -112,15 +114,16 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf",
         ran = [a for a in (known.correct if known is not None else {}) if _is_autoattack(a)]
         autoattack = ran[0] if ran else DEFAULT_AUTOATTACK
     parse_attack(autoattack)
-    common = dict(norm=norm, batch_size=batch_size, progress=progress, seed=seed)
 
     todo = [a for a in (base, more_steps, restarts, autoattack) if known is None or a not in known.correct]
-    custom = {}
+    custom: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
     if reference is not None:
-        transfer = PGD(reference, eps, ratio * eps, steps, norm=norm)
+        # cast: the norm is a str in this public API; PGD rejects any but Linf and L2 (ValueError)
+        transfer = PGD(reference, eps, ratio * eps, steps, norm=cast(Norm, norm))
         custom["transfer"] = transfer
     at_eps = _merge(known, evaluate(model, x, y, todo, eps=eps, step_size=ratio * eps, custom=custom,
-                                    autoattack_n=autoattack_n, **common))
+                                    autoattack_n=autoattack_n, norm=norm, batch_size=batch_size,
+                                    progress=progress, seed=seed))
     report = SanityReport(n)
 
     # 1 and 2: accuracy against eps
@@ -128,7 +131,8 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf",
     grid = sorted({eps / 4, eps / 2, 2 * eps, big} - {eps})
     curve = {0.0: at_eps.natural_acc, eps: at_eps.robust_acc[base]}
     for e in grid:
-        curve[e] = evaluate(model, x, y, [base], eps=e, step_size=ratio * e, **common).robust_acc[base]
+        curve[e] = evaluate(model, x, y, [base], eps=e, step_size=ratio * e, norm=norm, batch_size=batch_size,
+                            progress=progress, seed=seed).robust_acc[base]
     points = sorted(curve.items())
     rises = [(a, b) for (a, va), (b, vb) in zip(points, points[1:]) if vb > va + tol]
     text = f"{base}: " + ", ".join(f"eps {e:g} {_pct(v)}" for e, v in points)

@@ -11,22 +11,10 @@ from typing import Optional
 from .config import from_dict, load_config, preset_path, read_yaml
 from .errors import TopoatError, TrainingDiverged
 from .files import write_atomic
-from .runs import (
-    evaluate_missing,
-    evaluate_more_images,
-    format_table,
-    method_name,
-    read_results,
-    rebase_checkpoints,
-    results_document,
-    train_and_evaluate,
-    write_json_atomic,
-)
+from .folder import STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
+from .results import format_table, read_results, rebase_checkpoints, results_document
+from .runs import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
 from .signals import stage
-from .train import prepare_output
-
-# A study folder holding only its copy of the study file started nothing: it can be started again.
-STUDY_LEFTOVERS = frozenset({"study.yaml"})
 
 
 @dataclass
@@ -139,28 +127,29 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
     out = Path(out).resolve()
     if resume and not out.is_dir():
         raise TopoatError(f"nothing to resume: {out} does not exist")
+    study = RunFolder(out)
     if not resume:  # refuse a used folder before the configs are read; create it only once they are valid
-        prepare_output(out, resume=False, create=False, leftovers=STUDY_LEFTOVERS)
+        study.prepare(resume=False, create=False, leftovers=STUDY_LEFTOVERS)
     # Validate every config before the first hour of training is spent (and before anything is written).
     configs = {}
     for p in planned:
-        links = [] if p.teacher is None else teacher_links(p, out / p.teacher / "last.pt")
+        links = [] if p.teacher is None else teacher_links(p, study.run(p.teacher).last)
         if p.reference is not None:
-            links.append(f"validation.reference={out / p.reference / 'last.pt'}")
+            links.append(f"validation.reference={study.run(p.reference).last}")
         cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
         if not progress:
             cfg.runtime.progress = False
         configs[p.name] = cfg
     if not resume:
-        prepare_output(out, resume=False, leftovers=STUDY_LEFTOVERS)
-    if not (resume and (out / "study.yaml").resolve() == Path(path).resolve()):
-        _copy_study_file(path, out / "study.yaml")  # the study file as last run
+        study.prepare(resume=False, leftovers=STUDY_LEFTOVERS)
+    if not (resume and (out / STUDY_FILE).resolve() == Path(path).resolve()):
+        _copy_study_file(path, out / STUDY_FILE)  # the study file as last run
     runs: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for p in planned:
         cfg = configs[p.name]
-        run_dir = out / p.name
-        done = run_dir / "results.json"
+        folder = study.run(p.name)
+        run_dir, done = folder.root, folder.results
         resume_hint = f"`topoat study {path} --out {out} --resume` continues without training {p.name} again"
         if done.is_file() and _torn(done):
             echo(f"[{p.name}] {done} is not valid JSON (a torn write): evaluating the run again")
@@ -187,18 +176,19 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         echo(f"[{p.name}] training ({method_name(cfg)}"
              f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)")
         try:
-            entry = train_and_evaluate(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), echo=echo,
+            entry = train_and_evaluate(cfg, run_dir, resume=folder.last.is_file(), echo=echo,
                                        stage_name=f"during the evaluation of run {p.name}", resume_hint=resume_hint)
         except TrainingDiverged as e:
             failed[p.name] = str(e)
             echo(f"[{p.name}] failed: {e}")
             continue
+        assert entry is not None  # a study runs in one process, which is the main one
         runs[p.name] = rebase_checkpoints(entry, p.name)
     first = configs[planned[0].name]
     document = results_document(first, runs)
     if failed:
         document["failed"] = failed
-    write_json_atomic(document, out / "results.json")
+    write_json_atomic(document, study.results)
     echo("")
     echo(format_table(runs))
     for name, why in failed.items():

@@ -144,7 +144,7 @@ class TopologyLoss(torch.nn.Module):
     - "perplexity": t-SNE's affinity, exp(-b_i |z_i - z_j|^2) with b_i found by bisection so that each
       row's entropy is ln(perplexity) nats (default 30), for student and teacher separately; b_i is
       detached. Needs more than perplexity + 1 samples in the graph. Diverged in adversarial training
-      (docs/METHOD.md): the student's own precision grows without bound as its features cluster.
+      (docs/TRAIN-METHOD.md): the student's own precision grows without bound as its features cluster.
     - "gaussian": exp(-|z_i - z_j|^2 / (2 s^2)), s^2 the median squared distance (detached).
     - "student-t": 1 / (1 + |z_i - z_j|^2).
     """

@@ -16,10 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import TopoatError
 from .base import Attack
+from .names import COMPONENTS, VERSIONS
 
-# The attacks pyautoattack can run, by its own names.
-COMPONENTS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
-VERSIONS = ("standard", "plus", "rand")
 # pyautoattack's standard and plus versions attack 9 target classes (all of CIFAR-10's wrong ones).
 DEFAULT_TARGET_CLASSES = 9
 

@@ -18,7 +18,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import IO, Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
@@ -118,7 +118,7 @@ def _check_size(name: str, size: int, total: int, archive, max_member_bytes: int
         raise TopoatError(f"{archive}: refusing archive: members add up to more than {max_total_bytes} bytes")
 
 
-def _read_limited(f: BinaryIO, name: str, archive, limit: int) -> bytes:
+def _read_limited(f: IO[bytes], name: str, archive, limit: int) -> bytes:
     """Read a member's bytes, refusing more than `limit` whatever its header claimed."""
     data = f.read(limit + 1)
     if len(data) > limit:
@@ -158,6 +158,7 @@ def read_tar_members(archive: str | Path, wanted: Callable[[str], bool], *,
             for info, name in _checked_tar_members(tar, archive, max_member_bytes, max_total_bytes):
                 if info.isreg() and wanted(name):
                     f = tar.extractfile(info)
+                    assert f is not None  # a regular member always has a file object
                     found[name] = _read_limited(f, info.name, archive, info.size)
                     if len(found[name]) != info.size:
                         raise EOFError(f"member {info.name} is cut short")
@@ -261,7 +262,7 @@ def safe_extract(archive: str | Path, dest: str | Path, *, max_member_bytes: int
     return dest
 
 
-def _write_member(root: Path, name: str, source: BinaryIO, size: int, archive, limit: int) -> None:
+def _write_member(root: Path, name: str, source: IO[bytes], size: int, archive, limit: int) -> None:
     target = root / name
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -284,7 +285,9 @@ def _extract_tar(archive: Path, root: Path, max_member_bytes: int, max_total_byt
                 if info.isdir():
                     (root / name).mkdir(parents=True, exist_ok=True)
                 else:
-                    _write_member(root, name, tar.extractfile(info), info.size, archive, max_member_bytes)
+                    source = tar.extractfile(info)
+                    assert source is not None  # a regular member (links and special files were refused)
+                    _write_member(root, name, source, info.size, archive, max_member_bytes)
     except TopoatError:
         raise
     except CORRUPT as e:

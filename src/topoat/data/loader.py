@@ -12,7 +12,7 @@ def to_float(x: Tensor) -> Tensor:
     return x.float().div_(255.0)
 
 
-def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: Optional[torch.Generator]) -> Tensor:
     """Batched augmentation: each image gets its own crop offset and flip, in a few tensor ops."""
     n, _, h, w = x.shape
     if padding > 0:
@@ -65,11 +65,10 @@ class DeviceLoader:
         """Batches of the current epoch from batch index `start` (a resumed epoch passes its perm)."""
         if perm is not None:
             self.perm = perm.to(self.x.device)
-        if self.perm is None:
-            self.new_epoch()
+        epoch_perm = self.perm if self.perm is not None else self.new_epoch()
         # Every rank takes the same-sized strided share of the global permutation.
         per_rank = self.x.shape[0] // self.world
-        idx_all = self.perm[: per_rank * self.world].view(per_rank, self.world)[:, self.rank]
+        idx_all = epoch_perm[: per_rank * self.world].view(per_rank, self.world)[:, self.rank]
         for b in range(start, len(self)):
             idx = idx_all[b * self.batch_size:(b + 1) * self.batch_size]
             x = to_float(self.x[idx])

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -240,8 +240,10 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
         print(f"topoat: warning: cannot cache decoded Tiny ImageNet in {path.parent} ({e.strerror})", file=sys.stderr)
         return
     try:
+        # Any: numpy's stub would match a ** mapping of arrays against savez's allow_pickle flag
+        payload: dict[str, Any] = {**arrays, "source": np.array(fingerprint), "version": np.array(CACHE_VERSION)}
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays, source=np.array(fingerprint), version=np.array(CACHE_VERSION))
+            np.savez(f, **payload)
         os.replace(tmp, path)
     except OSError as e:
         print(f"topoat: warning: cannot write {path} ({e.strerror})", file=sys.stderr)

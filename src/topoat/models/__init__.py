@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import TopoatError
 from .base import ImageClassifier
+from .features import check_layer, representation
 from .preact_resnet import PreActResNet
 from .resnet import ResNet
 from .small_cnn import SmallCNN
@@ -67,4 +68,4 @@ def build_model_for(dataset: Any, arch: str = "small-cnn", **args: Any) -> Image
     return build_model(arch, dataset.num_classes, dataset.in_channels, dataset.mean, dataset.std, **args)
 
 
-__all__ = ["ARCHITECTURES", "ImageClassifier", "build_model", "build_model_for"]
+__all__ = ["ARCHITECTURES", "ImageClassifier", "build_model", "build_model_for", "check_layer", "representation"]

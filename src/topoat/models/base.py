@@ -1,7 +1,7 @@
 """The shared shape of every topoat model: [0, 1] inputs, normalisation inside, logits + features."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,11 @@ class ImageClassifier(nn.Module):
     dataset's mean and std held as buffers, so a checkpoint cannot be evaluated with the wrong one.
     """
 
+    body: nn.Module
+    head: nn.Module
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
@@ -22,7 +27,7 @@ class ImageClassifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         return self.body((x - self.mean) / self.std)
 
-    def forward(self, x: Tensor, return_features: bool = False):
+    def forward(self, x: Tensor, return_features: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
         z = self.features(x)
         logits = self.head(z)
         return (logits, z) if return_features else logits

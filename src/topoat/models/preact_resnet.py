@@ -32,7 +32,7 @@ class PreActResNet(ImageClassifier):
     def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2),
                  width: int = 64):
         super().__init__(mean, std)
-        layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
         in_planes = width
         for i, n in enumerate(num_blocks):
             planes = width * 2 ** i

@@ -7,7 +7,7 @@ from .base import ImageClassifier
 
 
 def _conv(c_in: int, c_out: int, batchnorm: bool) -> list[nn.Module]:
-    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)]
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)]
     if batchnorm:
         layers.append(nn.BatchNorm2d(c_out))
     return layers + [nn.ReLU(inplace=True)]

@@ -39,7 +39,7 @@ class WideResNet(ImageClassifier):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        layers = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]
         in_planes = widths[0]
         for stage, planes in enumerate(widths[1:]):
             for j in range(n):

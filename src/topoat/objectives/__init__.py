@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import TopoatError
+from ..models import representation
 from .awp import AdversarialWeightPerturbation
 from .base import Objective, ObjectiveOutput, Wrapper
 from .distillation import Distilled, distillation_loss
@@ -15,7 +16,7 @@ from .mart import MART
 from .pgd_at import PGDAT
 from .standard import Standard
 from .trades import TRADES
-from .train_wrapper import MemoryBank, TopologyRegularized, representation
+from .train_wrapper import MemoryBank, TopologyRegularized
 
 METHODS = ("standard", "pgd-at", "trades", "mart")
 
@@ -42,10 +43,11 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
     if t is not None:
         if teacher is None:
             raise TopoatError("topology: a teacher model is required (topology.teacher)")
-        objective = TopologyRegularized(objective, teacher, t.lambda_nat, t.lambda_adv, t.kernel, t.layer,
-                                        t.teacher_layer, t.class_aware, t.memory_bank, t.global_graph,
-                                        t.attack_uses_topology, temperature=t.temperature,
-                                        perplexity=t.perplexity)
+        objective = TopologyRegularized(
+            objective, teacher, lambda_nat=t.lambda_nat, lambda_adv=t.lambda_adv, kernel=t.kernel, layer=t.layer,
+            teacher_layer=t.teacher_layer, class_aware=t.class_aware, memory_bank=t.memory_bank,
+            global_graph=t.global_graph, attack_uses_topology=t.attack_uses_topology, temperature=t.temperature,
+            perplexity=t.perplexity)
     d = cfg.distillation
     if d is not None:
         if distillation_teacher is None:

@@ -60,26 +60,29 @@ class AdversarialWeightPerturbation(Objective):
     def base_loss(self, model, x, y, x_adv):
         return self.inner.base_loss(model, x, y, x_adv)
 
-    def _proxy_of(self, net: nn.Module) -> nn.Module:
-        if self._proxy_source is not net:
-            self._proxy, self._proxy_source = copy.deepcopy(net), net
-            self._proxy_optimizer = torch.optim.SGD(self._proxy.parameters(), lr=PROXY_LR)
-        self._proxy.load_state_dict(net.state_dict())
-        return self._proxy.train()
+    def _proxy_of(self, net: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The proxy copy of `net` (in train mode, its weights reloaded from `net`) and its optimizer."""
+        proxy, optimizer = self._proxy, self._proxy_optimizer
+        if proxy is None or optimizer is None or self._proxy_source is not net:
+            proxy = copy.deepcopy(net)
+            optimizer = torch.optim.SGD(proxy.parameters(), lr=PROXY_LR)
+            self._proxy, self._proxy_source, self._proxy_optimizer = proxy, net, optimizer
+        proxy.load_state_dict(net.state_dict())
+        return proxy.train(), optimizer
 
     def perturbation(self, model: nn.Module, x: Tensor, y: Tensor,
                      x_adv: Optional[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """(weight, offset) pairs for the weights AWP moves, each offset of norm gamma * ||weight||."""
         net = unwrap(model)
-        proxy = self._proxy_of(net)
+        proxy, optimizer = self._proxy_of(net)
         loss = -self.inner.base_loss(proxy, x, y, x_adv)
-        self._proxy_optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if is_active():
             # every process must perturb the same way, or their weights drift apart
             _average_gradients(proxy)
-        self._proxy_optimizer.step()
-        offsets = []
+        optimizer.step()
+        offsets: list[tuple[Tensor, Tensor]] = []
         with torch.no_grad():
             for w, w_proxy in zip(net.parameters(), proxy.parameters()):
                 if w.dim() <= 1:

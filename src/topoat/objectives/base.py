@@ -58,10 +58,12 @@ class Objective:
         if not self.makes_adversarial:
             return None
         a = self.attack
+        assert a is not None, f"{self.name} makes adversarial examples but has no attack settings"
         if a.eps == 0:
             return x.detach().clone()
         net = attack_view(model)
-        with eval_mode(net, a.eval_mode):
+        # eval_mode None (a config not yet validated, which fills in the authors' mode) leaves the mode alone
+        with eval_mode(net, bool(a.eval_mode)):
             objective = self.attack_objective(net, x, y)
             return maximize(objective, x, a.eps, a.step_size, a.steps, a.norm, self.attack_start(x))
 
@@ -78,6 +80,7 @@ class Objective:
     def attack_start(self, x: Tensor) -> Optional[Tensor]:
         """The starting perturbation; None starts at x."""
         a = self.attack
+        assert a is not None, f"{self.name} has an attack start but no attack settings"
         return random_init(x, a.eps, a.norm) if a.random_start else None
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]) -> ObjectiveOutput:

@@ -15,38 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import gather, gather_with_grad
-from ..errors import TopoatError
-from ..topology import TopologyLoss
+from ..models import check_layer, representation
+from ..topology import Kernel, TopologyLoss
 from .base import Objective, ObjectiveOutput, Wrapper
 
-
-def representation(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tensor]:
-    """(logits, representation) of `x`: "features" is the penultimate layer, "logits" the output,
-    any other name a module of the model (read with a forward hook, flattened)."""
-    if layer == "features":
-        return model(x, return_features=True)
-    if layer == "logits":
-        logits = model(x)
-        return logits, logits
-    module = dict(model.named_modules()).get(layer)
-    if module is None:
-        raise ValueError(f"model has no layer named {layer!r}")
-    captured: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    return logits, captured[-1].flatten(1)
-
-
-def check_layer(model: nn.Module, layer: str, key: str) -> None:
-    """A one-line error naming `key` when `model` has no such layer, before any step is spent."""
-    if layer in ("features", "logits") or layer in dict(model.named_modules()):
-        return
-    names = [name for name, _ in model.named_modules() if name]
-    some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-    raise TopoatError(f"{key}: the model has no layer {layer!r}; use features, logits or a module name ({some})")
+# representation and check_layer live with the models (topoat.models); they stay importable from here.
+__all__ = ["MemoryBank", "TopologyRegularized", "check_layer", "representation"]
 
 
 class MemoryBank:
@@ -60,7 +34,7 @@ class MemoryBank:
 
     def nodes(self, student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Batch rows followed by bank rows, leaving the bank as it is."""
-        if self.student is None:
+        if self.student is None or self.teacher is None or self.labels is None:  # empty (all three are set together)
             return student, teacher, labels
         return (torch.cat([student, self.student.to(student.dtype)]),
                 torch.cat([teacher, self.teacher.to(teacher.dtype)]),
@@ -79,7 +53,7 @@ class TopologyRegularized(Wrapper):
     """Wraps any base objective; its attack is used unchanged unless `attack_uses_topology`."""
 
     def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 10.0,
-                 lambda_adv: float = 10.0, kernel: str = "softmax-cosine", layer: str = "features",
+                 lambda_adv: float = 10.0, kernel: Kernel = "softmax-cosine", layer: str = "features",
                  teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
                  global_graph: bool = False, attack_uses_topology: bool = False, *,
                  temperature: float = 0.1, perplexity: float = 30.0):
@@ -125,7 +99,7 @@ class TopologyRegularized(Wrapper):
     def state_dict(self) -> dict:
         state = {f"base.{k}": v for k, v in self.base.state_dict().items()}
         for key, bank in (self.banks or {}).items():
-            if bank.student is not None:
+            if bank.student is not None and bank.teacher is not None and bank.labels is not None:
                 state.update({f"bank.{key}.student": bank.student.cpu(), f"bank.{key}.teacher": bank.teacher.cpu(),
                               f"bank.{key}.labels": bank.labels.cpu()})
         return state

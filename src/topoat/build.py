@@ -1,0 +1,141 @@
+"""Everything a run trains with, built from its config: data on the device, the model, the frozen teacher
+and reference models, the objective, the optimiser and the loader. The training loop (train.py) only
+loops over them; the benchmark builds the same parts to time one step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, cast
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import check_fits_data, load_checkpoint, model_from_record
+from .config import TrainConfig
+from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
+from .distributed import SINGLE, DistContext, device_for
+from .errors import TopoatError
+from .models import build_model, check_layer
+from .objectives import Objective, build_objective
+from .runtime import as_channels_last, resolve_device, seed_everything, set_deterministic, use_channels_last
+
+
+@dataclass
+class RunParts:
+    data: ImageDataset
+    device: torch.device
+    channels_last: bool
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Optional[Tensor]  # the validation images as floats in [0, 1], at most validation.n
+    y_val: Optional[Tensor]
+    model: nn.Module  # the plain model: saved, validated and evaluated
+    train_model: nn.Module  # what the objective trains through: the model, compiled and/or under DDP
+    teacher: Optional[nn.Module]  # TRAIN's frozen standard model
+    reference: Optional[nn.Module]  # what the per-epoch topology metrics compare with
+    distillation_teacher: Optional[nn.Module]
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    loader: DeviceLoader
+    data_generator: torch.Generator  # the loader's shuffling and augmentation (saved for resume)
+
+
+def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: DistContext = SINGLE) -> RunParts:
+    """The parts of a run, built in a fixed order after seeding, so a run starts from the same weights
+    and batches every time. Every mismatch (teacher for other data, a layer the model lacks, a batch
+    larger than the data) is a one-line TopoatError before anything trains."""
+    device = resolve_device(device_for(dist, cfg.runtime.device))
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    set_deterministic(cfg.runtime.deterministic)
+    seed_everything(cfg.seed)
+    d = dataset if dataset is not None else dataset_from_config(cfg.data)
+    x_train, y_train = d.x_train.to(device), d.y_train.to(device)
+    x_val = y_val = None
+    if d.x_val is not None and d.y_val is not None:
+        n_val = min(cfg.validation.n, d.x_val.shape[0])
+        x_val, y_val = to_float(d.x_val[:n_val].to(device)), d.y_val[:n_val].to(device)
+    channels_last = use_channels_last(device, cfg.runtime.channels_last)
+    model = build_model(cfg.model.arch, d.num_classes, d.in_channels, d.mean, d.std, **cfg.model.args).to(device)
+    check_takes_images(model, x_train[:1], f"model {cfg.model.arch}", d.name)
+    if channels_last:
+        model = as_channels_last(model)
+
+    def frozen(path: str, role: str, layout: bool = True) -> nn.Module:
+        return frozen_model(path, role, d, x_train[:1], device, channels_last and layout)
+
+    teacher = reference = distillation_teacher = None
+    t = cfg.topology
+    if t is not None:
+        if not t.teacher:
+            raise TopoatError("topology.teacher: give the path of a standard model's checkpoint")
+        teacher = frozen(t.teacher, "topology.teacher")
+        check_layer(model, t.layer, "topology.layer")
+        check_layer(teacher, t.teacher_layer or t.layer,
+                    "topology.teacher_layer" if t.teacher_layer else "topology.layer (of the teacher)")
+    # The per-epoch topology metrics compare with validation.reference, else with the teacher.
+    reference = teacher
+    ref = cfg.validation.reference
+    if ref and cfg.validation.topology and not (t is not None and _same_file(ref, t.teacher)):
+        reference = frozen(ref, "validation.reference", layout=False)
+        if t is not None:
+            check_layer(reference, t.teacher_layer or t.layer, "topology.layer (of validation.reference)")
+    if dist.enabled and cfg.runtime.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # torch.compile returns a callable wrapper of the module (an OptimizedModule, itself a Module)
+    train_model = cast(nn.Module, torch.compile(model)) if cfg.runtime.compile else model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=ids)
+    kd = cfg.distillation
+    if kd is not None:
+        if not kd.teacher:
+            raise TopoatError("distillation.teacher: give the path of a standard model's checkpoint")
+        same = t is not None and teacher is not None and _same_file(kd.teacher, t.teacher)
+        distillation_teacher = teacher if same else frozen(kd.teacher, "distillation.teacher")
+    objective = build_objective(cfg, teacher, distillation_teacher)
+    o = cfg.optim
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                nesterov=o.nesterov,
+                                **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    loader = DeviceLoader(x_train, y_train, o.batch_size // dist.world, shuffle=True,
+                          crop_padding=cfg.data.augment.crop_padding, flip=cfg.data.augment.flip,
+                          drop_last=True, generator=generator, shard=(dist.rank, dist.world))
+    if len(loader) == 0:
+        raise TopoatError(f"optim.batch_size {o.batch_size} is larger than the training set "
+                          f"({x_train.shape[0]} images)")
+    return RunParts(d, device, channels_last, x_train, y_train, x_val, y_val, model, train_model, teacher,
+                    reference, distillation_teacher, objective, optimizer, loader, generator)
+
+
+def frozen_model(path: str, role: str, data: ImageDataset, example: Tensor, device: torch.device,
+                 channels_last: bool) -> nn.Module:
+    """A teacher (or reference) checkpoint made for this data, eval-mode on `device`. One from other data
+    is refused: it would still run (see check_fits_data) and train against a meaningless graph."""
+    ckpt = load_checkpoint(path)
+    check_fits_data(ckpt, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
+    model = model_from_record(ckpt, device).eval()
+    check_takes_images(model, example, f"{role} {path}", data.name)
+    return as_channels_last(model) if channels_last else model
+
+
+def check_takes_images(model: nn.Module, x: Tensor, what: str, dataset: str) -> None:
+    """One image through `model` (eval mode, no gradient): images too small for its pooling, or a model
+    built wrongly (a width of 0), fail here in one line rather than inside the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(to_float(x))
+    except RuntimeError as e:
+        raise TopoatError(f"{what} cannot take {dataset} images of shape {list(x.shape[1:])}: "
+                          f"{str(e).strip().splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+
+
+def _same_file(a: str, b: Optional[str]) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()

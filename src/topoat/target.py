@@ -1,0 +1,140 @@
+"""The model an evaluation or an analysis runs on, with the test data and the threat model it was
+trained for: read from a topoat checkpoint, or given for a model topoat did not train (a plain
+state_dict with --arch, or any importable model with --model). `topoat eval` and `topoat analyze`
+rebuild their test set and radius here and nowhere else."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import check_fits_data, load_checkpoint, model_from_record
+from .config import TrainConfig, from_dict
+from .data import ImageDataset, load_dataset, to_float
+from .errors import TopoatError
+from .evaluate import fixed_subset
+
+
+@dataclass
+class Target:
+    model: nn.Module  # eval mode, on the device
+    record: dict  # the checkpoint, or what --arch / --model tell in its place
+    data: ImageDataset
+    label: str  # the path or --model spec, as the user gave it
+
+    def test_images(self, n: Optional[int], seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The fixed test subset every evaluation of this seed uses (nested in n)."""
+        idx = fixed_subset(self.data.x_test.shape[0], n, seed)
+        return to_float(self.data.x_test[idx].to(device)), self.data.y_test[idx].to(device)
+
+
+def load_target(checkpoint: Optional[str], device: torch.device, *, dataset: Optional[str] = None,
+                root: Optional[str] = None, arch: Optional[str] = None, num_classes: Optional[int] = None,
+                arch_args: Optional[dict] = None, factory: Optional[str] = None, command: str = "eval",
+                role: str = "checkpoint") -> Target:
+    """A topoat checkpoint, or (with `arch` or `factory`) a foreign model, ready to evaluate on the test
+    split it fits; every mismatch is a one-line TopoatError before any attack runs."""
+    if arch is not None or factory is not None:
+        return _foreign(checkpoint, device, dataset, root, arch, num_classes, arch_args, factory, command)
+    if checkpoint is None:
+        raise TopoatError(f"{command}: give a checkpoint (or a model with --arch or --model)")
+    record = load_checkpoint(checkpoint)
+    data = recorded_dataset(record, dataset, root, command)
+    model = model_from_record(record, device).eval()
+    check_fits(model, record, data, checkpoint, device, role)
+    return Target(model, record, data, str(checkpoint))
+
+
+def recorded_dataset(record: dict, dataset: Optional[str] = None, root: Optional[str] = None,
+                     command: str = "eval") -> ImageDataset:
+    """The test data for a checkpoint: `dataset` (default: the one it records), read with the checkpoint's
+    own data settings (root, synthetic shape) when it names the same dataset; `root` overrides the root."""
+    name = dataset or record.get("dataset")
+    if not name:
+        raise TopoatError(f"{command}: --dataset is required (the checkpoint does not name its dataset)")
+    data = None
+    if isinstance(record.get("config"), dict):
+        try:
+            data = from_dict(TrainConfig, record["config"]).data
+        except TopoatError:
+            data = None  # a config from another topoat version: use the dataset name alone
+    if data is None or data.dataset != name:
+        return load_dataset(name, root)
+    return load_dataset(name, root or data.root, synthetic_shape=data.synthetic_shape,
+                        synthetic_classes=data.synthetic_classes, synthetic_train=data.synthetic_train,
+                        synthetic_test=data.synthetic_test)
+
+
+def recorded_threat(record: dict, norm: Optional[str] = None, eps: Optional[float] = None,
+                    step_size: Optional[float] = None, command: str = "eval") -> tuple[str, float]:
+    """The norm and radius to attack with: those given, else those the checkpoint's config records."""
+    config = record.get("config")
+    attack = config.get("attack") if isinstance(config, dict) else None
+    attack = attack if isinstance(attack, dict) else {}
+    norm = norm or attack.get("norm", "Linf")
+    value: Any = eps if eps is not None else attack.get("eps")
+    if value is None:
+        raise TopoatError(f"{command}: --eps is required (the checkpoint does not record its threat model)")
+    if norm not in ("Linf", "L2"):
+        raise TopoatError(f"{command}: norm must be Linf or L2, got {norm!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise TopoatError(f"{command}: eps must be a finite number >= 0, got {value!r}")
+    if norm == "Linf" and value > 1:  # images are in [0, 1]: such a ball holds every image (8 meant for 8/255?)
+        raise TopoatError(f"{command}: Linf eps must be <= 1 (images are in [0, 1]), got {value:g}")
+    if step_size is not None and step_size <= 0:
+        raise TopoatError(f"{command}: --step-size must be > 0, got {step_size:g}")
+    return norm, float(value)
+
+
+def check_fits(model: nn.Module, record: dict, data: ImageDataset, path: Any, device: torch.device,
+               role: str = "checkpoint") -> None:
+    """A model built for other images or classes fails here with one line, not deep inside an attack."""
+    check_fits_data(record, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
+    try:
+        with torch.no_grad():
+            model(to_float(data.x_test[:1].to(device)))
+    except RuntimeError as e:
+        raise TopoatError(f"{path} cannot take {data.name} images of shape {tuple(data.x_test.shape[1:])}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def _foreign(weights: Optional[str], device: torch.device, dataset: Optional[str], root: Optional[str],
+             arch: Optional[str], num_classes: Optional[int], arch_args: Optional[dict], factory: Optional[str],
+             command: str) -> Target:
+    """A model from --arch (a plain state_dict of a topoat architecture) or --model (MODULE:FACTORY), with a
+    record of the same shape as a checkpoint's completed from the data it is evaluated on."""
+    from .external import model_from_factory, model_from_state_dict
+
+    if arch is not None and factory is not None:
+        raise TopoatError(f"{command}: give --arch (with a state_dict file) or --model, not both")
+    if arch is not None and (weights is None or num_classes is None):
+        raise TopoatError(f"{command}: --arch needs the state_dict file and --num-classes")
+    if dataset is None:
+        raise TopoatError(f"{command}: --dataset is required for a model from --arch or --model")
+    data = load_dataset(dataset, root)
+    record: dict = {"arch": arch or "importable model", "num_classes": num_classes,
+                    "in_channels": data.in_channels, "dataset": dataset, "notes": []}
+    model: nn.Module
+    if arch is not None:
+        assert weights is not None and num_classes is not None  # checked above
+        model, notes = model_from_state_dict(weights, arch, num_classes, data.in_channels, data.mean, data.std,
+                                             arch_args)
+        record["notes"] += notes
+    else:
+        assert factory is not None
+        model = model_from_factory(factory, weights).eval()
+        try:
+            with torch.no_grad():
+                logits = model(to_float(data.x_test[:1]))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise TopoatError(f"--model {factory} does not take {data.name} images: {first}") from None
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise TopoatError(f"--model {factory} must return logits of shape (batch, classes)")
+        record["num_classes"] = num_classes or int(logits.shape[1])
+    model = model.to(device).eval()
+    check_fits(model, record, data, weights or factory, device)
+    return Target(model, record, data, str(weights or factory))
