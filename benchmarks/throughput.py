@@ -22,6 +22,7 @@ forward+backward); TRADES + TRAIN adds the teacher forward (1).
 Run:  python benchmarks/throughput.py            (CPU: a few minutes; --quick: a CI-sized check, seconds)
       python benchmarks/throughput.py --device cuda --batch-size 512 --amp bf16 [--compile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,11 @@ def forward_flops(model: nn.Module, shape) -> float:
         nonlocal total
         total += 2.0 * m.in_features * m.out_features
 
-    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model.eval()(torch.rand(1, *shape))
     for h in handles:
@@ -90,15 +94,16 @@ def _matmul_rate(device: torch.device, dtype: torch.dtype, n: int, layout: str, 
         torch.mm(a, b)
         reps += 1
         sync(device)
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - start)
+    return 2.0 * n**3 * reps / (time.perf_counter() - start)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, sizes, seconds: float = 1.0) -> dict:
     """The best dense matmul rate over several sizes and operand layouts: a peak is the most the machine
     does, and one size or layout alone can lose to tuned convolution kernels (measured: a single
     2048 x 2048 fp32 mm on a 2-core AMD EPYC, beaten by the training modes)."""
-    rates = {f"{n}-{layout}": _matmul_rate(device, dtype, n, layout, seconds)
-             for n in sizes for layout in ("nn", "nt", "tn")}
+    rates = {
+        f"{n}-{layout}": _matmul_rate(device, dtype, n, layout, seconds) for n in sizes for layout in ("nn", "nt", "tn")
+    }
     best = max(rates, key=rates.get)
     return {"flops_per_s": rates[best], "best": best, "rates": rates}
 
@@ -118,12 +123,23 @@ def config_for(arch: str, mode: str, args, teacher: str) -> TrainConfig:
     c, h, w = MODELS[arch]
     method = mode.split("+")[0]
     sets = [
-        "data.dataset=synthetic", f"data.synthetic_shape=[{c}, {h}, {w}]", "data.val_size=0",
-        f"data.synthetic_train={args.batch_size * (args.steps + args.warmup)}", "data.synthetic_test=8",
-        f"model.arch={arch}", f"method.name={method}", "attack.steps=10", "attack.eps=0.03137254901960784",
-        "attack.step_size=0.00784313725490196", f"optim.batch_size={args.batch_size}", "optim.epochs=1",
-        f"runtime.device={args.device}", f"runtime.amp={args.amp}", f"runtime.compile={str(args.compile).lower()}",
-        "runtime.progress=false", f"runtime.channels_last={args.channels_last}",
+        "data.dataset=synthetic",
+        f"data.synthetic_shape=[{c}, {h}, {w}]",
+        "data.val_size=0",
+        f"data.synthetic_train={args.batch_size * (args.steps + args.warmup)}",
+        "data.synthetic_test=8",
+        f"model.arch={arch}",
+        f"method.name={method}",
+        "attack.steps=10",
+        "attack.eps=0.03137254901960784",
+        "attack.step_size=0.00784313725490196",
+        f"optim.batch_size={args.batch_size}",
+        "optim.epochs=1",
+        f"runtime.device={args.device}",
+        f"runtime.amp={args.amp}",
+        f"runtime.compile={str(args.compile).lower()}",
+        "runtime.progress=false",
+        f"runtime.channels_last={args.channels_last}",
     ]
     if mode.endswith("+train"):
         sets += [f"topology.teacher={teacher}", "topology.lambda_nat=30", "topology.lambda_adv=30"]
@@ -232,8 +248,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", default="32,64,128,256", help="batch scaling (small-cnn PGD-AT)")
     p.add_argument("--graph-sizes", default="128,256,512,1024,2048,4096")
     p.add_argument("--json", default=None, help="write all measurements here")
-    p.add_argument("--quick", action="store_true",
-                   help="a CI-sized check of the benchmark itself (small-cnn, tiny batches): no figures to quote")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a CI-sized check of the benchmark itself (small-cnn, tiny batches): no figures to quote",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch_size, args.steps, args.repeats = "small-cnn", 16, 1, 1
@@ -242,20 +261,30 @@ def main(argv=None) -> int:
     cpu = device.type == "cpu"
     sizes = [256, 512] if args.quick else ([512, 1024, 2048, 4096] if cpu else [4096, 8192, 16384])
     seconds = 0.1 if args.quick else 1.0
-    peaks = {"fp32": matmul_peak(device, torch.float32, sizes, seconds),
-             "bf16": matmul_peak(device, torch.bfloat16, sizes, seconds)}
+    peaks = {
+        "fp32": matmul_peak(device, torch.float32, sizes, seconds),
+        "bf16": matmul_peak(device, torch.bfloat16, sizes, seconds),
+    }
     uses_bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
     peak_key = "bf16" if uses_bf16 else "fp32"
     peak = peaks[peak_key]["flops_per_s"]
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "python": sys.version.split()[0],
-                          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-              "command": " ".join(["python", "benchmarks/throughput.py"]
-                                  + (argv if argv is not None else sys.argv[1:])),
-              "peak_flops": peaks, "models": {}}
-    print(f"matmul peak: fp32 {peaks['fp32']['flops_per_s'] / 1e9:.1f} GFLOP/s ({peaks['fp32']['best']}), "
-          f"bf16 {peaks['bf16']['flops_per_s'] / 1e9:.1f} GFLOP/s ({peaks['bf16']['best']})")
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
+        "command": " ".join(["python", "benchmarks/throughput.py"] + (argv if argv is not None else sys.argv[1:])),
+        "peak_flops": peaks,
+        "models": {},
+    }
+    print(
+        f"matmul peak: fp32 {peaks['fp32']['flops_per_s'] / 1e9:.1f} GFLOP/s ({peaks['fp32']['best']}), "
+        f"bf16 {peaks['bf16']['flops_per_s'] / 1e9:.1f} GFLOP/s ({peaks['bf16']['best']})"
+    )
     modes = [m for m in args.modes.split(",") if m]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -277,18 +306,31 @@ def main(argv=None) -> int:
                 ips, warmup_seconds = time_trainer(cfg, tmp / f"{arch}-{mode}", a.warmup, a.steps, args.repeats)
                 fe = forward_equivalents(mode, 10)
                 achieved = ips * fe * flops
-                rows[mode] = {"images_per_s": ips, "forward_equivalents": fe, "flops_per_s": achieved,
-                              "share_of_peak": share_of_peak(achieved, peak), "warmup_seconds": warmup_seconds}
-                print(f"{arch:16s} {mode:14s} {ips:9.1f} img/s  {achieved / 1e9:8.1f} GFLOP/s "
-                      f"({format_share(achieved, peak)} of {peak_key} peak; warm-up {warmup_seconds:.1f} s)")
+                rows[mode] = {
+                    "images_per_s": ips,
+                    "forward_equivalents": fe,
+                    "flops_per_s": achieved,
+                    "share_of_peak": share_of_peak(achieved, peak),
+                    "warmup_seconds": warmup_seconds,
+                }
+                print(
+                    f"{arch:16s} {mode:14s} {ips:9.1f} img/s  {achieved / 1e9:8.1f} GFLOP/s "
+                    f"({format_share(achieved, peak)} of {peak_key} peak; warm-up {warmup_seconds:.1f} s)"
+                )
             textbook = textbook_pgd_at(arch, a, a.warmup, a.steps) if "pgd-at" in rows else None
-            entry = {"input_shape": [c, h, w], "batch_size": a.batch_size, "timed_steps": a.steps,
-                     "forward_gflops_per_image": flops / 1e9, "modes": rows}
+            entry = {
+                "input_shape": [c, h, w],
+                "batch_size": a.batch_size,
+                "timed_steps": a.steps,
+                "forward_gflops_per_image": flops / 1e9,
+                "modes": rows,
+            }
             if textbook:
                 entry["textbook_pgd_at_images_per_s"] = textbook
                 entry["speedup_vs_textbook"] = rows["pgd-at"]["images_per_s"] / textbook
-                print(f"{arch:16s} textbook PGD-AT {textbook:9.1f} img/s -> speed-up "
-                      f"{entry['speedup_vs_textbook']:.2f}x")
+                print(
+                    f"{arch:16s} textbook PGD-AT {textbook:9.1f} img/s -> speed-up {entry['speedup_vs_textbook']:.2f}x"
+                )
             for base in ("pgd-at", "trades"):
                 if base in rows and base + "+train" in rows:
                     measured = rows[base]["images_per_s"] / rows[base + "+train"]["images_per_s"]
@@ -304,8 +346,13 @@ def main(argv=None) -> int:
                 a.steps = 2 if args.quick else (max(2, 768 // bs) if cpu else 20)  # CPU: about 768 images each
                 teacher = tmp / "small-cnn-teacher.pt"
                 for mode in ("pgd-at", "pgd-at+train"):
-                    ips, _ = time_trainer(config_for("small-cnn", mode, a, str(teacher)), tmp / f"bs{bs}-{mode}",
-                                          a.warmup, a.steps, args.repeats)
+                    ips, _ = time_trainer(
+                        config_for("small-cnn", mode, a, str(teacher)),
+                        tmp / f"bs{bs}-{mode}",
+                        a.warmup,
+                        a.steps,
+                        args.repeats,
+                    )
                     scaling.append({"batch_size": bs, "mode": mode, "images_per_s": ips})
                     print(f"batch {bs:5d} {mode:14s} {ips:9.1f} img/s")
             report["batch_scaling"] = scaling

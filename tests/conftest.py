@@ -17,8 +17,13 @@ def tiny_config(**overrides):
     """A config that trains in about a second on CPU: synthetic 1x12x12 data, a narrow small-cnn."""
     data = {
         "name": "tiny",
-        "data": {"dataset": "synthetic", "val_size": 64, "synthetic_shape": [1, 12, 12],
-                 "synthetic_train": 256, "synthetic_test": 64},
+        "data": {
+            "dataset": "synthetic",
+            "val_size": 64,
+            "synthetic_shape": [1, 12, 12],
+            "synthetic_train": 256,
+            "synthetic_test": 64,
+        },
         "model": {"arch": "small-cnn", "args": {"width": 4, "feature_dim": 16}},
         "method": {"name": "pgd-at"},
         "attack": {"eps": 0.1, "step_size": 0.05, "steps": 2},
@@ -39,15 +44,16 @@ def tiny():
 def train_undefended(num_classes=10, seed=0, epochs=10, shape=(1, 12, 12), n_test=64):
     """A small CNN trained for a few seconds on easy synthetic data: accurate, and not robust."""
     torch.manual_seed(seed)
-    ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_classes=num_classes, synthetic_train=512,
-                      synthetic_test=n_test)
+    ds = load_dataset(
+        "synthetic", synthetic_shape=shape, synthetic_classes=num_classes, synthetic_train=512, synthetic_test=n_test
+    )
     model = build_model("small-cnn", num_classes, shape[0], ds.mean, ds.std, width=8, feature_dim=32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = to_float(ds.x_train), ds.y_train
     for _ in range(epochs):
         for i in range(0, 512, 64):
             opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
             opt.step()
     opt.zero_grad(set_to_none=True)
     return model.eval(), to_float(ds.x_test), ds.y_test

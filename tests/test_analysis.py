@@ -1,4 +1,5 @@
 """Topology metrics on constructed cases with known answers, and the report / analyze commands."""
+
 import json
 from pathlib import Path
 
@@ -59,9 +60,10 @@ def test_shuffled_samples_give_low_overlap_and_chance_trustworthiness():
 def test_scaled_rotated_or_reordered_dimensions_keep_the_topology():
     z = clustered_features()
     rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(3)))
-    for name, other in {"scaled and rotated": 7.5 * z @ rotation,
-                        "dimensions permuted": z[:, torch.randperm(16, generator=torch.Generator().manual_seed(4))]
-                        }.items():
+    for name, other in {
+        "scaled and rotated": 7.5 * z @ rotation,
+        "dimensions permuted": z[:, torch.randperm(16, generator=torch.Generator().manual_seed(4))],
+    }.items():
         m = all_metrics(other, z)
         assert m["knn_overlap"] == pytest.approx(1.0), name
         assert m["trustworthiness"] == pytest.approx(1.0), name
@@ -90,14 +92,29 @@ def tiny_study(tmp_path_factory):
     small = {"optim.epochs": 2, "data.synthetic_train": 160, "data.val_size": 32, "validation.n": 32}
     (root / "cfg.yaml").write_text(dump_config(tiny_config(**small)))
     spec = root / "study.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "tiny-study", "seeds": [0, 1], "reference": "standard",
-        "runs": [
-            {"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
-            {"name": "pgd-at", "config": "cfg.yaml"},
-            {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard",
-             "set": ["topology.lambda_nat=5", "topology.lambda_adv=5"]},
-        ]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-study",
+                "seeds": [0, 1],
+                "reference": "standard",
+                "runs": [
+                    {
+                        "name": "standard",
+                        "config": "cfg.yaml",
+                        "set": ["method.name=standard", "validation.attack_steps=0"],
+                    },
+                    {"name": "pgd-at", "config": "cfg.yaml"},
+                    {
+                        "name": "pgd-at-train",
+                        "config": "cfg.yaml",
+                        "teacher": "standard",
+                        "set": ["topology.lambda_nat=5", "topology.lambda_adv=5"],
+                    },
+                ],
+            }
+        )
+    )
     out = root / "out"
     assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
     return out
@@ -163,36 +180,61 @@ def test_report_of_a_study_writes_markdown_and_pictures(tiny_study, tmp_path):
 def test_cli_report_of_single_run_folders_and_analyze_json(tiny_study, tmp_path, capsys):
     runs = [str(tiny_study / name) for name in ("standard-s0", "pgd-at-s0")]
     # single run folders hold their own results.json, written by the study
-    assert main(["report", *runs, "--out", str(tmp_path / "r"), "--tsne-points", "32",
-                 "--attack-steps", "3"]) == 0
+    assert main(["report", *runs, "--out", str(tmp_path / "r"), "--tsne-points", "32", "--attack-steps", "3"]) == 0
     assert "standard-s0" in (tmp_path / "r" / "report.md").read_text()
-    assert main(["analyze", str(tiny_study / "pgd-at-s0" / "last.pt"), "--reference",
-                 str(tiny_study / "standard-s0" / "last.pt"), "--n", "64", "--attack-steps", "3",
-                 "--json", str(tmp_path / "a.json")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(tiny_study / "pgd-at-s0" / "last.pt"),
+                "--reference",
+                str(tiny_study / "standard-s0" / "last.pt"),
+                "--n",
+                "64",
+                "--attack-steps",
+                "3",
+                "--json",
+                str(tmp_path / "a.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "kNN overlap@10" in printed and "trustworthiness@10" in printed
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["eps"] == 0.1 and doc["n"] == 64 and len(doc["models"]) == 2
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["analyze", "x.pt"], "--reference"),
-    (["analyze", "/nonexistent.pt", "--reference", "/nonexistent-teacher.pt"], "checkpoint not found"),
-    (["analyze", "a.pt", "--reference", "b.pt", "--n", "15"], "more than twice --k"),
-    (["analyze", "a.pt", "--reference", "b.pt", "--eps", "one"], "bad eps"),
-    (["report"], "RUN_DIR"),
-    (["report", "/nonexistent-folder"], "is not a folder"),
-    (["report", "."], "has no results.json"),
-    (["report", ".", "."], "--out"),
-    (["report", ".", "--k", "0"], "argument --k: must be >= 1, got 0"),
-    (["report", "damaged"], "damaged/results.json is not a usable topoat results.json: run 'a': the entry is not a"),
-    (["report", "listed"], "listed/results.json is not a usable topoat results.json: the top level is not a mapping"),
-    (["report", "typed"], "run 'a': 'natural_acc' must be a number"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["analyze", "x.pt"], "--reference"),
+        (["analyze", "/nonexistent.pt", "--reference", "/nonexistent-teacher.pt"], "checkpoint not found"),
+        (["analyze", "a.pt", "--reference", "b.pt", "--n", "15"], "more than twice --k"),
+        (["analyze", "a.pt", "--reference", "b.pt", "--eps", "one"], "bad eps"),
+        (["report"], "RUN_DIR"),
+        (["report", "/nonexistent-folder"], "is not a folder"),
+        (["report", "."], "has no results.json"),
+        (["report", ".", "."], "--out"),
+        (["report", ".", "--k", "0"], "argument --k: must be >= 1, got 0"),
+        (
+            ["report", "damaged"],
+            "damaged/results.json is not a usable topoat results.json: run 'a': the entry is not a",
+        ),
+        (
+            ["report", "listed"],
+            "listed/results.json is not a usable topoat results.json: the top level is not a mapping",
+        ),
+        (["report", "typed"], "run 'a': 'natural_acc' must be a number"),
+    ],
+)
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for folder, document in (("damaged", {"runs": {"a": ["x"]}}), ("listed", []),
-                             ("typed", {"runs": {"a": {"natural_acc": "high"}}})):
+    for folder, document in (
+        ("damaged", {"runs": {"a": ["x"]}}),
+        ("listed", []),
+        ("typed", {"runs": {"a": {"natural_acc": "high"}}}),
+    ):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "results.json").write_text(json.dumps(document))
     assert main(argv) == 2
@@ -209,23 +251,41 @@ def untrained_checkpoint(path, channels=1, num_classes=10):
     return str(path)
 
 
-@pytest.mark.parametrize("model,reference,extra,message", [
-    # a 3-channel model runs on 1-channel images (its normalisation broadcasts them): it must be refused
-    ((3, 10), (1, 10), [], "checkpoint m.pt was made for 3 input channels, but synthetic has 1 input channels"),
-    ((1, 10), (3, 10), [], "--reference r.pt was made for 3 input channels"),
-    ((1, 5), (1, 10), [], "checkpoint m.pt was made for 5 classes, but synthetic has 10 classes"),
-    ((1, 10), (1, 10), ["--json", "missing/a.json"], "--json missing/a.json: folder missing does not exist"),
-    ((1, 10), (1, 10), ["--eps", "nan"], "bad eps 'nan': not a finite number"),
-    ((1, 10), (1, 10), ["--eps", "2"], "analyze: Linf eps must be <= 1"),
-    ((1, 10), (1, 10), ["--layer", "nope"], "--layer: the model has no layer 'nope'"),
-])
-def test_cli_analyze_refuses_models_and_settings_that_do_not_fit(model, reference, extra, message, capsys, tmp_path,
-                                                                 monkeypatch):
+@pytest.mark.parametrize(
+    "model,reference,extra,message",
+    [
+        # a 3-channel model runs on 1-channel images (its normalisation broadcasts them): it must be refused
+        ((3, 10), (1, 10), [], "checkpoint m.pt was made for 3 input channels, but synthetic has 1 input channels"),
+        ((1, 10), (3, 10), [], "--reference r.pt was made for 3 input channels"),
+        ((1, 5), (1, 10), [], "checkpoint m.pt was made for 5 classes, but synthetic has 10 classes"),
+        ((1, 10), (1, 10), ["--json", "missing/a.json"], "--json missing/a.json: folder missing does not exist"),
+        ((1, 10), (1, 10), ["--eps", "nan"], "bad eps 'nan': not a finite number"),
+        ((1, 10), (1, 10), ["--eps", "2"], "analyze: Linf eps must be <= 1"),
+        ((1, 10), (1, 10), ["--layer", "nope"], "--layer: the model has no layer 'nope'"),
+    ],
+)
+def test_cli_analyze_refuses_models_and_settings_that_do_not_fit(
+    model, reference, extra, message, capsys, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     untrained_checkpoint(tmp_path / "m.pt", *model)
     untrained_checkpoint(tmp_path / "r.pt", *reference)
-    argv = ["analyze", "m.pt", "--reference", "r.pt", "--dataset", "synthetic", "--eps", "0.1", "--n", "32",
-            "--k", "3", "--attack-steps", "1"]
+    argv = [
+        "analyze",
+        "m.pt",
+        "--reference",
+        "r.pt",
+        "--dataset",
+        "synthetic",
+        "--eps",
+        "0.1",
+        "--n",
+        "32",
+        "--k",
+        "3",
+        "--attack-steps",
+        "1",
+    ]
     assert main(argv + extra) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
@@ -240,13 +300,37 @@ def test_cli_report_refuses_a_reference_made_for_other_data(tmp_path, capsys):
     (run / "config.yaml").write_text(dump_config(tiny_config()))
     model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
     save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, 10, 1, (12, 12)), run / "last.pt")
-    entry = {"method": "standard", "topology": None, "checkpoint": "a/last.pt", "natural_acc": 0.1,
-             "robust_acc": {}, "best": None}
-    (run.parent / "results.json").write_text(json.dumps({"dataset": "synthetic", "threat": {"norm": "Linf", "eps": 0.1},
-                                                         "runs": {"a": entry}}))
+    entry = {
+        "method": "standard",
+        "topology": None,
+        "checkpoint": "a/last.pt",
+        "natural_acc": 0.1,
+        "robust_acc": {},
+        "best": None,
+    }
+    (run.parent / "results.json").write_text(
+        json.dumps({"dataset": "synthetic", "threat": {"norm": "Linf", "eps": 0.1}, "runs": {"a": entry}})
+    )
     other = untrained_checkpoint(tmp_path / "rgb.pt", channels=3)
-    assert main(["report", str(run.parent), "--reference", other, "--n", "32", "--k", "3", "--attack-steps", "1",
-                 "--tsne-points", "16"]) == 2
+    assert (
+        main(
+            [
+                "report",
+                str(run.parent),
+                "--reference",
+                other,
+                "--n",
+                "32",
+                "--k",
+                "3",
+                "--attack-steps",
+                "1",
+                "--tsne-points",
+                "16",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "report: model " in err and "was made for 3 input channels, but synthetic has 1 input channels" in err
 
@@ -260,8 +344,12 @@ def test_table_helpers():
 def _fake_run(name: str, natural: float, robust: dict, lam: float = 0.0, tmp=Path(".")):
     from topoat.report import Run
 
-    entry = {"method": "pgd-at", "natural_acc": natural, "robust_acc": robust,
-             "topology": {"lambda_nat": lam, "lambda_adv": lam} if lam else None}
+    entry = {
+        "method": "pgd-at",
+        "natural_acc": natural,
+        "robust_acc": robust,
+        "topology": {"lambda_nat": lam, "lambda_adv": lam} if lam else None,
+    }
     return Run(name=name, entry=entry, folder=tmp / name, checkpoint=tmp / name / "last.pt", threat={})
 
 
@@ -290,12 +378,27 @@ def test_tsne_columns_pair_each_train_run_with_its_base_and_name_what_is_left_ou
     from topoat.report import MAX_TSNE_COLUMNS, tsne_selection
 
     def run(name, method, train=False, reference=False):
-        return SimpleNamespace(name=f"{name}-s0", group=name, seed=0, method=method, is_train=train,
-                               checkpoint=name, reference="standard" if not reference else name)
+        return SimpleNamespace(
+            name=f"{name}-s0",
+            group=name,
+            seed=0,
+            method=method,
+            is_train=train,
+            checkpoint=name,
+            reference="standard" if not reference else name,
+        )
 
-    runs = [run("standard", "standard", reference=True), run("pgd-at", "pgd-at"), run("trades", "trades"),
-            run("mart", "mart"), run("awp", "awp"), run("extra", "pgd-at-x"), run("more", "pgd-at-y"),
-            run("pgd-at-train", "pgd-at", train=True), run("mart-train", "mart", train=True)]
+    runs = [
+        run("standard", "standard", reference=True),
+        run("pgd-at", "pgd-at"),
+        run("trades", "trades"),
+        run("mart", "mart"),
+        run("awp", "awp"),
+        run("extra", "pgd-at-x"),
+        run("more", "pgd-at-y"),
+        run("pgd-at-train", "pgd-at", train=True),
+        run("mart-train", "mart", train=True),
+    ]
     picked, left_out = tsne_selection(runs)
     assert [r.group for r in picked] == ["standard", "pgd-at", "pgd-at-train", "mart", "mart-train", "trades"]
     assert len(picked) == MAX_TSNE_COLUMNS and left_out == ["awp", "extra", "more"]

@@ -1,4 +1,5 @@
 """The throughput benchmark runs end to end in its CI-sized mode and writes a well-formed JSON."""
+
 import importlib.util
 import json
 from pathlib import Path

@@ -83,8 +83,9 @@ def test_hostile_and_broken_checkpoints_are_refused(tmp_path):
 def test_documented_off_values_can_be_written_bare(tmp_path):
     # YAML 1.1 reads a bare `off` as False: the documented value must still be accepted
     path = tmp_path / "c.yaml"
-    path.write_text("runtime: {amp: off, channels_last: on}\ntopology: {class_aware: off}\n"
-                    "data: {augment: {flip: 'on'}}\n")
+    path.write_text(
+        "runtime: {amp: off, channels_last: on}\ntopology: {class_aware: off}\ndata: {augment: {flip: 'on'}}\n"
+    )
     cfg = load_config(path)
     assert cfg.runtime.amp == "off" and cfg.runtime.channels_last == "on"
     assert cfg.topology.class_aware == "off" and cfg.data.augment.flip is True
@@ -92,22 +93,25 @@ def test_documented_off_values_can_be_written_bare(tmp_path):
         load_config(data={"runtime": {"amp": True}})  # `on` is not one of amp's values
 
 
-@pytest.mark.parametrize("override,message", [
-    ("attack.eps=.nan", "attack.eps must be a number, got nan"),
-    ("attack.eps=.inf", "attack.eps must be >= 0 and finite"),
-    ("attack.eps=8", "attack.eps must be <= 1 for the Linf norm"),
-    ("attack.step_size=.inf", "attack.step_size must be > 0 and finite"),
-    ("evaluation.step_size=.nan", "evaluation.step_size must be a number"),
-    ("optim.momentum=-0.9", "optim.momentum must be >= 0 and finite"),
-    ("optim.weight_decay=-0.0001", "optim.weight_decay must be >= 0 and finite"),
-    ("optim.lr=.inf", "optim.lr must be > 0 and finite"),
-    ("runtime.threads=-2", "runtime.threads must be >= 1"),
-    ("runtime.threads=0", "runtime.threads must be >= 1"),
-    ("validation.n=0", "validation.n must be >= 1"),
-    ("data.augment.crop_padding=-2", "data.augment.crop_padding must be >= 0"),
-    ("topology.kernel=perplexity", "topology.perplexity 30 needs graphs of more than 31 samples"),
-    ("topology.lambda_adv=.inf", "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("attack.eps=.nan", "attack.eps must be a number, got nan"),
+        ("attack.eps=.inf", "attack.eps must be >= 0 and finite"),
+        ("attack.eps=8", "attack.eps must be <= 1 for the Linf norm"),
+        ("attack.step_size=.inf", "attack.step_size must be > 0 and finite"),
+        ("evaluation.step_size=.nan", "evaluation.step_size must be a number"),
+        ("optim.momentum=-0.9", "optim.momentum must be >= 0 and finite"),
+        ("optim.weight_decay=-0.0001", "optim.weight_decay must be >= 0 and finite"),
+        ("optim.lr=.inf", "optim.lr must be > 0 and finite"),
+        ("runtime.threads=-2", "runtime.threads must be >= 1"),
+        ("runtime.threads=0", "runtime.threads must be >= 1"),
+        ("validation.n=0", "validation.n must be >= 1"),
+        ("data.augment.crop_padding=-2", "data.augment.crop_padding must be >= 0"),
+        ("topology.kernel=perplexity", "topology.perplexity 30 needs graphs of more than 31 samples"),
+        ("topology.lambda_adv=.inf", "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
+    ],
+)
 def test_meaningless_numbers_are_refused(override, message):
     with pytest.raises(TopoatError, match=message):
         load_config(data={}, overrides=[override, "optim.batch_size=16"])
@@ -125,19 +129,22 @@ def test_bytes_that_are_no_torch_file_are_called_so(tmp_path):
             load_checkpoint(path)
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("normalization", None, "'normalization' is missing"),
-    ("normalization", "x", "'normalization' must be a mapping of mean and std lists"),
-    ("model_state", None, "'model_state' is missing"),
-    ("model_state", [1, 2], "'model_state' must be a mapping of names to tensors"),
-    ("num_classes", None, "'num_classes' is missing"),
-    ("num_classes", "ten", "'num_classes' must be an integer >= 1"),
-    ("num_classes", 0, "'num_classes' must be an integer >= 1"),
-    ("in_channels", 1.0, "'in_channels' must be an integer >= 1"),
-    ("arch", None, "'arch' is missing"),
-    ("arch_args", "x", "'arch_args' must be a mapping"),
-    ("image_size", [28], "'image_size' must be \\[height, width\\]"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("normalization", None, "'normalization' is missing"),
+        ("normalization", "x", "'normalization' must be a mapping of mean and std lists"),
+        ("model_state", None, "'model_state' is missing"),
+        ("model_state", [1, 2], "'model_state' must be a mapping of names to tensors"),
+        ("num_classes", None, "'num_classes' is missing"),
+        ("num_classes", "ten", "'num_classes' must be an integer >= 1"),
+        ("num_classes", 0, "'num_classes' must be an integer >= 1"),
+        ("in_channels", 1.0, "'in_channels' must be an integer >= 1"),
+        ("arch", None, "'arch' is missing"),
+        ("arch_args", "x", "'arch_args' must be a mapping"),
+        ("image_size", [28], "'image_size' must be \\[height, width\\]"),
+    ],
+)
 def test_damaged_checkpoint_records_name_the_key(tmp_path, key, value, message):
     good = tmp_path / "good.pt"
     make_checkpoint(good)
@@ -158,8 +165,11 @@ def test_wrong_shape_weights_name_the_first_mismatching_key(tmp_path):
     record = load_checkpoint(path)
     record["model_state"]["body.0.weight"] = torch.zeros(8, 1, 3, 3)
     save_atomic(record, path)
-    with pytest.raises(TopoatError, match=r"'body.0.weight' has shape \[8, 1, 3, 3\] in the checkpoint, "
-                                          r"\[4, 1, 3, 3\] in the model"):
+    with pytest.raises(
+        TopoatError,
+        match=r"'body.0.weight' has shape \[8, 1, 3, 3\] in the checkpoint, "
+        r"\[4, 1, 3, 3\] in the model",
+    ):
         load_model(path)
     del record["model_state"]["head.bias"]
     record["model_state"]["body.0.weight"] = torch.zeros(4, 1, 3, 3)
@@ -172,8 +182,9 @@ def test_a_config_can_start_from_a_base_config(tmp_path):
     from topoat.config import load_config
 
     (tmp_path / "base.yaml").write_text("name: base\nmethod: {name: trades, beta: 6.0}\noptim: {lr: 0.2, epochs: 7}\n")
-    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: child\noptim: {lr: 0.05}\n"
-                                         "topology: {lambda_nat: 3.0, lambda_adv: 3.0}\n")
+    (tmp_path / "child.yaml").write_text(
+        "base: base.yaml\nname: child\noptim: {lr: 0.05}\ntopology: {lambda_nat: 3.0, lambda_adv: 3.0}\n"
+    )
     cfg = load_config(tmp_path / "child.yaml")
     assert cfg.name == "child" and cfg.method.name == "trades" and cfg.method.beta == 6.0
     assert cfg.optim.lr == 0.05 and cfg.optim.epochs == 7 and cfg.topology.lambda_nat == 3.0
@@ -196,5 +207,6 @@ def test_every_train_config_is_its_base_config_plus_the_topology_term():
     for train in sorted(Path(PRESETS, "configs").rglob("*-train.yaml")):
         with_term, without = to_dict(load_config(train)), to_dict(load_config(str(train).replace("-train", "")))
         assert with_term["topology"] is not None and without["topology"] is None, train
-        assert {k: v for k, v in with_term.items() if k not in ("name", "topology")} == \
-            {k: v for k, v in without.items() if k not in ("name", "topology")}, train
+        assert {k: v for k, v in with_term.items() if k not in ("name", "topology")} == {
+            k: v for k, v in without.items() if k not in ("name", "topology")
+        }, train

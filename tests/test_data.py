@@ -55,17 +55,32 @@ def test_fashion_mnist_rejects_bad_files(fmnist_dir, tmp_path):
 def test_npz_user_data(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), y_train=np.arange(10) % 4,
-             x_test=rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8), y_test=np.arange(5) % 4)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8),
+        y_train=np.arange(10) % 4,
+        x_test=rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8),
+        y_test=np.arange(5) % 4,
+    )
     ds = load_dataset("npz", str(path))
     assert ds.x_train.shape == (10, 3, 16, 16) and ds.num_classes == 4 and len(ds.mean) == 3
     grey = tmp_path / "grey.npz"
-    np.savez(grey, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0, 1, 2, 1]),
-             x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.array([0, 1]))
+    np.savez(
+        grey,
+        x_train=np.zeros((4, 8, 8), np.uint8),
+        y_train=np.array([0, 1, 2, 1]),
+        x_test=np.zeros((2, 8, 8), np.uint8),
+        y_test=np.array([0, 1]),
+    )
     assert load_dataset("npz", str(grey)).x_train.shape == (4, 1, 8, 8)
     bad = tmp_path / "bad.npz"
-    np.savez(bad, x_train=np.zeros((4, 8, 8), np.float32), y_train=np.zeros(4, int),
-             x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.zeros(2, int))
+    np.savez(
+        bad,
+        x_train=np.zeros((4, 8, 8), np.float32),
+        y_train=np.zeros(4, int),
+        x_test=np.zeros((2, 8, 8), np.uint8),
+        y_test=np.zeros(2, int),
+    )
     with pytest.raises(TopoatError, match="uint8"):
         load_dataset("npz", str(bad))
     missing = tmp_path / "missing.npz"
@@ -73,8 +88,13 @@ def test_npz_user_data(tmp_path):
     with pytest.raises(TopoatError, match="missing array"):
         load_dataset("npz", str(missing))
     hostile = tmp_path / "hostile.npz"
-    np.savez(hostile, x_train=np.array([object()], dtype=object), y_train=np.zeros(1, int),
-             x_test=np.zeros((1, 8, 8), np.uint8), y_test=np.zeros(1, int))
+    np.savez(
+        hostile,
+        x_train=np.array([object()], dtype=object),
+        y_train=np.zeros(1, int),
+        x_test=np.zeros((1, 8, 8), np.uint8),
+        y_test=np.zeros(1, int),
+    )
     with pytest.raises(TopoatError):
         load_dataset("npz", str(hostile))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -104,8 +124,12 @@ def test_data_root_expands_the_home_folder(fmnist_dir, tmp_path, monkeypatch):
 
 def write_npz(path, **changes):
     rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), y_train=np.arange(12) % 4,
-                  x_test=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 4)
+    arrays = dict(
+        x_train=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+        y_train=np.arange(12) % 4,
+        x_test=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8),
+        y_test=np.arange(6) % 4,
+    )
     np.savez(path, **{**arrays, **changes})
     return str(path)
 
@@ -119,22 +143,27 @@ def test_npz_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path
     with zipfile.ZipFile(path) as z:
         members = {name: z.read(name) for name in z.namelist()}
     header = io.BytesIO()  # 93 GiB declared, 64 bytes stored
-    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
-                                                  "shape": (100000, 1000, 1000)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (100000, 1000, 1000)}
+    )
     members["x_train.npy"] = header.getvalue() + bytes(64)
     with zipfile.ZipFile(path, "w") as z:
         for name, data in members.items():
             z.writestr(name, data)
-    with pytest.raises(TopoatError, match=r"x_train declares shape \(100000, 1000, 1000\) \(100000000000 bytes\) "
-                                          "but holds only 64 bytes"):
+    with pytest.raises(
+        TopoatError,
+        match=r"x_train declares shape \(100000, 1000, 1000\) \(100000000000 bytes\) "
+        "but holds only 64 bytes",
+    ):
         load_dataset("npz", str(path))
 
 
 def test_npz_class_count_and_empty_or_empty_shaped_splits(tmp_path):
     # test labels above every training label used to add classes the model never trains on
     unseen = write_npz(tmp_path / "unseen.npz", y_test=np.array([0, 1, 2, 3, 7, 9]))
-    with pytest.raises(TopoatError, match="y_test has label\\(s\\) 7, 9 above every training label \\(0..3\\); "
-                                          "add a num_classes array"):
+    with pytest.raises(
+        TopoatError, match="y_test has label\\(s\\) 7, 9 above every training label \\(0..3\\); add a num_classes array"
+    ):
         load_dataset("npz", unseen)
     declared = write_npz(tmp_path / "declared.npz", y_test=np.array([0, 1, 2, 3, 7, 9]), num_classes=np.array(10))
     assert load_dataset("npz", declared).num_classes == 10
@@ -146,8 +175,9 @@ def test_npz_class_count_and_empty_or_empty_shaped_splits(tmp_path):
     with pytest.raises(TopoatError, match="y_test is empty"):
         load_dataset("npz", empty)
     for name, shape in (("no-channels", (12, 8, 8, 0)), ("no-rows", (12, 0, 8))):
-        bad = write_npz(tmp_path / f"{name}.npz", x_train=np.zeros(shape, np.uint8),
-                        x_test=np.zeros((6, *shape[1:]), np.uint8))
+        bad = write_npz(
+            tmp_path / f"{name}.npz", x_train=np.zeros(shape, np.uint8), x_test=np.zeros((6, *shape[1:]), np.uint8)
+        )
         with pytest.raises(TopoatError, match="at least 1 channel and 1x1 pixels"):
             load_dataset("npz", bad)
 
@@ -175,6 +205,6 @@ def test_loader_covers_epoch_and_crops_are_windows():
     assert out.shape == img.shape
     padded = torch.nn.functional.pad(img, (2, 2, 2, 2))
     for i in range(5):  # each output is some 6x6 window of the padded image, maybe flipped
-        windows = [padded[i, :, a:a + 6, b:b + 6] for a in range(5) for b in range(5)]
+        windows = [padded[i, :, a : a + 6, b : b + 6] for a in range(5) for b in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
     assert torch.equal(random_crop_flip(img, 0, False, None), img)

@@ -1,4 +1,5 @@
 """CIFAR-10/100 and Tiny ImageNet loaders on tiny archives in the official formats, and archive safety."""
+
 import dataclasses
 import hashlib
 import io
@@ -101,9 +102,11 @@ TINY_COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
 
 
 def tiny_imagenet_files(bad_annotation=False, odd_size=False):
-    files = {"wnids.txt": ("\n".join(TINY_WNIDS) + "\n").encode(),
-             "words.txt": b"n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
-                          b"n01641577\tbullfrog, Rana catesbeiana\nn09999999\tunused\n"}
+    files = {
+        "wnids.txt": ("\n".join(TINY_WNIDS) + "\n").encode(),
+        "words.txt": b"n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
+        b"n01641577\tbullfrog, Rana catesbeiana\nn09999999\tunused\n",
+    }
     for w, color in zip(TINY_WNIDS, TINY_COLORS):
         files[f"train/{w}/{w}_boxes.txt"] = b"ignored\n"
         for k in range(2):
@@ -223,10 +226,17 @@ def test_truncated_archives_are_one_line_errors(cifar10_archive, tmp_path):
         load_cifar("cifar10", str(tmp_path / "junk.tar.gz"), full_size=False)
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("dotdot", "'..'"), ("absolute", "absolute path"), ("symlink", "link"), ("hardlink", "link"),
-    ("device", "special file"), ("oversized", "exceeds"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("dotdot", "'..'"),
+        ("absolute", "absolute path"),
+        ("symlink", "link"),
+        ("hardlink", "link"),
+        ("device", "special file"),
+        ("oversized", "exceeds"),
+    ],
+)
 def test_hostile_tar_members_are_refused(tmp_path, kind, message):
     archive = hostile_tar(tmp_path / "hostile.tar.gz", kind)
     with pytest.raises(TopoatError, match=message) as e:
@@ -266,7 +276,7 @@ def test_hostile_zip_members_are_refused(tmp_path):
     with zipfile.ZipFile(link, "w") as z:
         info = zipfile.ZipInfo("data/link")
         info.create_system = 3
-        info.external_attr = (0o120777 << 16)  # S_IFLNK
+        info.external_attr = 0o120777 << 16  # S_IFLNK
         z.writestr(info, "/etc/passwd")
     with pytest.raises(TopoatError, match="link"):
         SafeZip(link)
@@ -342,9 +352,13 @@ def test_tiny_imagenet_damaged_cache_is_decoded_again(tmp_path, damage):
     cache = tmp_path / "tiny-imagenet-200.decoded.npz"
     with np.load(cache) as f:
         arrays = {k: f[k] for k in f.files}
-    arrays[damage] = {"y_train": arrays["y_train"].astype(np.float32), "x_train": arrays["x_train"][:, 0],
-                      "mean": np.array([0.5]), "version": np.array([1, 1]),
-                      "names": arrays["names"][:1]}[damage]
+    arrays[damage] = {
+        "y_train": arrays["y_train"].astype(np.float32),
+        "x_train": arrays["x_train"][:, 0],
+        "mean": np.array([0.5]),
+        "version": np.array([1, 1]),
+        "names": arrays["names"][:1],
+    }[damage]
     np.savez(cache, **arrays)  # the fingerprint still matches: only the content is wrong
     again = load_tiny_imagenet(str(archive), full_size=False, progress=False)
     assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_train, ds.y_train)

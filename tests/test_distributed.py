@@ -1,5 +1,6 @@
 """DDP through torchrun: two CPU processes (gloo) must train exactly like one process on the same
 global batch, including the TRAIN term over the global graph."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,21 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 def torchrun(nproc, config, out):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "topoat", "train", "--config", str(config), "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "topoat",
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -26,15 +40,24 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
     teacher_dir = tmp_path / "teacher"
     Trainer(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0}), teacher_dir).run()
     overrides = {
-        "optim.epochs": 1, "optim.batch_size": 32, "data.synthetic_train": 128, "data.val_size": 32,
+        "optim.epochs": 1,
+        "optim.batch_size": 32,
+        "data.synthetic_train": 128,
+        "data.val_size": 32,
         "attack.random_start": False,  # the only per-process randomness in PGD-AT
         # L2 steps move continuously with the gradient; an L-inf sign() can flip on a near-zero gradient
         # component whose last bits differ between batch shapes, and then the weights differ by far more
         # than rounding.
-        "attack.norm": "L2", "attack.eps": 0.5, "attack.step_size": 0.25,
+        "attack.norm": "L2",
+        "attack.eps": 0.5,
+        "attack.step_size": 0.25,
         "model.args": "{width: 4, feature_dim: 16, batchnorm: false}",  # per-process BN statistics differ
-        "topology.teacher": str(teacher_dir / "last.pt"), "topology.lambda_nat": 0.5, "topology.lambda_adv": 0.5,
-        "topology.global_graph": True, "evaluation.n": 16, "validation.n": 32,
+        "topology.teacher": str(teacher_dir / "last.pt"),
+        "topology.lambda_nat": 0.5,
+        "topology.lambda_adv": 0.5,
+        "topology.global_graph": True,
+        "evaluation.n": 16,
+        "validation.n": 32,
     }
     config = tmp_path / "cfg.yaml"
     config.write_text(dump_config(tiny_config(**overrides)))

@@ -1,4 +1,5 @@
 """Robustness evaluation: every attack, AutoAttack through pyautoattack, `topoat eval`, sanity checks."""
+
 import json
 
 import pytest
@@ -55,8 +56,10 @@ def accuracy(model, x, y):
         return float((model(x).argmax(1) == y).float().mean())
 
 
-@pytest.mark.parametrize("attack", ["fgsm", "pgd-10", "pgd-5-r2", "cw-10", "apgd-ce", "apgd-t", "apgd-dlr", "fab",
-                                    "fab-t", "square", "autoattack"])
+@pytest.mark.parametrize(
+    "attack",
+    ["fgsm", "pgd-10", "pgd-5-r2", "cw-10", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack"],
+)
 def test_each_attack_breaks_an_undefended_model_at_a_large_eps(undefended, attack):
     model, x, y = undefended
     x, y = x[:32], y[:32]
@@ -121,7 +124,10 @@ def test_zero_images_are_refused(undefended):
 
 def test_plan_for_fewer_than_ten_classes():
     assert plan_for_classes(["apgd-ce", "apgd-t", "fab-t", "square"], 10) == (
-        ["apgd-ce", "apgd-t", "fab-t", "square"], 9, [])
+        ["apgd-ce", "apgd-t", "fab-t", "square"],
+        9,
+        [],
+    )
     planned, targets, notes = plan_for_classes(["apgd-ce", "apgd-t"], 5)
     assert planned == ["apgd-ce", "apgd-t"] and targets == 4 and "4 target classes" in notes[0]
     planned, targets, notes = plan_for_classes(["apgd-ce", "apgd-t", "fab-t"], 3)
@@ -178,8 +184,9 @@ def test_sanity_checks_fail_on_a_gradient_masked_model(undefended):
 def save_as_checkpoint(model, path, num_classes=10):
     """A topoat checkpoint of a model trained outside topoat, naming the synthetic data it was trained on."""
     record = model_record(model, "small-cnn", {"width": 8, "feature_dim": 32}, num_classes, 1)
-    cfg = tiny_config(**{"data.synthetic_shape": str(SHAPE), "data.synthetic_test": 64,
-                         "data.synthetic_classes": num_classes})
+    cfg = tiny_config(
+        **{"data.synthetic_shape": str(SHAPE), "data.synthetic_test": 64, "data.synthetic_classes": num_classes}
+    )
     record.update({"dataset": "synthetic", "config": to_dict(cfg)})
     save_atomic(record, path)
     return path
@@ -195,8 +202,26 @@ def checkpoints(undefended, tmp_path_factory):
 def test_cli_eval_prints_a_table_and_writes_json(checkpoints, tmp_path, capsys):
     model, _ = checkpoints
     out = tmp_path / "eval.json"
-    assert main(["eval", str(model), "--attacks", "fgsm,pgd-5,apgd-ce", "--eps", "8/255", "--n", "32",
-                 "--autoattack-n", "16", "--no-progress", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(model),
+                "--attacks",
+                "fgsm,pgd-5,apgd-ce",
+                "--eps",
+                "8/255",
+                "--n",
+                "32",
+                "--autoattack-n",
+                "16",
+                "--no-progress",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "pgd-5" in printed and "apgd-ce" in printed and "like-for-like" in printed
     doc = json.loads(out.read_text())
@@ -206,8 +231,27 @@ def test_cli_eval_prints_a_table_and_writes_json(checkpoints, tmp_path, capsys):
 
 def test_cli_sanity_passes_on_a_sane_model(checkpoints, capsys):
     model, reference = checkpoints
-    assert main(["eval", str(model), "--attacks", "pgd-10", "--eps", "0.05", "--n", "48", "--sanity",
-                 "--sanity-steps", "10", "--reference", str(reference), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(model),
+                "--attacks",
+                "pgd-10",
+                "--eps",
+                "0.05",
+                "--n",
+                "48",
+                "--sanity",
+                "--sanity-steps",
+                "10",
+                "--reference",
+                str(reference),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("  PASS  ") == 5 and "FAIL" not in out
 
@@ -223,28 +267,31 @@ def test_cli_sanity_failure_is_loud_and_exits_1(checkpoints, capsys, monkeypatch
     assert "FAIL" in captured.out and "sanity check(s) FAILED" in captured.err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--attacks", "pgd20"], "unknown attack 'pgd20'"),
-    (["--attacks", "aa:apgd-ce+bogus"], "unknown AutoAttack attack 'bogus'"),
-    (["--attacks", ","], "lists no attack"),
-    (["--n", "0"], "argument --n: must be >= 1, got 0"),
-    (["--eps", "-0.1"], "argument --eps: must be >= 0, got -0.1"),
-    (["--eps", "8/0"], "bad eps"),
-    (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
-    (["--autoattack-n", "0"], "argument --autoattack-n: must be >= 1"),
-    (["--step-size", "0"], "argument --step-size: must be > 0, got 0"),
-    (["--results", "r.json"], "--results and --run go together"),
-    (["--reference", "x.pt"], "--reference is used by --sanity only"),
-    (["--sanity", "--reference", "missing.pt"], "checkpoint not found: missing.pt"),
-    (["--dataset", "npz", "--data-root", "missing.npz"], "missing.npz"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--eps", "nan"], "bad eps 'nan': not a finite number"),
-    (["--eps", "inf"], "bad eps 'inf': not a finite number"),
-    (["--attacks", "fgsm", "--eps", "nan"], "bad eps 'nan': not a finite number"),
-    (["--step-size", "nan"], "argument --step-size: bad eps 'nan': not a finite number"),
-    (["--eps", "8"], "eval: Linf eps must be <= 1 (images are in [0, 1]), got 8"),
-    (["--json", "missing/eval.json"], "--json missing/eval.json: folder missing does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--attacks", "pgd20"], "unknown attack 'pgd20'"),
+        (["--attacks", "aa:apgd-ce+bogus"], "unknown AutoAttack attack 'bogus'"),
+        (["--attacks", ","], "lists no attack"),
+        (["--n", "0"], "argument --n: must be >= 1, got 0"),
+        (["--eps", "-0.1"], "argument --eps: must be >= 0, got -0.1"),
+        (["--eps", "8/0"], "bad eps"),
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
+        (["--autoattack-n", "0"], "argument --autoattack-n: must be >= 1"),
+        (["--step-size", "0"], "argument --step-size: must be > 0, got 0"),
+        (["--results", "r.json"], "--results and --run go together"),
+        (["--reference", "x.pt"], "--reference is used by --sanity only"),
+        (["--sanity", "--reference", "missing.pt"], "checkpoint not found: missing.pt"),
+        (["--dataset", "npz", "--data-root", "missing.npz"], "missing.npz"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--eps", "nan"], "bad eps 'nan': not a finite number"),
+        (["--eps", "inf"], "bad eps 'inf': not a finite number"),
+        (["--attacks", "fgsm", "--eps", "nan"], "bad eps 'nan': not a finite number"),
+        (["--step-size", "nan"], "argument --step-size: bad eps 'nan': not a finite number"),
+        (["--eps", "8"], "eval: Linf eps must be <= 1 (images are in [0, 1]), got 8"),
+        (["--json", "missing/eval.json"], "--json missing/eval.json: folder missing does not exist"),
+    ],
+)
 def test_cli_eval_bad_arguments_are_one_line_errors(checkpoints, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model, _ = checkpoints
@@ -258,8 +305,13 @@ def test_cli_eval_refuses_a_dataset_the_model_does_not_fit(checkpoints, tmp_path
 
     data = tmp_path / "five.npz"
     rng = np.random.default_rng(0)
-    np.savez(data, x_train=rng.integers(0, 255, (20, 12, 12), dtype=np.uint8), y_train=np.arange(20) % 5,
-             x_test=rng.integers(0, 255, (10, 12, 12), dtype=np.uint8), y_test=np.arange(10) % 5)
+    np.savez(
+        data,
+        x_train=rng.integers(0, 255, (20, 12, 12), dtype=np.uint8),
+        y_train=np.arange(20) % 5,
+        x_test=rng.integers(0, 255, (10, 12, 12), dtype=np.uint8),
+        y_test=np.arange(10) % 5,
+    )
     model, _ = checkpoints
     assert main(["eval", str(model), "--dataset", "npz", "--data-root", str(data), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -281,10 +333,44 @@ def test_cli_eval_merges_into_results_json_last_and_best(tmp_path, capsys):
     assert set(entry["best"]["robust_acc"]) == {"pgd-3"}
     assert "(best@" in format_table({"tiny": entry})
 
-    assert main(["eval", str(run / "last.pt"), "--attacks", "fgsm,apgd-ce", "--n", "64", "--autoattack-n", "32",
-                 "--results", str(results), "--run", "tiny", "--no-progress"]) == 0
-    assert main(["eval", str(run / "best.pt"), "--attacks", "fgsm", "--n", "32",
-                 "--results", str(results), "--run", "tiny", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "last.pt"),
+                "--attacks",
+                "fgsm,apgd-ce",
+                "--n",
+                "64",
+                "--autoattack-n",
+                "32",
+                "--results",
+                str(results),
+                "--run",
+                "tiny",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "best.pt"),
+                "--attacks",
+                "fgsm",
+                "--n",
+                "32",
+                "--results",
+                str(results),
+                "--run",
+                "tiny",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     entry = json.loads(results.read_text())["runs"]["tiny"]
     assert set(entry["robust_acc"]) == {"pgd-3", "fgsm", "apgd-ce"}  # the stale per-sample worst is gone
     assert entry["n_by_attack"] == {"apgd-ce": 32} and entry["autoattack_subset"]["n"] == 32
@@ -293,9 +379,13 @@ def test_cli_eval_merges_into_results_json_last_and_best(tmp_path, capsys):
     assert "apgd-ce: on a fixed 32 of the 64 test images" in table
 
     capsys.readouterr()
-    for argv, message in [(["--run", "nope"], "has no run 'nope'"),
-                          (["--run", "tiny", "--eps", "0.2"], "Linf eps 0.1, but this evaluation uses Linf eps 0.2")]:
-        assert main(["eval", str(run / "last.pt"), "--attacks", "fgsm", "--results", str(results),
-                     "--no-progress"] + argv) == 2
+    for argv, message in [
+        (["--run", "nope"], "has no run 'nope'"),
+        (["--run", "tiny", "--eps", "0.2"], "Linf eps 0.1, but this evaluation uses Linf eps 0.2"),
+    ]:
+        assert (
+            main(["eval", str(run / "last.pt"), "--attacks", "fgsm", "--results", str(results), "--no-progress"] + argv)
+            == 2
+        )
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

@@ -1,4 +1,5 @@
 """Models topoat did not train: a plain state_dict (`topoat export` writes one) and an importable factory."""
+
 import json
 
 import pytest
@@ -36,16 +37,29 @@ def test_export_then_eval_as_a_plain_state_dict_scores_the_same(checkpoint, tmp_
     capsys.readouterr()
     assert main(["eval", str(checkpoint), *EVAL]) == 0
     native = _scores(capsys)
-    assert main(["eval", str(out), "--arch", "small-cnn", "--num-classes", "10",
-                 "--arch-args", "{width: 4, feature_dim: 16}", *EVAL]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--arch",
+                "small-cnn",
+                "--num-classes",
+                "10",
+                "--arch-args",
+                "{width: 4, feature_dim: 16}",
+                *EVAL,
+            ]
+        )
+        == 0
+    )
     assert _scores(capsys) == native and len(native) == 2
 
 
 def test_eval_of_an_importable_model(tmp_path, monkeypatch, capsys):
     (tmp_path / "elsewhere_models.py").write_text(
-        "from torch import nn\n"
-        "def build():\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+        "from torch import nn\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["eval", "--model", "elsewhere_models:build", *EVAL]) == 0
     assert len(_scores(capsys)) == 2
@@ -54,13 +68,16 @@ def test_eval_of_an_importable_model(tmp_path, monkeypatch, capsys):
     assert main(["eval", str(weights), "--model", "elsewhere_models:build", *EVAL]) == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--arch", "small-cnn", *EVAL], "--arch needs the state_dict file and --num-classes"),
-    (["--model", "nowhere_at_all:build", *EVAL], "cannot import nowhere_at_all"),
-    (["--model", "torch:nn", *EVAL], "has no callable nn"),
-    (["--model", "no-colon", *EVAL], "MODULE:FACTORY"),
-    ([*EVAL], "give a checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "small-cnn", *EVAL], "--arch needs the state_dict file and --num-classes"),
+        (["--model", "nowhere_at_all:build", *EVAL], "cannot import nowhere_at_all"),
+        (["--model", "torch:nn", *EVAL], "has no callable nn"),
+        (["--model", "no-colon", *EVAL], "MODULE:FACTORY"),
+        ([*EVAL], "give a checkpoint"),
+    ],
+)
 def test_bad_foreign_models_are_one_line(args, message, capsys):
     assert main(["eval", *args]) == 2
     assert message in capsys.readouterr().err

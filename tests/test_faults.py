@@ -3,6 +3,7 @@
 Each fault ends in one line and a folder that can be resumed or rerun; docs/RELIABILITY.md tabulates them.
 Signals and kills run the CLI in a subprocess (a real handler, a real exit status) with a patch that sends
 the signal at a chosen stage, so the tests are short and deterministic."""
+
 import errno
 import json
 import os
@@ -38,10 +39,14 @@ def write_config(tmp_path, **overrides):
 
 def run_topoat(argv, patch="", timeout=240):
     """`topoat ARGV` in a fresh interpreter after `patch` (Python source) has run."""
-    code = "import os, signal, sys\n" + textwrap.dedent(patch) + \
-        f"\nfrom topoat.cli import main\nsys.exit(main({[str(a) for a in argv]!r}))\n"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p))
+    code = (
+        "import os, signal, sys\n"
+        + textwrap.dedent(patch)
+        + f"\nfrom topoat.cli import main\nsys.exit(main({[str(a) for a in argv]!r}))\n"
+    )
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p)
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -70,6 +75,7 @@ def interrupted_in_epoch_two(run, **overrides):
 
 # -- 1. a study's runs stay inside --out ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["/tmp/x", "../x", "a/b", "..", ".", "", "a\\b"])
 def test_study_refuses_run_names_that_are_not_plain_folder_names(tmp_path, name):
     write_config(tmp_path)
@@ -89,6 +95,7 @@ def test_study_writes_nothing_outside_its_folder(tmp_path, capsys):
 
 
 # -- 2. a full or unwritable disk ---------------------------------------------------------------------
+
 
 def fail_writes_under(monkeypatch, folder, name, after=0, error=errno.ENOSPC):
     """os.write fails with `error` for temporary files of `name` under `folder`, after `after` good files."""
@@ -138,8 +145,12 @@ def small_disk(tmp_path):
     disk = tmp_path / "small"
     disk.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                                 capture_output=True, timeout=30).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         mounted = False
     if not mounted:
@@ -169,8 +180,10 @@ def test_a_real_full_disk_is_one_line_and_the_folder_can_be_rerun(tmp_path, smal
 
 def test_torch_save_failing_is_one_line(tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):  # what torch.save raises when the disk fills under it
-        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", full)
     assert main(["train", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "run")]) == 2
@@ -251,16 +264,20 @@ KILL_AT = {
 }
 
 
-@pytest.mark.parametrize("stage,signum,says", [
-    ("training", signal.SIGTERM, "in epoch 1 of 2"),
-    ("validation", signal.SIGTERM, "after epoch 2 of 2"),
-    ("evaluation", signal.SIGTERM, "during the final evaluation"),
-    ("evaluation", signal.SIGINT, "during the final evaluation"),
-])
+@pytest.mark.parametrize(
+    "stage,signum,says",
+    [
+        ("training", signal.SIGTERM, "in epoch 1 of 2"),
+        ("validation", signal.SIGTERM, "after epoch 2 of 2"),
+        ("evaluation", signal.SIGTERM, "during the final evaluation"),
+        ("evaluation", signal.SIGINT, "during the final evaluation"),
+    ],
+)
 def test_a_signal_at_each_stage_stops_with_one_line_and_resumes_there(tmp_path, stage, signum, says):
     cfg, run = write_config(tmp_path), tmp_path / "run"
-    proc = run_topoat(["train", "--config", cfg, "--out", run],
-                      KILL_AT[stage].replace("SIGNUM", f"signal.{signum.name}"))
+    proc = run_topoat(
+        ["train", "--config", cfg, "--out", run], KILL_AT[stage].replace("SIGNUM", f"signal.{signum.name}")
+    )
     assert proc.returncode == 128 + signum
     err = one_line(proc.stderr)
     assert signum.name in err and says in err and "--resume" in err
@@ -289,6 +306,7 @@ def test_study_stops_on_sigterm_during_evaluation_and_resumes_there(tmp_path):
 
 
 # -- 4. the record survives resumes, kills and torn lines ----------------------------------------------
+
 
 def test_a_resumed_epoch_has_the_same_metrics_line_as_an_uninterrupted_one(tmp_path):
     Trainer(tiny_config(), tmp_path / "straight").run()
@@ -350,7 +368,7 @@ def test_a_torn_metrics_line_is_repaired_on_resume(tmp_path):
     run = tmp_path / "run"
     interrupted_in_epoch_two(run)
     line = (run / "metrics.jsonl").read_text()
-    (run / "metrics.jsonl").write_text(line[:len(line) // 2])  # epoch 1's line, cut by a kill or a full disk
+    (run / "metrics.jsonl").write_text(line[: len(line) // 2])  # epoch 1's line, cut by a kill or a full disk
     Trainer(tiny_config(), run, resume=True).run()
     assert [r["epoch"] for r in records(run)] == [1, 2]  # epoch 1's line comes back from the checkpoint
 
@@ -364,6 +382,7 @@ def test_a_broken_metrics_line_inside_the_file_is_refused_in_one_line(tmp_path):
 
 
 # -- 6. no dead-end folders ------------------------------------------------------------------------------
+
 
 def test_a_run_that_diverged_in_epoch_one_can_be_rerun_or_resumed(tmp_path):
     run = tmp_path / "run"

@@ -1,4 +1,5 @@
 """The natural/robust frontier: base curves, per-seed interpolation, frontier gains, the picture."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -27,8 +28,17 @@ class FakeRun:
 def run(name, method, natural, robust, knob=None, topology=None, distillation=None, attack="aa:apgd-ce+apgd-t"):
     config = {} if knob is None else ({"beta": knob} if method == "trades" else {"natural_weight": knob})
     scores = {"natural_acc": natural, "robust_acc": {attack: robust}}
-    return FakeRun(name, {"method": method, "method_config": config, "topology": topology,
-                          "distillation": distillation, **scores, "best": dict(scores, epoch=3)})
+    return FakeRun(
+        name,
+        {
+            "method": method,
+            "method_config": config,
+            "topology": topology,
+            "distillation": distillation,
+            **scores,
+            "best": dict(scores, epoch=3),
+        },
+    )
 
 
 def test_frontier_is_the_envelope_held_flat_beyond_its_ends():
@@ -46,12 +56,15 @@ def test_frontier_gain_is_per_seed_against_that_seeds_curve():
     topo = {"kernel": "softmax-cosine", "temperature": 0.1, "lambda_nat": 10, "lambda_adv": 10}
     runs = []
     for seed, shift in [(0, 0.0), (1, 0.02)]:
-        runs += [run(f"trades-b1-s{seed}", "trades", 0.80 + shift, 0.40, 1),
-                 run(f"trades-b6-s{seed}", "trades", 0.70 + shift, 0.50, 6),
-                 # halfway between the two in robustness: the curve gives 0.75 + shift natural
-                 run(f"trades-sc-s{seed}", "trades", 0.78 + shift, 0.45, 6, topology=topo),
-                 run(f"trades-kd-s{seed}", "trades", 0.74 + shift, 0.45, 6,
-                     distillation={"lambda": 2.0, "temperature": 4.0})]
+        runs += [
+            run(f"trades-b1-s{seed}", "trades", 0.80 + shift, 0.40, 1),
+            run(f"trades-b6-s{seed}", "trades", 0.70 + shift, 0.50, 6),
+            # halfway between the two in robustness: the curve gives 0.75 + shift natural
+            run(f"trades-sc-s{seed}", "trades", 0.78 + shift, 0.45, 6, topology=topo),
+            run(
+                f"trades-kd-s{seed}", "trades", 0.74 + shift, 0.45, 6, distillation={"lambda": 2.0, "temperature": 4.0}
+            ),
+        ]
     runs.append(run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0))  # one setting only: no PGD-AT curve
     f = frontier(runs)
     assert list(f.curves) == ["trades"]
@@ -68,9 +81,18 @@ def test_frontier_gain_is_per_seed_against_that_seeds_curve():
 
 
 def test_frontier_needs_the_attack_and_draws_the_picture(tmp_path):
-    runs = [run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0), run("pgd-at-nw50-s0", "pgd-at", 0.82, 0.45, 0.5),
-            run("pgd-at-cos-s0", "pgd-at", 0.80, 0.56, 0.0,
-                topology={"kernel": "cosine", "lambda_nat": 30, "lambda_adv": 30})]
+    runs = [
+        run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0),
+        run("pgd-at-nw50-s0", "pgd-at", 0.82, 0.45, 0.5),
+        run(
+            "pgd-at-cos-s0",
+            "pgd-at",
+            0.80,
+            0.56,
+            0.0,
+            topology={"kernel": "cosine", "lambda_nat": 30, "lambda_adv": 30},
+        ),
+    ]
     assert frontier(runs, attack="pgd-20") is None
     f = frontier(runs)
     (point,) = f.points
@@ -84,11 +106,20 @@ def test_frontier_needs_the_attack_and_draws_the_picture(tmp_path):
 def test_report_section_reads_attacks_run_on_the_best_checkpoint_only(tmp_path):
     from topoat.report import frontier_sections
 
-    runs = [run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0, attack="aa:apgd-ce"),
-            run("pgd-at-nw50-s0", "pgd-at", 0.82, 0.45, 0.5, attack="aa:apgd-ce"),
-            run("pgd-at-sc-s0", "pgd-at", 0.80, 0.56, 0.0, attack="aa:apgd-ce",
-                topology={"kernel": "softmax-cosine", "lambda_nat": 10, "lambda_adv": 10})]
+    runs = [
+        run("pgd-at-nw0-s0", "pgd-at", 0.75, 0.55, 0.0, attack="aa:apgd-ce"),
+        run("pgd-at-nw50-s0", "pgd-at", 0.82, 0.45, 0.5, attack="aa:apgd-ce"),
+        run(
+            "pgd-at-sc-s0",
+            "pgd-at",
+            0.80,
+            0.56,
+            0.0,
+            attack="aa:apgd-ce",
+            topology={"kernel": "softmax-cosine", "lambda_nat": 10, "lambda_adv": 10},
+        ),
+    ]
     for r in runs:
         r.entry["robust_acc"] = {}  # evaluation.checkpoints: [best]
-    (heading, text, picture), = frontier_sections(runs, tmp_path, "test")
+    ((heading, text, picture),) = frontier_sections(runs, tmp_path, "test")
     assert heading == "Frontier under aa:apgd-ce" and "pgd-at-sc" in text and picture.is_file()

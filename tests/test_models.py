@@ -42,17 +42,20 @@ def test_bad_arguments_are_user_errors():
         build_model("wrn-34-10", 10, 3, [0.5] * 3, [0.5] * 3, depth=11)
 
 
-@pytest.mark.parametrize("arch,args,message", [
-    ("small-cnn", {"width": 0}, "model.args.width must be an integer >= 1 for small-cnn, got 0"),
-    ("small-cnn", {"width": -3}, "model.args.width must be an integer >= 1"),
-    ("small-cnn", {"feature_dim": 2.5}, "model.args.feature_dim must be an integer >= 1"),
-    ("small-cnn", {"batchnorm": "no"}, "model.args.batchnorm must be true or false"),
-    ("preact-resnet18", {"num_blocks": [0, 0, 0, 0]}, "model.args.num_blocks must be a list of integers >= 1"),
-    ("resnet18", {"num_blocks": "abc"}, "model.args.num_blocks must be a list of integers >= 1"),
-    ("wrn-34-10", {"depth": 10, "dropout": 2.0}, r"dropout must be in \[0, 1\), got 2.0"),
-    ("wrn-34-10", {"depth": 10, "dropout": -1.0}, r"dropout must be in \[0, 1\)"),
-    ("wrn-34-10", {"widen_factor": 0}, "model.args.widen_factor must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "arch,args,message",
+    [
+        ("small-cnn", {"width": 0}, "model.args.width must be an integer >= 1 for small-cnn, got 0"),
+        ("small-cnn", {"width": -3}, "model.args.width must be an integer >= 1"),
+        ("small-cnn", {"feature_dim": 2.5}, "model.args.feature_dim must be an integer >= 1"),
+        ("small-cnn", {"batchnorm": "no"}, "model.args.batchnorm must be true or false"),
+        ("preact-resnet18", {"num_blocks": [0, 0, 0, 0]}, "model.args.num_blocks must be a list of integers >= 1"),
+        ("resnet18", {"num_blocks": "abc"}, "model.args.num_blocks must be a list of integers >= 1"),
+        ("wrn-34-10", {"depth": 10, "dropout": 2.0}, r"dropout must be in \[0, 1\), got 2.0"),
+        ("wrn-34-10", {"depth": 10, "dropout": -1.0}, r"dropout must be in \[0, 1\)"),
+        ("wrn-34-10", {"widen_factor": 0}, "model.args.widen_factor must be an integer >= 1"),
+    ],
+)
 def test_sizes_and_switches_are_checked_when_the_model_is_built(arch, args, message):
     # each of these built a model that failed in its first step, or silently had no layers
     c = 3

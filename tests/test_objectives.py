@@ -1,5 +1,6 @@
 """Every base method's loss, TRAIN and AWP against values worked out independently (numpy, by hand, on
 a 2-layer network with fixed inputs), and every method x {base, + TRAIN} training on synthetic data."""
+
 import math
 
 import numpy as np
@@ -41,14 +42,22 @@ STUDENT = dict(
     b2=np.array([0.05, -0.1, 0.02]),
 )
 TEACHER = dict(  # another width: only graphs are compared, never features
-    w1=np.array([[0.3, 0.1, -0.2, 0.6], [0.4, -0.5, 0.2, 0.1], [-0.3, 0.2, 0.7, 0.5], [0.6, 0.6, -0.1, -0.4],
-                 [0.2, -0.3, -0.3, 0.8]]),
+    w1=np.array(
+        [
+            [0.3, 0.1, -0.2, 0.6],
+            [0.4, -0.5, 0.2, 0.1],
+            [-0.3, 0.2, 0.7, 0.5],
+            [0.6, 0.6, -0.1, -0.4],
+            [0.2, -0.3, -0.3, 0.8],
+        ]
+    ),
     b1=np.array([0.7, 0.6, 0.5, 0.8, 0.6]),
     w2=np.array([[0.5, -0.2, 0.3, 0.1, -0.4], [0.2, 0.3, -0.5, 0.4, 0.1], [-0.3, 0.1, 0.2, -0.2, 0.5]]),
     b2=np.array([0.0, 0.1, -0.1]),
 )
-X = np.array([[0.1, 0.9, 0.4, 0.6], [0.8, 0.2, 0.5, 0.3], [0.3, 0.3, 0.9, 0.1], [0.6, 0.7, 0.2, 0.8],
-              [0.2, 0.5, 0.7, 0.4]])
+X = np.array(
+    [[0.1, 0.9, 0.4, 0.6], [0.8, 0.2, 0.5, 0.3], [0.3, 0.3, 0.9, 0.1], [0.6, 0.7, 0.2, 0.8], [0.2, 0.5, 0.7, 0.4]]
+)
 DELTA = 0.1 * np.array([[1, -1, 1, 1], [-1, -1, 1, -1], [1, 1, -1, 1], [-1, 1, 1, -1], [1, -1, -1, -1]])
 X_ADV = np.clip(X + DELTA, 0, 1)
 Y = np.array([0, 1, 2, 1, 0])
@@ -75,6 +84,7 @@ def np_kl_rows(p, q):
 
 def np_graph_kl(student, teacher, labels=None, mode="off", n_rows=None):
     """(1/n) sum_i KL(P_T(.|i) || P_S(.|i)) with the cosine kernel, from the definition, loops and all."""
+
     def probs(z):
         n = len(z)
         k = np.zeros((n, n))
@@ -84,6 +94,7 @@ def np_graph_kl(student, teacher, labels=None, mode="off", n_rows=None):
                 if allowed:
                     k[i, j] = (1 + z[i] @ z[j] / (np.linalg.norm(z[i]) * np.linalg.norm(z[j]))) / 2
         return k
+
     ks, kt = probs(student), probs(teacher)
     rows = range(len(student) if n_rows is None else n_rows)
     terms = []
@@ -121,6 +132,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Base losses
@@ -175,6 +187,7 @@ def test_mart_loss():
     assert out.loss.item() == pytest.approx(bce + beta * robust, rel=1e-5)
     assert out.parts["kl_weighted"].item() == pytest.approx(robust, rel=1e-4)
 
+
 # ---------------------------------------------------------------------------------------------------
 # TRAIN
 
@@ -225,6 +238,7 @@ def test_attack_uses_topology_ascends_base_plus_lambda_adv_topology():
     assert value == pytest.approx(5 * (np_ce(z_adv, Y) + 7.0 * np_graph_kl(h_adv, g)), rel=1e-5)
     plain = TopologyRegularized(PGDAT(attack_config()), teacher(), 1.0, 7.0, kernel="cosine")
     assert plain.attack_objective(student(), x, y)(x_adv).sum().item() == pytest.approx(5 * np_ce(z_adv, Y), rel=1e-5)
+
 
 # ---------------------------------------------------------------------------------------------------
 # AWP
@@ -291,6 +305,7 @@ def test_awp_restores_the_weights_and_waits_for_its_warmup():
     out.after_step()  # no optimizer step: the original weights come back
     assert all(torch.allclose(p, b, rtol=0, atol=1e-7) for p, b in zip(model.parameters(), before))
 
+
 # ---------------------------------------------------------------------------------------------------
 # Config and every method x {base, + TRAIN} training
 
@@ -304,8 +319,15 @@ def test_awp_config():
         tiny_config(**{"method.name": "fgsm-at"})
 
 
-COMBINATIONS = [("standard", None), ("pgd-at", None), ("trades", None), ("mart", None),
-                ("pgd-at", 0.01), ("trades", 0.01), ("mart", 0.01)]
+COMBINATIONS = [
+    ("standard", None),
+    ("pgd-at", None),
+    ("trades", None),
+    ("mart", None),
+    ("pgd-at", 0.01),
+    ("trades", 0.01),
+    ("mart", 0.01),
+]
 
 
 def small_cnn(width):
@@ -319,7 +341,7 @@ def synthetic_batch(n=32, seed=0):
     x = 0.3 * torch.rand(n, 1, 12, 12, generator=g)
     for c in range(4):
         r, q = divmod(c, 2)
-        x[y == c, :, 6 * r:6 * r + 6, 6 * q:6 * q + 6] += 0.6
+        x[y == c, :, 6 * r : 6 * r + 6, 6 * q : 6 * q + 6] += 0.6
     return x.clamp(0, 1), y
 
 
@@ -365,9 +387,18 @@ def test_every_method_trains_and_lowers_its_loss(method, awp, with_train):
 def test_train_options_work_with_every_method(method):
     """Class-aware graphs, a memory bank, a named layer and the topology-aware attack, all at once."""
     torch.manual_seed(0)
-    cfg = tiny_config(**{"method.name": method, "attack.steps": 1, "topology.class_aware": "within",
-                         "topology.memory_bank": 48, "topology.layer": "body.4", "topology.teacher_layer": "body.4",
-                         "topology.attack_uses_topology": True, "topology.lambda_nat": 1.0})
+    cfg = tiny_config(
+        **{
+            "method.name": method,
+            "attack.steps": 1,
+            "topology.class_aware": "within",
+            "topology.memory_bank": 48,
+            "topology.layer": "body.4",
+            "topology.teacher_layer": "body.4",
+            "topology.attack_uses_topology": True,
+            "topology.lambda_nat": 1.0,
+        }
+    )
     model = small_cnn(4)
     objective = build_objective(cfg, small_cnn(2).eval())
     for seed in range(2):  # the second step's graphs include the first step's bank rows
@@ -383,11 +414,19 @@ def test_trainer_runs_awp_trades_with_train_and_logs_both_parts(tmp_path):
     from topoat.train import Trainer
 
     teacher_dir = tmp_path / "teacher"
-    Trainer(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0, "optim.epochs": 1}),
-            teacher_dir).run()
-    cfg = tiny_config(**{"method.name": "trades", "method.awp.warmup_epochs": 1, "topology.teacher":
-                         str(teacher_dir / "last.pt"), "topology.lambda_nat": 5, "topology.lambda_adv": 5,
-                         "topology.kernel": "cosine"})
+    Trainer(
+        tiny_config(**{"method.name": "standard", "validation.attack_steps": 0, "optim.epochs": 1}), teacher_dir
+    ).run()
+    cfg = tiny_config(
+        **{
+            "method.name": "trades",
+            "method.awp.warmup_epochs": 1,
+            "topology.teacher": str(teacher_dir / "last.pt"),
+            "topology.lambda_nat": 5,
+            "topology.lambda_adv": 5,
+            "topology.kernel": "cosine",
+        }
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     calls = []
     perturbation = trainer.objective.perturbation
@@ -395,6 +434,7 @@ def test_trainer_runs_awp_trades_with_train_and_logs_both_parts(tmp_path):
     trainer.run()
     assert calls and set(calls) == {1}  # no AWP in the warm-up epoch
     import json
+
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"ce_nat", "kl", "topo_nat", "topo_adv"} <= set(record)
 
@@ -417,7 +457,7 @@ def test_pgd_at_natural_weight_mixes_natural_cross_entropy():
 
 def np_distillation(student_logits, teacher_logits, temperature):
     p_t, p_s = np_softmax(teacher_logits / temperature), np_softmax(student_logits / temperature)
-    return temperature ** 2 * float(np.mean(np_kl_rows(p_t, p_s)))
+    return temperature**2 * float(np.mean(np_kl_rows(p_t, p_s)))
 
 
 @pytest.mark.parametrize("base_cls", [PGDAT, TRADES])
@@ -430,8 +470,9 @@ def test_distillation_adds_the_tempered_kl_to_the_teacher(base_cls):
     z, g = np_forward(STUDENT, X)[0], np_forward(TEACHER, X)[0]
     kd = np_distillation(z, g, 4.0)
     assert out.parts["distillation"].item() == pytest.approx(kd, rel=1e-4, abs=KL_ABS)
-    assert out.loss.item() == pytest.approx(base.loss(student(), x, y, x_adv).loss.item() + 0.5 * kd,
-                                            rel=1e-5, abs=KL_ABS)
+    assert out.loss.item() == pytest.approx(
+        base.loss(student(), x, y, x_adv).loss.item() + 0.5 * kd, rel=1e-5, abs=KL_ABS
+    )
     assert obj.adversarial(student(), x, y) is not None  # the base method's attack, unchanged
     s = torch.tensor(z, dtype=torch.float32, requires_grad=True)
     distillation_loss(s, torch.tensor(g, dtype=torch.float32), 2.0).backward()
@@ -464,8 +505,15 @@ def test_training_attack_batchnorm_mode_defaults_to_the_authors_choice():
 @pytest.mark.parametrize("method", ["pgd-at", "trades", "mart"])
 def test_default_train_term_lowers_the_loss_with_every_method(method):
     torch.manual_seed(0)
-    cfg = tiny_config(**{"method.name": method, "attack.steps": 2, "attack.step_size": 0.05,
-                         "topology.lambda_nat": 0.1, "topology.lambda_adv": 0.1})
+    cfg = tiny_config(
+        **{
+            "method.name": method,
+            "attack.steps": 2,
+            "attack.step_size": 0.05,
+            "topology.lambda_nat": 0.1,
+            "topology.lambda_adv": 0.1,
+        }
+    )
     assert cfg.topology.kernel == "softmax-cosine" and cfg.topology.temperature == 0.1
     losses, _ = train_steps(build_objective(cfg, small_cnn(2).eval()), lr=0.02, steps=10)
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses

@@ -1,5 +1,6 @@
 """Every shipped config and study loads, states the protocol exactly, and trains one step on synthetic
 data of its dataset's shape (a tiny model width stands in for the real one)."""
+
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,11 @@ def test_config_states_the_protocol(path):
     base = stem.removesuffix("-train")
     arch = "wrn-34-10" if "wrn-34-10" in path.parts else "preact-resnet18"
     # the shared protocol, except where a method's authors published their own CIFAR-10 schedule
-    lr, wd, epochs, milestones, beta = AUTHORS_CIFAR10.get((base, arch), (0.1, 5e-4, 110, [100, 105], 6.0)) \
-        if cfg.data.dataset == "cifar10" else (0.1, 5e-4, 110, [100, 105], 6.0)
+    lr, wd, epochs, milestones, beta = (
+        AUTHORS_CIFAR10.get((base, arch), (0.1, 5e-4, 110, [100, 105], 6.0))
+        if cfg.data.dataset == "cifar10"
+        else (0.1, 5e-4, 110, [100, 105], 6.0)
+    )
     assert (o.batch_size, o.lr, o.momentum, o.weight_decay, o.epochs) == (128, lr, 0.9, wd, epochs)
     assert o.schedule == "multistep" and o.milestones == milestones and o.gamma == 0.1
     # BatchNorm during the training attack as in each method's reference code
@@ -95,8 +99,13 @@ def test_config_states_the_protocol(path):
     for attack in cfg.evaluation.attacks:
         parse_attack(attack)
     assert cfg.model.arch == arch
-    expected_method = {"standard": "standard", "pgd-at": "pgd-at", "trades": "trades", "mart": "mart",
-                       "awp-pgd-at": "pgd-at"}[base]
+    expected_method = {
+        "standard": "standard",
+        "pgd-at": "pgd-at",
+        "trades": "trades",
+        "mart": "mart",
+        "awp-pgd-at": "pgd-at",
+    }[base]
     assert cfg.method.name == expected_method
     if base in ("trades", "mart"):
         assert cfg.method.beta == beta
@@ -108,13 +117,25 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(path, stub_teache
     raw = load_config(path)
     shape, classes = SHAPES[raw.data.dataset]
     overrides = [
-        "data.dataset=synthetic", f"data.synthetic_shape={list(shape)}", f"data.synthetic_classes={classes}",
-        "data.synthetic_train=8", "data.synthetic_test=4", "data.val_size=4", "data.train_subset=null",
-        f"model.args={TINY_ARGS[raw.model.arch]}", "optim.batch_size=4", "optim.epochs=1",
+        "data.dataset=synthetic",
+        f"data.synthetic_shape={list(shape)}",
+        f"data.synthetic_classes={classes}",
+        "data.synthetic_train=8",
+        "data.synthetic_test=4",
+        "data.val_size=4",
+        "data.train_subset=null",
+        f"model.args={TINY_ARGS[raw.model.arch]}",
+        "optim.batch_size=4",
+        "optim.epochs=1",
         # one attack step in training and validation keeps 100+ configs fast; the real counts are
         # checked in test_config_states_the_protocol
-        "attack.steps=1", f"validation.attack_steps={min(raw.validation.attack_steps, 1)}",
-        "validation.n=4", "evaluation.n=4", "runtime.progress=false", "runtime.device=cpu", "runtime.threads=1",
+        "attack.steps=1",
+        f"validation.attack_steps={min(raw.validation.attack_steps, 1)}",
+        "validation.n=4",
+        "evaluation.n=4",
+        "runtime.progress=false",
+        "runtime.device=cpu",
+        "runtime.threads=1",
         # torch 2.13's CPU backward of a channels-last 1x1 stride-2 convolution with very few channels
         # on 64x64 inputs corrupts the heap (the shortcut of a width-4 PreAct ResNet on Tiny ImageNet
         # shapes); the real widths are unaffected, and this test is about the configs, not the layout.

@@ -4,6 +4,7 @@ The snippets read `make run`'s checkpoints and Debian's Fashion-MNIST. Here the 
 (untrained) models of the same shapes in a temporary working folder, and where Fashion-MNIST is not
 installed, synthetic images of its shape stand in for it; the snippets' code itself runs verbatim.
 """
+
 import re
 from pathlib import Path
 

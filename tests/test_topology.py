@@ -12,6 +12,7 @@ from topoat.topology import affinity_log_probs, knn_overlap, perplexity_precisio
 
 def reference_loss(student, teacher, kernel):
     """Straight from the definition, in float64 numpy, loops and all."""
+
     def kernel_matrix(z):
         n = len(z)
         k = np.zeros((n, n))
@@ -65,6 +66,7 @@ def test_hand_computed_cosine():
 def sharp_reference_loss(student, teacher, kernel, temperature=0.1, perplexity=30.0):
     """softmax-cosine and perplexity graphs from their definitions in float64: exp(cos / T) per row, and
     per-row Gaussians whose precision scipy's root finder (not bisection) sets to the target entropy."""
+
     def probs(z):
         n = len(z)
         off = ~np.eye(n, dtype=bool)
@@ -81,6 +83,7 @@ def sharp_reference_loss(student, teacher, kernel, temperature=0.1, perplexity=3
                     w = np.exp(-np.exp(log_b) * (d - d.min()))
                     p = w / w.sum()
                     return -xlogy(p, p).sum() - math.log(perplexity)
+
                 logits[i] = -np.exp(brentq(entropy_gap, -40, 40, xtol=1e-14)) * d2[i]
         p = np.where(off, np.exp(logits - logits.max(1, keepdims=True)), 0.0)
         return p / p.sum(1, keepdims=True)
@@ -94,18 +97,21 @@ def sharp_reference_loss(student, teacher, kernel, temperature=0.1, perplexity=3
 def test_softmax_cosine_matches_definition(temperature):
     rng = np.random.default_rng(1)
     student, teacher = np.abs(rng.normal(size=(9, 5))), np.abs(rng.normal(size=(9, 7)))  # post-ReLU-like
-    got = TopologyLoss("softmax-cosine", temperature=temperature)(torch.tensor(student, dtype=torch.float32),
-                                                                  torch.tensor(teacher, dtype=torch.float32))
-    assert got.item() == pytest.approx(sharp_reference_loss(student, teacher, "softmax-cosine", temperature),
-                                       rel=1e-4, abs=1e-6)
+    got = TopologyLoss("softmax-cosine", temperature=temperature)(
+        torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32)
+    )
+    assert got.item() == pytest.approx(
+        sharp_reference_loss(student, teacher, "softmax-cosine", temperature), rel=1e-4, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("perplexity", [3.0, 7.5])
 def test_perplexity_matches_definition(perplexity):
     rng = np.random.default_rng(2)
     student, teacher = rng.normal(size=(12, 5)), 3.0 * rng.normal(size=(12, 8))  # another scale on purpose
-    got = TopologyLoss("perplexity", perplexity=perplexity)(torch.tensor(student, dtype=torch.float32),
-                                                            torch.tensor(teacher, dtype=torch.float32))
+    got = TopologyLoss("perplexity", perplexity=perplexity)(
+        torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32)
+    )
     expected = sharp_reference_loss(student, teacher, "perplexity", perplexity=perplexity)
     assert got.item() == pytest.approx(expected, rel=1e-3, abs=1e-5)
 
@@ -130,6 +136,7 @@ def test_perplexity_precision_is_detached():
         d2 = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
         b = perplexity_precisions(d2.detach(), 4.0, allowed)
         return torch.log_softmax((-b[:, None] * d2).masked_fill(~allowed, float("-inf")), dim=1)
+
     s, t = graph(z, True), graph(teacher, False)
     ((t.exp() * (t - s)).masked_fill(~allowed, 0.0).sum() / 10).backward()
     assert torch.allclose(student.grad, z.grad, rtol=1e-3, atol=1e-6)
@@ -157,8 +164,13 @@ def test_sharp_kernels_are_sharper_than_cosine_on_post_relu_features():
     assert entropy["perplexity"] == pytest.approx(math.log(30), abs=1e-3)
 
 
-ALL_KERNELS = [("cosine", {}), ("gaussian", {}), ("student-t", {}), ("softmax-cosine", {}),
-               ("perplexity", {"perplexity": 2.5})]
+ALL_KERNELS = [
+    ("cosine", {}),
+    ("gaussian", {}),
+    ("student-t", {}),
+    ("softmax-cosine", {}),
+    ("perplexity", {"perplexity": 2.5}),
+]
 
 
 @pytest.mark.parametrize("kernel,kw", ALL_KERNELS, ids=[k for k, _ in ALL_KERNELS])

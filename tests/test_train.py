@@ -43,8 +43,16 @@ def test_standard_and_pgd_at_write_a_run_folder(tmp_path):
 
 def test_train_adds_topology_logs_and_accepts_another_teacher_architecture(tmp_path):
     teacher = train_teacher(tmp_path)
-    cfg = tiny_config(**{"topology.teacher": str(teacher), "topology.lambda_nat": 5, "topology.lambda_adv": 5,
-                         "model.arch": "preact-resnet18", "model.args": "{width: 4}", "optim.epochs": 1})
+    cfg = tiny_config(
+        **{
+            "topology.teacher": str(teacher),
+            "topology.lambda_nat": 5,
+            "topology.lambda_adv": 5,
+            "model.arch": "preact-resnet18",
+            "model.args": "{width: 4}",
+            "optim.epochs": 1,
+        }
+    )
     Trainer(cfg, tmp_path / "train").run()
     record = json.loads((tmp_path / "train" / "metrics.jsonl").read_text())
     assert record["topo_nat"] > 0 and record["topo_adv"] > 0
@@ -53,19 +61,22 @@ def test_train_adds_topology_logs_and_accepts_another_teacher_architecture(tmp_p
 
 def foreign_checkpoint(path, num_classes=10, channels=1, size=(12, 12)):
     """An untrained small-cnn checkpoint made for other data (no training needed to be refused)."""
-    model = build_model("small-cnn", num_classes, channels, [0.5] * channels, [0.25] * channels, width=4,
-                        feature_dim=16)
-    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, num_classes, channels, size),
-                path)
+    model = build_model(
+        "small-cnn", num_classes, channels, [0.5] * channels, [0.25] * channels, width=4, feature_dim=16
+    )
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, num_classes, channels, size), path)
     return str(path)
 
 
 @pytest.mark.parametrize("key", ["topology.teacher", "distillation.teacher", "validation.reference"])
-@pytest.mark.parametrize("made_for,message", [
-    ({"num_classes": 5}, "was made for 5 classes, but synthetic has 10 classes"),
-    ({"channels": 3}, "was made for 3 input channels, but synthetic has 1 input channels"),
-    ({"size": (16, 16)}, "was made for 16x16 image size, but synthetic has 12x12 image size"),
-])
+@pytest.mark.parametrize(
+    "made_for,message",
+    [
+        ({"num_classes": 5}, "was made for 5 classes, but synthetic has 10 classes"),
+        ({"channels": 3}, "was made for 3 input channels, but synthetic has 1 input channels"),
+        ({"size": (16, 16)}, "was made for 16x16 image size, but synthetic has 12x12 image size"),
+    ],
+)
 def test_a_teacher_or_reference_from_other_data_is_refused(tmp_path, key, made_for, message):
     # each of these used to train with exit 0: a 3-channel model runs on 1-channel images (its normalisation
     # broadcasts them) and adaptive pooling takes any size
@@ -76,14 +87,17 @@ def test_a_teacher_or_reference_from_other_data_is_refused(tmp_path, key, made_f
     Trainer(tiny_config(**{key: foreign_checkpoint(tmp_path / "same.pt")}), tmp_path / "ok")  # the data's own: fine
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"model.args": "{width: 0}"}, "model.args.width must be an integer >= 1 for small-cnn, got 0"),
-    ({"model.args": "{width: -3}"}, "model.args.width must be an integer >= 1"),
-    ({"model.args": "{feature_dim: 2.5}"}, "model.args.feature_dim must be an integer >= 1"),
-    ({"data.synthetic_shape": "[1, 1, 1]"}, r"model small-cnn cannot take synthetic images of shape \[1, 1, 1\]"),
-    ({"topology.layer": "nope"}, "topology.layer: the model has no layer 'nope'; use features, logits or a module"),
-    ({"topology.teacher_layer": "body.99"}, "topology.teacher_layer: the model has no layer 'body.99'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"model.args": "{width: 0}"}, "model.args.width must be an integer >= 1 for small-cnn, got 0"),
+        ({"model.args": "{width: -3}"}, "model.args.width must be an integer >= 1"),
+        ({"model.args": "{feature_dim: 2.5}"}, "model.args.feature_dim must be an integer >= 1"),
+        ({"data.synthetic_shape": "[1, 1, 1]"}, r"model small-cnn cannot take synthetic images of shape \[1, 1, 1\]"),
+        ({"topology.layer": "nope"}, "topology.layer: the model has no layer 'nope'; use features, logits or a module"),
+        ({"topology.teacher_layer": "body.99"}, "topology.teacher_layer: the model has no layer 'body.99'"),
+    ],
+)
 def test_bad_model_and_layer_settings_fail_before_training(tmp_path, overrides, message):
     if any(k.startswith("topology") for k in overrides):
         overrides = dict(overrides, **{"topology.teacher": foreign_checkpoint(tmp_path / "teacher.pt")})
@@ -96,8 +110,13 @@ def test_bad_model_and_layer_settings_fail_before_training(tmp_path, overrides, 
 @pytest.mark.parametrize("stop_after,memory_bank", [(5, 0), (7, 0), (5, 24)])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_after, memory_bank):
     teacher = train_teacher(tmp_path)
-    overrides = {"topology.teacher": str(teacher), "topology.lambda_nat": 5, "data.augment.crop_padding": 2,
-                 "data.augment.flip": True, "topology.memory_bank": memory_bank}
+    overrides = {
+        "topology.teacher": str(teacher),
+        "topology.lambda_nat": 5,
+        "data.augment.crop_padding": 2,
+        "data.augment.flip": True,
+        "topology.memory_bank": memory_bank,
+    }
     Trainer(tiny_config(**overrides), tmp_path / "straight").run()
 
     trainer = Trainer(tiny_config(**overrides), tmp_path / "stopped")
@@ -139,6 +158,7 @@ def test_schedules():
 def write_config(tmp_path, **overrides):
     cfg = tiny_config(**overrides)
     from topoat.config import dump_config
+
     path = tmp_path / "cfg.yaml"
     path.write_text(dump_config(cfg))
     return path
@@ -152,18 +172,35 @@ def test_cli_train_writes_results_contract(tmp_path, capsys):
     run = doc["runs"]["tiny"]
     assert run["method"] == "pgd-at" and run["topology"] is None and run["checkpoint"] == "last.pt"
     assert 0 <= run["natural_acc"] <= 1 and set(run["robust_acc"]) == {"pgd-3"} and run["train_seconds"] > 0
-    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--attacks", "fgsm,pgd-3", "--n", "32", "--no-progress",
-                 "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "run" / "last.pt"),
+                "--attacks",
+                "fgsm,pgd-3",
+                "--n",
+                "32",
+                "--no-progress",
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 32
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--out", "x"], "--config is required"),
-    (["train", "--config", "/nonexistent.yaml", "--out", "x"], "config file not found"),
-    (["eval", "/nonexistent.pt"], "checkpoint not found"),
-    (["frobnicate"], "invalid choice"),
-    ([], "give a command"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--out", "x"], "--config is required"),
+        (["train", "--config", "/nonexistent.yaml", "--out", "x"], "config file not found"),
+        (["eval", "/nonexistent.pt"], "checkpoint not found"),
+        (["frobnicate"], "invalid choice"),
+        ([], "give a command"),
+    ],
+)
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -181,13 +218,27 @@ def test_cli_bad_config_key(tmp_path, capsys):
 def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
     write_config(tmp_path, **{"optim.epochs": 1})
     spec = tmp_path / "study.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "tiny-study",
-        "runs": [
-            {"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
-            {"name": "pgd-at", "config": "cfg.yaml"},
-            {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard", "set": ["topology.lambda_nat=5"]},
-        ]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-study",
+                "runs": [
+                    {
+                        "name": "standard",
+                        "config": "cfg.yaml",
+                        "set": ["method.name=standard", "validation.attack_steps=0"],
+                    },
+                    {"name": "pgd-at", "config": "cfg.yaml"},
+                    {
+                        "name": "pgd-at-train",
+                        "config": "cfg.yaml",
+                        "teacher": "standard",
+                        "set": ["topology.lambda_nat=5"],
+                    },
+                ],
+            }
+        )
+    )
     out = tmp_path / "study"
     assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
     doc = json.loads((out / "results.json").read_text())
@@ -199,20 +250,32 @@ def test_study_runs_teacher_then_students_and_resumes(tmp_path, capsys):
     assert "pgd-at-train − pgd-at" in (out / "report.md").read_text()
 
 
-GOOD_ENTRY = {"method": "pgd-at", "topology": None, "checkpoint": "last.pt", "natural_acc": 0.5,
-              "robust_acc": {"pgd-3": 0.25}, "best": None}
+GOOD_ENTRY = {
+    "method": "pgd-at",
+    "topology": None,
+    "checkpoint": "last.pt",
+    "natural_acc": 0.5,
+    "robust_acc": {"pgd-3": 0.25},
+    "best": None,
+}
 
 
-@pytest.mark.parametrize("document,message", [
-    ([1, 2], "the top level is not a mapping"),
-    ({"runs": []}, "'runs' is missing or not a mapping"),
-    ({"runs": {}}, "it has no run 'only'"),
-    ({"runs": {"only": "done"}}, "run 'only': the entry is not a mapping"),
-    ({"runs": {"only": dict(GOOD_ENTRY, robust_acc=[0.25])}}, "'robust_acc' must be a mapping of attacks to numbers"),
-    ({"runs": {"only": dict(GOOD_ENTRY, checkpoint=3)}}, "run 'only': 'checkpoint' must be a path"),
-    ({"runs": {"only": dict(GOOD_ENTRY, best={"robust_acc": "x"})}}, "'best.robust_acc' must be a mapping"),
-    ({"runs": {"only": dict(GOOD_ENTRY, best=[])}}, "'best' must be a mapping or null"),
-])
+@pytest.mark.parametrize(
+    "document,message",
+    [
+        ([1, 2], "the top level is not a mapping"),
+        ({"runs": []}, "'runs' is missing or not a mapping"),
+        ({"runs": {}}, "it has no run 'only'"),
+        ({"runs": {"only": "done"}}, "run 'only': the entry is not a mapping"),
+        (
+            {"runs": {"only": dict(GOOD_ENTRY, robust_acc=[0.25])}},
+            "'robust_acc' must be a mapping of attacks to numbers",
+        ),
+        ({"runs": {"only": dict(GOOD_ENTRY, checkpoint=3)}}, "run 'only': 'checkpoint' must be a path"),
+        ({"runs": {"only": dict(GOOD_ENTRY, best={"robust_acc": "x"})}}, "'best.robust_acc' must be a mapping"),
+        ({"runs": {"only": dict(GOOD_ENTRY, best=[])}}, "'best' must be a mapping or null"),
+    ],
+)
 def test_study_resume_with_a_damaged_results_json_is_one_line(tmp_path, capsys, document, message):
     # no training: the run counts as done because its results.json exists, and that file is read first
     write_config(tmp_path)
@@ -228,8 +291,11 @@ def test_study_resume_with_a_damaged_results_json_is_one_line(tmp_path, capsys, 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     cfg = write_config(tmp_path, **{"optim.epochs": 200, "data.synthetic_train": 2048})
-    proc = subprocess.Popen([sys.executable, "-m", "topoat", "train", "--config", str(cfg), "--out",
-                             str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "topoat", "train", "--config", str(cfg), "--out", str(tmp_path / "run")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300  # generous: the CPU may be shared with other work
     while not metrics.exists() and time.time() < deadline and proc.poll() is None:
@@ -247,18 +313,27 @@ def test_study_runs_limited_to_some_seeds_come_after_the_grid(tmp_path):
     from topoat.study import load_study
 
     write_config(tmp_path)
-    runs = [{"name": "standard", "config": "cfg.yaml"},
-            {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard"},
-            {"name": "ablation", "config": "cfg.yaml", "teacher": "standard", "seeds": [0]}]
+    runs = [
+        {"name": "standard", "config": "cfg.yaml"},
+        {"name": "pgd-at-train", "config": "cfg.yaml", "teacher": "standard"},
+        {"name": "ablation", "config": "cfg.yaml", "teacher": "standard", "seeds": [0]},
+    ]
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump({"seeds": [0, 1], "runs": runs}))
     _, planned = load_study(spec)
-    assert [p.name for p in planned] == ["standard-s0", "pgd-at-train-s0", "standard-s1", "pgd-at-train-s1",
-                                         "ablation-s0"]
+    assert [p.name for p in planned] == [
+        "standard-s0",
+        "pgd-at-train-s0",
+        "standard-s1",
+        "pgd-at-train-s1",
+        "ablation-s0",
+    ]
     assert planned[-1].teacher == "standard-s0" and "seed=0" in planned[-1].overrides
-    for bad, message in [({"seeds": [0, 1], "runs": [runs[0], dict(runs[2], seeds=[2])]}, "not among"),
-                         ({"runs": [runs[0], runs[2]]}, "not among"),
-                         ({"seeds": [0], "runs": [dict(runs[0], seeds=[0]), runs[1]]}, "is a teacher")]:
+    for bad, message in [
+        ({"seeds": [0, 1], "runs": [runs[0], dict(runs[2], seeds=[2])]}, "not among"),
+        ({"runs": [runs[0], runs[2]]}, "not among"),
+        ({"seeds": [0], "runs": [dict(runs[0], seeds=[0]), runs[1]]}, "is a teacher"),
+    ]:
         spec.write_text(yaml.safe_dump(bad))
         with pytest.raises(TopoatError, match=message):
             load_study(spec)
@@ -267,9 +342,15 @@ def test_study_runs_limited_to_some_seeds_come_after_the_grid(tmp_path):
 def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_later(tmp_path, capsys):
     write_config(tmp_path, **{"optim.epochs": 1})
     spec = tmp_path / "study.yaml"
-    runs = [{"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
-            {"name": "pgd-at-kd", "config": "cfg.yaml", "teacher": "standard",
-             "set": ["distillation.lambda=0.5", "evaluation.attacks=[pgd-2]"]}]
+    runs = [
+        {"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]},
+        {
+            "name": "pgd-at-kd",
+            "config": "cfg.yaml",
+            "teacher": "standard",
+            "set": ["distillation.lambda=0.5", "evaluation.attacks=[pgd-2]"],
+        },
+    ]
     spec.write_text(yaml.safe_dump({"runs": runs}))
     out = tmp_path / "study"
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "standard"]) == 0
@@ -292,8 +373,7 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
     # a study asking for another number of images still scores the new attack on the run's own images
     runs[1]["set"][1] = "evaluation.attacks=[pgd-2, fgsm, pgd-3]"
     spec.write_text(yaml.safe_dump({"runs": runs}))
-    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume",
-                 "--set", "evaluation.n=32"]) == 0
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--set", "evaluation.n=32"]) == 0
     entry = json.loads((out / "pgd-at-kd" / "results.json").read_text())["runs"]["pgd-at-kd"]
     assert "pgd-3" in entry["robust_acc"] and "pgd-3" not in entry.get("n_by_attack", {})
     assert main(["study", str(spec), "--out", str(out), "--resume", "--runs", "nothing*"]) == 2
@@ -305,16 +385,16 @@ def test_study_grows_a_finished_run_to_more_images_as_a_fresh_evaluation_would(t
     from topoat.runs import evaluate_run
 
     # fgsm has no random start, so scoring the added images alone must give a fresh run's counts exactly
-    write_config(tmp_path, **{"optim.epochs": 1, "evaluation.attacks": "[fgsm, pgd-2]",
-                              "evaluation.checkpoints": checkpoints})
+    write_config(
+        tmp_path, **{"optim.epochs": 1, "evaluation.attacks": "[fgsm, pgd-2]", "evaluation.checkpoints": checkpoints}
+    )
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump({"runs": [{"name": "at", "config": "cfg.yaml"}]}))
     out = tmp_path / "study"
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--set", "evaluation.n=24"]) == 0
     small = json.loads((out / "at" / "results.json").read_text())["runs"]["at"]
     capsys.readouterr()
-    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume",
-                 "--set", "evaluation.n=null"]) == 0
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--set", "evaluation.n=null"]) == 0
     assert "done on 24 test images; scoring the 40 more" in capsys.readouterr().out
     grown = json.loads((out / "results.json").read_text())["runs"]["at"]
     cfg = load_config(tmp_path / "cfg.yaml", ["evaluation.n=null"])
@@ -338,8 +418,9 @@ def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
 
     cfg = tiny_config(**{"evaluation.checkpoints": "[best]", "evaluation.attacks": "[pgd-2]"})
     summary = Trainer(cfg, tmp_path / "run").run()
-    entry = evaluate_run(cfg, tmp_path / "run", "run", summary["train_seconds"], relative_to=tmp_path / "run",
-                         progress=False)
+    entry = evaluate_run(
+        cfg, tmp_path / "run", "run", summary["train_seconds"], relative_to=tmp_path / "run", progress=False
+    )
     assert entry["robust_acc"] == {} and 0 <= entry["natural_acc"] <= 1  # the last checkpoint: natural only
     assert set(entry["best"]["robust_acc"]) == {"pgd-2"}
     with pytest.raises(TopoatError, match="evaluation.checkpoints"):
@@ -357,8 +438,9 @@ def test_evaluation_follows_the_runtime_layout_and_threads(tmp_path):
     threads = torch.get_num_threads()
     try:
         for layout in ("off", "on"):
-            cfg = tiny_config(**{"runtime.channels_last": layout, "evaluation.attacks": "[pgd-3]",
-                                 "runtime.threads": 1})
+            cfg = tiny_config(
+                **{"runtime.channels_last": layout, "evaluation.attacks": "[pgd-3]", "runtime.threads": 1}
+            )
             res = _evaluate_model(cfg, load_model(tmp_path / "run" / "last.pt"), x, y, progress=False)
             scores[layout] = (res.natural_acc, res.robust_acc["pgd-3"])
             assert torch.get_num_threads() == 1  # runtime.threads holds for an evaluation-only pass too
@@ -388,8 +470,9 @@ def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "] epoch " in line]
     assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
     assert "val natural" in lines[0] and "val robust" in lines[0] and "\r" not in lines[0]
-    line = epoch_line("r", {"epoch": 3, "loss": 0.5, "val_natural_acc": 0.8, "val_knn_overlap": 0.25,
-                            "seconds": 2.0}, 5)
+    line = epoch_line(
+        "r", {"epoch": 3, "loss": 0.5, "val_natural_acc": 0.8, "val_knn_overlap": 0.25, "seconds": 2.0}, 5
+    )
     assert line == "[r] epoch 3/5  loss 0.5000  val natural 80.0%  knn_overlap 0.25  2.0 s"
     assert bar_disabled(False) is True and bar_disabled(True) is None  # None: a bar on a terminal only
 
@@ -413,6 +496,7 @@ def test_runs_and_results_record_what_produced_them(tmp_path):
 
 class _FakeWriter:
     """Stands in for torch.utils.tensorboard.SummaryWriter (the tensorboard package is an optional extra)."""
+
     calls: list = []
 
     def __init__(self, log_dir):

@@ -8,6 +8,7 @@ The names most users need:
     PGD, FGSM, CW     attacks with the call shape attack(x, y) -> x_adv
     evaluate          natural and robust accuracy of a model
 """
+
 from .attacks import CW, FGSM, PGD
 from .checkpoint import load_model
 from .data import DeviceLoader, load_dataset, to_float
@@ -17,5 +18,17 @@ from .models import build_model, build_model_for
 from .topology import TopologyLoss
 
 __version__ = "0.1.0"
-__all__ = ["CW", "DeviceLoader", "FGSM", "PGD", "TopoatError", "TopologyLoss", "build_model", "build_model_for",
-           "evaluate", "load_dataset", "load_model", "to_float"]
+__all__ = [
+    "CW",
+    "DeviceLoader",
+    "FGSM",
+    "PGD",
+    "TopoatError",
+    "TopologyLoss",
+    "build_model",
+    "build_model_for",
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "to_float",
+]

@@ -10,6 +10,7 @@ reference model:
   trustworthiness   scikit-learn's, with the reference space as the original and the model's as the
                     embedding: 1 when no sample gains neighbours that the reference does not have
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ def extract(model: nn.Module, x: Tensor, layer: str = "features", batch_size: in
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([representation(model, x[i:i + batch_size], layer)[1].float()
-                          for i in range(0, x.shape[0], batch_size)])
+        return torch.cat(
+            [representation(model, x[i : i + batch_size], layer)[1].float() for i in range(0, x.shape[0], batch_size)]
+        )
     finally:
         model.train(was_training)
 
@@ -46,8 +48,10 @@ def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, ke
     A graph's KL depends on its size, so a remainder smaller than `graph_size` is left out rather than
     averaged in as a smaller graph."""
     loss = TopologyLoss(kernel)
-    values = [loss(student[i:i + graph_size], teacher[i:i + graph_size])
-              for i in range(0, student.shape[0] - graph_size + 1, graph_size)]
+    values = [
+        loss(student[i : i + graph_size], teacher[i : i + graph_size])
+        for i in range(0, student.shape[0] - graph_size + 1, graph_size)
+    ]
     if not values:
         values = [loss(student, teacher)]
     return float(torch.stack(values).mean())
@@ -60,19 +64,26 @@ def trustworthiness(embedded: Tensor, original: Tensor, k: int = 10) -> float:
     n = original.shape[0]
     if k >= n / 2:
         raise TopoatError(f"trustworthiness at k={k} needs more than {2 * k} samples, got {n}")
-    return float(sk_trustworthiness(original.double().cpu().numpy(), embedded.double().cpu().numpy(),
-                                    n_neighbors=k))
+    return float(sk_trustworthiness(original.double().cpu().numpy(), embedded.double().cpu().numpy(), n_neighbors=k))
 
 
-def topology_metrics(student: Tensor, teacher: Tensor, k: int = 10, graph_size: int = 128,
-                     kernel: Kernel = "cosine", student_adv: Optional[Tensor] = None,
-                     with_trustworthiness: bool = False) -> dict[str, float]:
+def topology_metrics(
+    student: Tensor,
+    teacher: Tensor,
+    k: int = 10,
+    graph_size: int = 128,
+    kernel: Kernel = "cosine",
+    student_adv: Optional[Tensor] = None,
+    with_trustworthiness: bool = False,
+) -> dict[str, float]:
     """Metrics of `student` features against `teacher` features of the same natural samples.
 
     Graph KL and kNN overlap are cheap (per-epoch logging uses them); trustworthiness ranks all pairs
     and is left to the full analysis."""
-    out = {"graph_kl": batched_graph_kl(student, teacher, graph_size, kernel),
-           "knn_overlap": knn_overlap(student, teacher, k)}
+    out = {
+        "graph_kl": batched_graph_kl(student, teacher, graph_size, kernel),
+        "knn_overlap": knn_overlap(student, teacher, k),
+    }
     if student_adv is not None:
         out["graph_kl_adv"] = batched_graph_kl(student_adv, teacher, graph_size, kernel)
     if with_trustworthiness:
@@ -83,6 +94,7 @@ def topology_metrics(student: Tensor, teacher: Tensor, k: int = 10, graph_size: 
 @dataclass
 class Representations:
     """One model's representations of a fixed set of natural images and of PGD examples made against it."""
+
     natural: Tensor  # (n, d), fp32, on the CPU
     adversarial: Tensor  # (n, d): x' from `attack` against this model, same order as `natural`
     labels: Tensor  # (n,)
@@ -91,9 +103,19 @@ class Representations:
     attack: str
 
 
-def representations(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf", eps: float = 8 / 255,
-                    attack: str = "pgd-20", step_size: Optional[float] = None, layer: str = "features",
-                    batch_size: int = 500, seed: int = 0) -> Representations:
+def representations(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str = "Linf",
+    eps: float = 8 / 255,
+    attack: str = "pgd-20",
+    step_size: Optional[float] = None,
+    layer: str = "features",
+    batch_size: int = 500,
+    seed: int = 0,
+) -> Representations:
     """Representations of (x, y) (on the model's device) and of the model's own adversarial examples.
 
     The attack's random start is drawn from `seed` without touching the caller's RNG state, so the same
@@ -107,7 +129,7 @@ def representations(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             for i in range(0, x.shape[0], batch_size):
-                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
                 x_adv = attacker(xb, yb)
                 with torch.no_grad():
                     logits, z = representation(model, xb, layer)
@@ -119,27 +141,42 @@ def representations(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf
     finally:
         model.train(was_training)
     natural_ok, adv_ok = torch.cat(correct_nat), torch.cat(correct_adv)
-    return Representations(torch.cat(nat), torch.cat(adv), y.cpu(), float(natural_ok.float().mean()),
-                           float((natural_ok & adv_ok).float().mean()), attack)
+    return Representations(
+        torch.cat(nat),
+        torch.cat(adv),
+        y.cpu(),
+        float(natural_ok.float().mean()),
+        float((natural_ok & adv_ok).float().mean()),
+        attack,
+    )
 
 
-def compare(model: Representations, reference: Representations, k: int = 10, graph_size: int = 128,
-            kernel: Kernel = "cosine") -> dict[str, float]:
+def compare(
+    model: Representations, reference: Representations, k: int = 10, graph_size: int = 128, kernel: Kernel = "cosine"
+) -> dict[str, float]:
     """The four topology metrics of `model` against `reference`, plus the model's accuracies on the set."""
     n = reference.natural.shape[0]
     if model.natural.shape[0] != n:
         raise ValueError("model and reference representations must be of the same samples")
     if k < 1 or n <= 2 * k:
         raise TopoatError(f"topology metrics at k={k} need more than {2 * k} samples, got {n}")
-    metrics = topology_metrics(model.natural, reference.natural, k, graph_size, kernel,
-                               student_adv=model.adversarial, with_trustworthiness=True)
+    metrics = topology_metrics(
+        model.natural,
+        reference.natural,
+        k,
+        graph_size,
+        kernel,
+        student_adv=model.adversarial,
+        with_trustworthiness=True,
+    )
     metrics = {name: metrics[name] for name in TOPOLOGY_METRICS}
     metrics.update({"natural_acc": model.natural_acc, "robust_acc": model.robust_acc})
     return metrics
 
 
-def held_out_subset(dataset, n: Optional[int], seed: int = 0,
-                    device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def held_out_subset(
+    dataset, n: Optional[int], seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
     """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call."""
     from .data import to_float
 
@@ -147,10 +184,22 @@ def held_out_subset(dataset, n: Optional[int], seed: int = 0,
     return to_float(dataset.x_test[idx].to(device)), dataset.y_test[idx].to(device)
 
 
-def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path, x: Tensor, y: Tensor, *,
-                        norm: str = "Linf", eps: float = 8 / 255, attack: str = "pgd-20",
-                        step_size: Optional[float] = None, k: int = 10, layer: str = "features",
-                        graph_size: int = 128, kernel: Kernel = "cosine", seed: int = 0) -> dict[str, dict]:
+def analyze_checkpoints(
+    checkpoints: Sequence[str | Path],
+    reference: str | Path,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str = "Linf",
+    eps: float = 8 / 255,
+    attack: str = "pgd-20",
+    step_size: Optional[float] = None,
+    k: int = 10,
+    layer: str = "features",
+    graph_size: int = 128,
+    kernel: Kernel = "cosine",
+    seed: int = 0,
+) -> dict[str, dict]:
     """Topology metrics of each checkpoint against the `reference` checkpoint on (x, y), keyed by path.
 
     The reference itself is included (as a checkpoint among the others or first): its natural metrics
@@ -160,8 +209,17 @@ def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path
     device = x.device
 
     def representations_of(checkpoint: str | Path) -> Representations:
-        return representations(load_model(checkpoint, device), x, y, norm=norm, eps=eps, attack=attack,
-                               step_size=step_size, layer=layer, seed=seed)
+        return representations(
+            load_model(checkpoint, device),
+            x,
+            y,
+            norm=norm,
+            eps=eps,
+            attack=attack,
+            step_size=step_size,
+            layer=layer,
+            seed=seed,
+        )
 
     ref = representations_of(reference)
     results = {str(reference): compare(ref, ref, k, graph_size, kernel)}
@@ -173,8 +231,9 @@ def analyze_checkpoints(checkpoints: Sequence[str | Path], reference: str | Path
     return results
 
 
-def tsne_map(natural: Tensor, adversarial: Tensor, seed: int = 0,
-             perplexity: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+def tsne_map(
+    natural: Tensor, adversarial: Tensor, seed: int = 0, perplexity: float = 30.0
+) -> tuple[np.ndarray, np.ndarray]:
     """One joint 2-D t-SNE of a model's natural and adversarial representations.
 
     Joint rather than one map each, so the two share coordinates: an adversarial point drawn inside
@@ -187,6 +246,7 @@ def tsne_map(natural: Tensor, adversarial: Tensor, seed: int = 0,
     # One thread: the Barnes-Hut gradient's OpenMP threads spin-wait, which made a 2,000-point map 4x
     # slower (and burn 4x the CPU) on a shared 2-core machine; alone, one thread maps it in seconds.
     with threadpool_limits(limits=1):
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                  random_state=seed).fit_transform(both)
-    return xy[: natural.shape[0]], xy[natural.shape[0]:]
+        xy = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
+        ).fit_transform(both)
+    return xy[: natural.shape[0]], xy[natural.shape[0] :]

@@ -1,5 +1,6 @@
 """Optional TensorBoard logging (`runtime.tensorboard: true`): each epoch's metrics line as scalars and the
 run's config as text. metrics.jsonl stays the record; this is a view of it."""
+
 from __future__ import annotations
 
 from pathlib import Path

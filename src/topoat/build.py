@@ -1,6 +1,7 @@
 """Everything a run trains with, built from its config: data on the device, the model, the frozen teacher
 and reference models, the objective, the optimiser and the loader. The training loop (train.py) only
 loops over them; the benchmark builds the same parts to time one step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,11 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
             raise TopoatError("topology.teacher: give the path of a standard model's checkpoint")
         teacher = frozen(t.teacher, "topology.teacher")
         check_layer(model, t.layer, "topology.layer")
-        check_layer(teacher, t.teacher_layer or t.layer,
-                    "topology.teacher_layer" if t.teacher_layer else "topology.layer (of the teacher)")
+        check_layer(
+            teacher,
+            t.teacher_layer or t.layer,
+            "topology.teacher_layer" if t.teacher_layer else "topology.layer (of the teacher)",
+        )
     # The per-epoch topology metrics compare with validation.reference, else with the teacher.
     reference = teacher
     ref = cfg.validation.reference
@@ -97,22 +101,53 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
         distillation_teacher = teacher if same else frozen(kd.teacher, "distillation.teacher")
     objective = build_objective(cfg, teacher, distillation_teacher)
     o = cfg.optim
-    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                nesterov=o.nesterov,
-                                **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov,
+        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    )
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    loader = DeviceLoader(x_train, y_train, o.batch_size // dist.world, shuffle=True,
-                          crop_padding=cfg.data.augment.crop_padding, flip=cfg.data.augment.flip,
-                          drop_last=True, generator=generator, shard=(dist.rank, dist.world))
+    loader = DeviceLoader(
+        x_train,
+        y_train,
+        o.batch_size // dist.world,
+        shuffle=True,
+        crop_padding=cfg.data.augment.crop_padding,
+        flip=cfg.data.augment.flip,
+        drop_last=True,
+        generator=generator,
+        shard=(dist.rank, dist.world),
+    )
     if len(loader) == 0:
-        raise TopoatError(f"optim.batch_size {o.batch_size} is larger than the training set "
-                          f"({x_train.shape[0]} images)")
-    return RunParts(d, device, channels_last, x_train, y_train, x_val, y_val, model, train_model, teacher,
-                    reference, distillation_teacher, objective, optimizer, loader, generator)
+        raise TopoatError(
+            f"optim.batch_size {o.batch_size} is larger than the training set ({x_train.shape[0]} images)"
+        )
+    return RunParts(
+        d,
+        device,
+        channels_last,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        model,
+        train_model,
+        teacher,
+        reference,
+        distillation_teacher,
+        objective,
+        optimizer,
+        loader,
+        generator,
+    )
 
 
-def frozen_model(path: str, role: str, data: ImageDataset, example: Tensor, device: torch.device,
-                 channels_last: bool) -> nn.Module:
+def frozen_model(
+    path: str, role: str, data: ImageDataset, example: Tensor, device: torch.device, channels_last: bool
+) -> nn.Module:
     """A teacher (or reference) checkpoint made for this data, eval-mode on `device`. One from other data
     is refused: it would still run (see check_fits_data) and train against a meaningless graph."""
     ckpt = load_checkpoint(path)
@@ -131,8 +166,9 @@ def check_takes_images(model: nn.Module, x: Tensor, what: str, dataset: str) -> 
         with torch.no_grad():
             model(to_float(x))
     except RuntimeError as e:
-        raise TopoatError(f"{what} cannot take {dataset} images of shape {list(x.shape[1:])}: "
-                          f"{str(e).strip().splitlines()[0]}") from None
+        raise TopoatError(
+            f"{what} cannot take {dataset} images of shape {list(x.shape[1:])}: {str(e).strip().splitlines()[0]}"
+        ) from None
     finally:
         model.train(was_training)
 

@@ -1,4 +1,5 @@
 """Checkpoints: written atomically, read with weights_only=True so a hostile pickle cannot run code."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,14 @@ FORMAT = "topoat-checkpoint"
 VERSION = 1
 
 
-def model_record(model: nn.Module, arch: str, arch_args: dict, num_classes: int,
-                 in_channels: int, image_size: Optional[Sequence[int]] = None) -> dict:
+def model_record(
+    model: nn.Module,
+    arch: str,
+    arch_args: dict,
+    num_classes: int,
+    in_channels: int,
+    image_size: Optional[Sequence[int]] = None,
+) -> dict:
     """Everything needed to rebuild `model` without its code path: architecture, arguments, normalisation;
     and the (height, width) of the images it was trained on, when known, so other data can be refused."""
     plain = cast(ImageClassifier, unwrap(model))  # a topoat model: it holds its normalisation
@@ -80,11 +87,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        raise TopoatError(f"refusing to load {path}: it is not a plain-weights checkpoint "
-                          "(it would need to run code to load)") from None
+        raise TopoatError(
+            f"refusing to load {path}: it is not a plain-weights checkpoint (it would need to run code to load)"
+        ) from None
     except Exception as e:  # damaged bytes surface as almost any exception inside torch.load
-        raise TopoatError(f"cannot read checkpoint {path}: corrupt or not a torch file "
-                          f"({e.__class__.__name__})") from None
+        raise TopoatError(
+            f"cannot read checkpoint {path}: corrupt or not a torch file ({e.__class__.__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TopoatError(f"{path} is not a topoat checkpoint")
     if ckpt.get("version") != VERSION:
@@ -95,12 +104,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _check_record(ckpt: dict, path: Path) -> None:
     """The model record's keys and types, so a damaged or hand-made checkpoint fails here, naming the key."""
+
     def positive_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
     def numbers(v) -> bool:
-        return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                    for x in v)
+        return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
     norm = ckpt.get("normalization")
     size = ckpt.get("image_size")
@@ -109,13 +118,22 @@ def _check_record(ckpt: dict, path: Path) -> None:
         ("arch_args", isinstance(ckpt.get("arch_args", {}), dict), "a mapping"),
         ("num_classes", positive_int(ckpt.get("num_classes")), "an integer >= 1"),
         ("in_channels", positive_int(ckpt.get("in_channels")), "an integer >= 1"),
-        ("normalization", isinstance(norm, dict) and numbers(norm.get("mean")) and numbers(norm.get("std")),
-         "a mapping of mean and std lists"),
-        ("model_state", isinstance(ckpt.get("model_state"), dict) and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model_state"].items()),
-         "a mapping of names to tensors"),
-        ("image_size", size is None or (isinstance(size, (list, tuple)) and len(size) == 2
-                                         and all(positive_int(v) for v in size)), "[height, width]"),
+        (
+            "normalization",
+            isinstance(norm, dict) and numbers(norm.get("mean")) and numbers(norm.get("std")),
+            "a mapping of mean and std lists",
+        ),
+        (
+            "model_state",
+            isinstance(ckpt.get("model_state"), dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model_state"].items()),
+            "a mapping of names to tensors",
+        ),
+        (
+            "image_size",
+            size is None or (isinstance(size, (list, tuple)) and len(size) == 2 and all(positive_int(v) for v in size)),
+            "[height, width]",
+        ),
     ]
     for key, ok, what in checks:
         if not ok:
@@ -131,20 +149,21 @@ def state_mismatch(model: nn.Module, state: dict) -> Optional[str]:
         if key not in state:
             return f"'{key}' is missing"
         if tuple(state[key].shape) != tuple(value.shape):
-            return (f"'{key}' has shape {list(state[key].shape)} in the checkpoint, "
-                    f"{list(value.shape)} in the model")
+            return f"'{key}' has shape {list(state[key].shape)} in the checkpoint, {list(value.shape)} in the model"
     unexpected = [k for k in state if k not in expected]
     return f"unexpected key '{unexpected[0]}'" if unexpected else None
 
 
 def model_from_record(ckpt: dict, device: str | torch.device = "cpu") -> ImageClassifier:
     norm = ckpt["normalization"]
-    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], norm["mean"], norm["std"],
-                        **ckpt.get("arch_args", {}))
+    model = build_model(
+        ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], norm["mean"], norm["std"], **ckpt.get("arch_args", {})
+    )
     mismatch = state_mismatch(model, ckpt["model_state"])
     if mismatch is not None:
-        raise TopoatError(f"checkpoint weights do not match architecture {ckpt['arch']} "
-                          f"{ckpt.get('arch_args', {})}: {mismatch}")
+        raise TopoatError(
+            f"checkpoint weights do not match architecture {ckpt['arch']} {ckpt.get('arch_args', {})}: {mismatch}"
+        )
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as e:
@@ -153,13 +172,16 @@ def model_from_record(ckpt: dict, device: str | torch.device = "cpu") -> ImageCl
     return model.to(device)
 
 
-def check_fits_data(ckpt: dict, path: str | Path, role: str, num_classes: int, in_channels: int,
-                    image_size: Sequence[int], dataset: str) -> None:
+def check_fits_data(
+    ckpt: dict, path: str | Path, role: str, num_classes: int, in_channels: int, image_size: Sequence[int], dataset: str
+) -> None:
     """A teacher, reference or evaluated model must have been made for this data: same classes, channels
     and image size. A model for other images can still run (the normalisation broadcasts one channel
     to three, adaptive pooling takes any size), so nothing else would catch it."""
-    have: list[tuple[str, object, object]] = [("classes", ckpt["num_classes"], num_classes),
-                                              ("input channels", ckpt["in_channels"], in_channels)]
+    have: list[tuple[str, object, object]] = [
+        ("classes", ckpt["num_classes"], num_classes),
+        ("input channels", ckpt["in_channels"], in_channels),
+    ]
     if ckpt.get("image_size") is not None:  # recorded since image sizes are checked; older checkpoints lack it
         have.append(("image size", "x".join(map(str, ckpt["image_size"])), "x".join(map(str, image_size))))
     for what, theirs, ours in have:

@@ -1,4 +1,5 @@
 """The `topoat` command: a thin layer of argparse over the library."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,15 @@ def _train(args) -> int:
 
     dist = init_from_env(cfg.runtime.device)
     try:
-        entry = train_and_evaluate(cfg, out, resume=args.resume, dist=dist, stage_name="during the final evaluation",
-                                   resume_hint=f"training is complete; `topoat train --out {out} --resume` "
-                                               "evaluates it without training again")
+        entry = train_and_evaluate(
+            cfg,
+            out,
+            resume=args.resume,
+            dist=dist,
+            stage_name="during the final evaluation",
+            resume_hint=f"training is complete; `topoat train --out {out} --resume` "
+            "evaluates it without training again",
+        )
     finally:
         shutdown()
     if entry is not None:  # rank 0
@@ -61,8 +68,7 @@ def _study(args) -> int:
     from .study import run_study
 
     only = [pattern for item in args.runs for pattern in item.split(",") if pattern]
-    run_study(args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress,
-              only=only or None)
+    run_study(args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress, only=only or None)
     if args.report:
         from .report import write_report
 
@@ -90,9 +96,16 @@ def _eval(args) -> int:
         raise TopoatError("eval: --results merges into a topoat run; a model from --arch/--model has none")
     _check_output_file("--json", args.json)
     device = resolve_device(args.device)
-    target = load_target(args.checkpoint, device, dataset=args.dataset, root=args.data_root, arch=args.arch,
-                         num_classes=args.num_classes, factory=args.model,
-                         arch_args=_arch_args(args.arch_args) if args.arch is not None else None)
+    target = load_target(
+        args.checkpoint,
+        device,
+        dataset=args.dataset,
+        root=args.data_root,
+        arch=args.arch,
+        num_classes=args.num_classes,
+        factory=args.model,
+        arch_args=_arch_args(args.arch_args) if args.arch is not None else None,
+    )
     norm, eps = recorded_threat(target.record, args.norm, args.eps, args.step_size)
     if args.sanity and eps == 0:
         raise TopoatError("eval: --sanity needs --eps > 0")
@@ -103,8 +116,10 @@ def _eval(args) -> int:
         evaluation = config.get("evaluation") if isinstance(config, dict) else None
         run_seed = evaluation.get("seed", args.seed) if isinstance(evaluation, dict) else args.seed
         if run_seed != args.seed:
-            raise TopoatError(f"eval: the run chose its test images with seed {run_seed}; pass --seed {run_seed} "
-                              "to merge into its results")
+            raise TopoatError(
+                f"eval: the run chose its test images with seed {run_seed}; pass --seed {run_seed} "
+                "to merge into its results"
+            )
     reference = None
     if args.reference:
         reference = load_model(args.reference, device)
@@ -113,11 +128,23 @@ def _eval(args) -> int:
     epoch = f", epoch {target.record['epoch']}" if isinstance(target.record.get("epoch"), int) else ""
     for note in target.record.get("notes", []):
         print(f"note: {note}")
-    print(f"{target.label} ({target.record['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images "
-          f"(seed {args.seed}), {norm} eps {eps:.6g}")
-    res = evaluate(target.model, x, y, attacks, norm=norm, eps=eps, step_size=args.step_size,
-                   batch_size=args.batch_size, progress=not args.no_progress, autoattack_n=args.autoattack_n,
-                   seed=args.seed)
+    print(
+        f"{target.label} ({target.record['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images "
+        f"(seed {args.seed}), {norm} eps {eps:.6g}"
+    )
+    res = evaluate(
+        target.model,
+        x,
+        y,
+        attacks,
+        norm=norm,
+        eps=eps,
+        step_size=args.step_size,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        autoattack_n=args.autoattack_n,
+        seed=args.seed,
+    )
     print(format_result(res))
     for note in res.notes:
         print(f"note: {note}")
@@ -125,27 +152,50 @@ def _eval(args) -> int:
     if args.sanity:
         from .sanity import sanity_checks
 
-        report = sanity_checks(target.model, x, y, norm=norm, eps=eps, step_size=args.step_size,
-                               steps=args.sanity_steps, reference=reference, autoattack_n=args.autoattack_n,
-                               known=res, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
+        report = sanity_checks(
+            target.model,
+            x,
+            y,
+            norm=norm,
+            eps=eps,
+            step_size=args.step_size,
+            steps=args.sanity_steps,
+            reference=reference,
+            autoattack_n=args.autoattack_n,
+            known=res,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            seed=args.seed,
+        )
         print()
         print(report.format())
     if args.json:
-        document = dict(res.as_dict(), checkpoint=str(args.checkpoint), dataset=ds.name, norm=norm, eps=eps,
-                        step_size=args.step_size if args.step_size is not None else eps / 4, seed=args.seed)
+        document = dict(
+            res.as_dict(),
+            checkpoint=str(args.checkpoint),
+            dataset=ds.name,
+            norm=norm,
+            eps=eps,
+            step_size=args.step_size if args.step_size is not None else eps / 4,
+            seed=args.seed,
+        )
         if report is not None:
             document["sanity"] = report.as_dict()
         _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
     if args.results:
-        slot = merge_evaluation(Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps,
-                                dataset=ds.name, sanity=report)
+        slot = merge_evaluation(
+            Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps, dataset=ds.name, sanity=report
+        )
         print(f"merged into {args.results}: run {args.run} ({slot} checkpoint)")
     if report is not None and not report.passed:
         names = ", ".join(c.name for c in report.failed)
         bar = "!" * 78
-        print(f"\n{bar}\nWARNING: {len(report.failed)} sanity check(s) FAILED ({names}).\n"
-              f"The robust accuracies above are probably overestimated (gradient masking or a broken attack):\n"
-              f"do not report them without an adaptive attack.\n{bar}", file=sys.stderr)
+        print(
+            f"\n{bar}\nWARNING: {len(report.failed)} sanity check(s) FAILED ({names}).\n"
+            f"The robust accuracies above are probably overestimated (gradient masking or a broken attack):\n"
+            f"do not report them without an adaptive attack.\n{bar}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -205,14 +255,36 @@ def _analyze(args) -> int:
         check_layer(model, args.layer, "analyze: --layer")
     x, y = held_out_subset(ds, args.n, args.seed, device)
     attack = f"pgd-{args.attack_steps}"
-    metrics = analyze_checkpoints(args.checkpoints, args.reference, x, y, norm=norm, eps=eps, attack=attack,
-                                  step_size=args.step_size, k=args.k, layer=args.layer, seed=args.seed)
-    print(f"topology against {args.reference}: {x.shape[0]} test images, {norm} eps={eps:.4g}, "
-          f"adversarial = {attack} against each model, k={args.k}")
+    metrics = analyze_checkpoints(
+        args.checkpoints,
+        args.reference,
+        x,
+        y,
+        norm=norm,
+        eps=eps,
+        attack=attack,
+        step_size=args.step_size,
+        k=args.k,
+        layer=args.layer,
+        seed=args.seed,
+    )
+    print(
+        f"topology against {args.reference}: {x.shape[0]} test images, {norm} eps={eps:.4g}, "
+        f"adversarial = {attack} against each model, k={args.k}"
+    )
     print(format_topology_table(metrics, args.k))
     if args.json:
-        document = {"reference": str(args.reference), "n": int(x.shape[0]), "k": args.k, "attack": attack,
-                    "norm": norm, "eps": eps, "layer": args.layer, "seed": args.seed, "models": metrics}
+        document = {
+            "reference": str(args.reference),
+            "n": int(x.shape[0]),
+            "k": args.k,
+            "attack": attack,
+            "norm": norm,
+            "eps": eps,
+            "layer": args.layer,
+            "seed": args.seed,
+            "models": metrics,
+        }
         _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
     return 0
 
@@ -221,8 +293,14 @@ def _report(args) -> int:
     from .report import ReportSettings, write_report
 
     tsne_models = [m.strip() for m in args.tsne_models.split(",") if m.strip()] if args.tsne_models else None
-    settings = ReportSettings(n=args.n, k=args.k, attack_steps=args.attack_steps, tsne_points=args.tsne_points,
-                              tsne_models=tsne_models, device=args.device)
+    settings = ReportSettings(
+        n=args.n,
+        k=args.k,
+        attack_steps=args.attack_steps,
+        tsne_points=args.tsne_points,
+        tsne_models=tsne_models,
+        device=args.device,
+    )
     write_report(args.run_dirs, args.out, reference=args.reference, settings=settings)
     return 0
 
@@ -297,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run folder (must not exist, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved, validated config (defaults filled in) and exit")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved, validated config (defaults filled in) and exit"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
@@ -306,48 +385,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="study YAML")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
-    p.add_argument("--report", action="store_true",
-                   help="then write report.md and figures/ into --out (as `topoat report OUT` with its defaults)")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="then write report.md and figures/ into --out (as `topoat report OUT` with its defaults)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--runs", action="append", default=[], metavar="PATTERN[,PATTERN]",
-                   help="train only the runs whose names match (shell-style, e.g. 'trades-*-s1'); two processes "
-                        "with disjoint --runs can share one study folder, each with --resume")
+    p.add_argument(
+        "--runs",
+        action="append",
+        default=[],
+        metavar="PATTERN[,PATTERN]",
+        help="train only the runs whose names match (shell-style, e.g. 'trades-*-s1'); two processes "
+        "with disjoint --runs can share one study folder, each with --resume",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_study)
 
-    p = sub.add_parser("eval", help="accuracy of a checkpoint under attacks (and gradient-masking checks)",
-                       description="Natural and robust accuracy of a topoat checkpoint on a fixed, seeded choice of "
-                                   "test images. Exit status: 0 done, 1 a --sanity check failed, 2 a user error.")
-    p.add_argument("checkpoint", nargs="?",
-                   help="a topoat checkpoint; with --arch a plain state_dict; with --model optional weights")
+    p = sub.add_parser(
+        "eval",
+        help="accuracy of a checkpoint under attacks (and gradient-masking checks)",
+        description="Natural and robust accuracy of a topoat checkpoint on a fixed, seeded choice of "
+        "test images. Exit status: 0 done, 1 a --sanity check failed, 2 a user error.",
+    )
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a topoat checkpoint; with --arch a plain state_dict; with --model optional weights",
+    )
     p.add_argument("--arch", help="a topoat architecture whose plain state_dict the file holds (needs --num-classes)")
     p.add_argument("--num-classes", type=_count, help="classes of the --arch model")
     p.add_argument("--arch-args", default="{}", metavar="YAML", help="arguments of --arch, e.g. '{width: 64}'")
-    p.add_argument("--model", metavar="MODULE:FACTORY",
-                   help="any importable model: FACTORY() returns an nn.Module taking [0, 1] images, giving logits")
+    p.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="any importable model: FACTORY() returns an nn.Module taking [0, 1] images, giving logits",
+    )
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root")
-    p.add_argument("--attacks", default="pgd-20",
-                   help="comma-separated: fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack "
-                        "(standard), autoattack-plus, autoattack-rand, apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square, "
-                        "or a list such as aa:apgd-ce+apgd-t (default: pgd-20)")
+    p.add_argument(
+        "--attacks",
+        default="pgd-20",
+        help="comma-separated: fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack "
+        "(standard), autoattack-plus, autoattack-rand, apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square, "
+        "or a list such as aa:apgd-ce+apgd-t (default: pgd-20)",
+    )
     p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the checkpoint's threat model")
     p.add_argument("--eps", type=_radius, default=None, help="e.g. 0.1 or 8/255 (default: the checkpoint's)")
     p.add_argument("--step-size", type=_step, default=None, help="PGD/CW step (default eps / 4)")
     p.add_argument("--n", type=_count, default=1000, help="test images (a fixed seeded choice; default 1000)")
-    p.add_argument("--autoattack-n", type=_count, default=None,
-                   help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)")
+    p.add_argument(
+        "--autoattack-n",
+        type=_count,
+        default=None,
+        help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)",
+    )
     p.add_argument("--seed", type=int, default=0, help="chooses the images and the attacks' random starts")
     p.add_argument("--batch-size", type=_count, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--results", metavar="RESULTS_JSON",
-                   help="merge the robust accuracies into this results.json (with --run)")
+    p.add_argument(
+        "--results", metavar="RESULTS_JSON", help="merge the robust accuracies into this results.json (with --run)"
+    )
     p.add_argument("--run", metavar="NAME", help="the run of --results the checkpoint belongs to (last or best)")
-    p.add_argument("--sanity", action="store_true",
-                   help="check for gradient masking; a failed check is reported loudly and exits with status 1")
-    p.add_argument("--reference", metavar="STANDARD_CKPT",
-                   help="standard model for --sanity's transfer check (skipped without it)")
+    p.add_argument(
+        "--sanity",
+        action="store_true",
+        help="check for gradient masking; a failed check is reported loudly and exits with status 1",
+    )
+    p.add_argument(
+        "--reference", metavar="STANDARD_CKPT", help="standard model for --sanity's transfer check (skipped without it)"
+    )
     p.add_argument("--sanity-steps", type=_count, default=20, help="PGD steps of the sanity checks (default 20)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
@@ -382,9 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_count, default=10)
     p.add_argument("--attack-steps", type=_count, default=20)
     p.add_argument("--tsne-points", type=_count, default=1000, help="natural images per t-SNE map")
-    p.add_argument("--tsne-models", metavar="NAME[,NAME]",
-                   help="runs (or groups of seeds) drawn as t-SNE columns, in order (default: the reference, "
-                        "each TRAIN run beside its base method, then the rest, up to 6)")
+    p.add_argument(
+        "--tsne-models",
+        metavar="NAME[,NAME]",
+        help="runs (or groups of seeds) drawn as t-SNE columns, in order (default: the reference, "
+        "each TRAIN run beside its base method, then the rest, up to 6)",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_report)
     return parser

@@ -1,4 +1,5 @@
 """Typed, validated configuration: YAML in, dataclasses out, one-line errors naming the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,6 +100,7 @@ class TopologyConfig:
 class DistillationConfig:
     """Logit distillation from a frozen standard model on natural inputs: the control for TRAIN (does the
     topology matter, or does any pull towards the standard model do the same?)."""
+
     teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
     # `lambda` in YAML: the loss adds lambda * temperature^2 * KL(softmax(teacher/T) || softmax(student/T))
     lambda_: float = field(default=1.0, metadata={"key": "lambda"})
@@ -177,8 +179,10 @@ class TrainConfig:
         checks = [
             (_finite(self.attack.eps) and self.attack.eps >= 0, "attack.eps must be >= 0 and finite"),
             # images live in [0, 1]: an L-inf ball wider than 1 contains every image, so it is a typo (8, not 8/255)
-            (self.attack.norm != "Linf" or self.attack.eps <= 1, "attack.eps must be <= 1 for the Linf norm "
-             "(images are in [0, 1]; write 8/255 as 0.0314)"),
+            (
+                self.attack.norm != "Linf" or self.attack.eps <= 1,
+                "attack.eps must be <= 1 for the Linf norm (images are in [0, 1]; write 8/255 as 0.0314)",
+            ),
             (_finite(self.attack.step_size) and self.attack.step_size > 0, "attack.step_size must be > 0 and finite"),
             (self.attack.steps >= 0, "attack.steps must be >= 0"),
             (o.epochs >= 1, "optim.epochs must be >= 1"),
@@ -201,28 +205,36 @@ class TrainConfig:
             (self.validation.every >= 1, "validation.every must be >= 1"),
             (_finite(self.method.beta) and self.method.beta >= 0, "method.beta must be >= 0 and finite"),
             (0 <= self.method.natural_weight <= 1, "method.natural_weight must be in [0, 1]"),
-            (self.method.natural_weight == 0 or self.method.name == "pgd-at",
-             "method.natural_weight applies to pgd-at only (TRADES and MART weigh their terms with method.beta)"),
+            (
+                self.method.natural_weight == 0 or self.method.name == "pgd-at",
+                "method.natural_weight applies to pgd-at only (TRADES and MART weigh their terms with method.beta)",
+            ),
         ]
         if self.method.awp is not None:
             checks += [
                 (self.method.name != "standard", "method.awp needs an adversarial method (pgd-at, trades, mart)"),
-                (_finite(self.method.awp.gamma) and self.method.awp.gamma >= 0,
-                 "method.awp.gamma must be >= 0 and finite"),
+                (
+                    _finite(self.method.awp.gamma) and self.method.awp.gamma >= 0,
+                    "method.awp.gamma must be >= 0 and finite",
+                ),
                 (self.method.awp.warmup_epochs >= 0, "method.awp.warmup_epochs must be >= 0"),
             ]
         if self.topology is not None:
             t = self.topology
             checks += [
-                (_finite(t.lambda_nat, t.lambda_adv) and t.lambda_nat >= 0 and t.lambda_adv >= 0,
-                 "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
+                (
+                    _finite(t.lambda_nat, t.lambda_adv) and t.lambda_nat >= 0 and t.lambda_adv >= 0,
+                    "topology.lambda_nat and lambda_adv must be >= 0 and finite",
+                ),
                 (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
                 (_finite(t.temperature) and t.temperature > 0, "topology.temperature must be > 0 and finite"),
                 (_finite(t.perplexity) and t.perplexity > 1, "topology.perplexity must be > 1 and finite"),
                 # checked in every training step otherwise, where it ended the run with a traceback
-                (t.kernel != "perplexity" or t.perplexity < o.batch_size - 1,
-                 f"topology.perplexity {t.perplexity:g} needs graphs of more than {t.perplexity + 1:g} samples: "
-                 f"raise optim.batch_size (per process under DDP) or lower the perplexity"),
+                (
+                    t.kernel != "perplexity" or t.perplexity < o.batch_size - 1,
+                    f"topology.perplexity {t.perplexity:g} needs graphs of more than {t.perplexity + 1:g} samples: "
+                    f"raise optim.batch_size (per process under DDP) or lower the perplexity",
+                ),
             ]
         if self.distillation is not None:
             d = self.distillation
@@ -231,11 +243,15 @@ class TrainConfig:
                 (_finite(d.temperature) and d.temperature > 0, "distillation.temperature must be > 0 and finite"),
             ]
         step = self.evaluation.step_size
-        checks += [(self.evaluation.n is None or self.evaluation.n >= 1, "evaluation.n must be >= 1"),
-                   (step is None or _finite(step) and step > 0, "evaluation.step_size must be > 0 and finite"),
-                   (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1"),
-                   (self.evaluation.autoattack_n is None or self.evaluation.autoattack_n >= 1,
-                    "evaluation.autoattack_n must be >= 1")]
+        checks += [
+            (self.evaluation.n is None or self.evaluation.n >= 1, "evaluation.n must be >= 1"),
+            (step is None or _finite(step) and step > 0, "evaluation.step_size must be > 0 and finite"),
+            (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1"),
+            (
+                self.evaluation.autoattack_n is None or self.evaluation.autoattack_n >= 1,
+                "evaluation.autoattack_n must be >= 1",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise TopoatError(f"config: {message}")
@@ -407,8 +423,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise TopoatError(f"config file not found: {path} (nor a packaged one of that name; "
-                          "`topoat configs` lists them)") from None
+        raise TopoatError(
+            f"config file not found: {path} (nor a packaged one of that name; `topoat configs` lists them)"
+        ) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise TopoatError(f"cannot read config file {path}: {e.__class__.__name__}") from None
     try:
@@ -450,8 +467,9 @@ def merge_sections(base: dict, over: dict) -> dict:
     return merged
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> TrainConfig:
     raw = dict(data or {}) if path is None else read_config_yaml(preset_path(path, "configs"))
     raw = apply_overrides(raw, list(overrides or []))
     return from_dict(TrainConfig, raw).validate()

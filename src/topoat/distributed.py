@@ -4,6 +4,7 @@
 turns them into a process group (NCCL on CUDA, gloo on CPU). `optim.batch_size` stays the global batch,
 so a config means the same on one process or many.
 """
+
 from __future__ import annotations
 
 import os

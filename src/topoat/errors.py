@@ -1,4 +1,5 @@
 """The exception types the CLI turns into one line: a user error (exit 2) and a signal (exit 128 + signum)."""
+
 import signal
 
 

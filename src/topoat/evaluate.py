@@ -3,6 +3,7 @@
 Everything here works on any `nn.Module` that maps images in [0, 1] to logits (the RobustBench
 convention), not only on topoat models.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,9 @@ from .errors import TopoatError
 from .runtime import bar_disabled
 
 
-def build_attack(spec: str, model: nn.Module, norm: str, eps: float,
-                 step_size: Optional[float] = None, seed: int = 0) -> Attack:
+def build_attack(
+    spec: str, model: nn.Module, norm: str, eps: float, step_size: Optional[float] = None, seed: int = 0
+) -> Attack:
     """An attack from its short name, e.g. `pgd-20`, `pgd-50-r5`, `cw-30`, `fgsm`, `autoattack`,
     `aa:apgd-ce+apgd-t`. PGD and CW step `step_size` (default eps / 4); AutoAttack is parameter-free
     and draws its random starts from `seed`."""
@@ -41,8 +43,9 @@ def build_attack(spec: str, model: nn.Module, norm: str, eps: float,
         return PGD(model, eps, step, a.steps, norm=pgd_norm, restarts=a.restarts)
     if a.kind == "cw":
         return CW(model, eps, step, a.steps, norm=pgd_norm, restarts=a.restarts)
-    return AutoAttack(model, eps, norm=norm, version=a.version or "standard",
-                      attacks=list(a.components) or None, seed=seed)
+    return AutoAttack(
+        model, eps, norm=norm, version=a.version or "standard", attacks=list(a.components) or None, seed=seed
+    )
 
 
 def fixed_subset(n_total: int, n: Optional[int], seed: int = 0) -> Tensor:
@@ -62,6 +65,7 @@ class EvalResult:
     like-for-like comparison), and the per-sample `worst` case lives there. `correct` and `evaluated`
     are per-sample masks over the n images.
     """
+
     n: int
     natural_acc: float
     robust_acc: dict[str, float] = field(default_factory=dict)
@@ -87,8 +91,12 @@ class EvalResult:
         return out
 
     def as_dict(self) -> dict:
-        d = {"n": self.n, "natural_acc": self.natural_acc, "robust_acc": dict(self.robust_acc),
-             "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+        d = {
+            "n": self.n,
+            "natural_acc": self.natural_acc,
+            "robust_acc": dict(self.robust_acc),
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
         if self.subset is not None:
             d["autoattack_subset"] = self.subset
         if self.notes:
@@ -113,11 +121,21 @@ def _stream_seed(seed: int, name: str, start: int) -> int:
     return zlib.crc32(f"{seed}:{name}:{start}".encode())
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("pgd-20",), *,
-             norm: str = "Linf", eps: float = 8 / 255, step_size: Optional[float] = None,
-             batch_size: int = 500, progress: bool = True,
-             custom: Optional[dict[str, Callable[[Tensor, Tensor], Tensor]]] = None,
-             autoattack_n: Optional[int] = None, seed: int = 0) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[str] = ("pgd-20",),
+    *,
+    norm: str = "Linf",
+    eps: float = 8 / 255,
+    step_size: Optional[float] = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    custom: Optional[dict[str, Callable[[Tensor, Tensor], Tensor]]] = None,
+    autoattack_n: Optional[int] = None,
+    seed: int = 0,
+) -> EvalResult:
     """Evaluate `model` (in eval mode; any nn.Module taking [0, 1] images) on (x, y) on its device.
 
     A sample counts as robust to an attack only if it is also classified correctly without attack
@@ -145,7 +163,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         named: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-            s.name: build_attack(s.name, model, norm, eps, step_size, seed=seed) for s in specs}
+            s.name: build_attack(s.name, model, norm, eps, step_size, seed=seed) for s in specs
+        }
         named.update(custom or {})
         everywhere = torch.ones(n, dtype=torch.bool, device=x.device)
         evaluated = {name: everywhere for name in named}
@@ -182,13 +201,16 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
                     seconds[name] += time.perf_counter() - t0
                 bar.update(1)
         bar.close()
-        result = EvalResult(n, float(natural.float().mean()), natural=natural, correct=correct,
-                            evaluated=evaluated, seconds=seconds)
+        result = EvalResult(
+            n, float(natural.float().mean()), natural=natural, correct=correct, evaluated=evaluated, seconds=seconds
+        )
         for name, c in correct.items():
             result.robust_acc[name] = float(c.sum()) / max(int(evaluated[name].sum()), 1)
         if int(non_finite):
-            result.notes.append(f"{int(non_finite)} of {n} images gave non-finite logits (NaN or inf weights or "
-                                "activations?); they count as wrong")
+            result.notes.append(
+                f"{int(non_finite)} of {n} images gave non-finite logits (NaN or inf weights or "
+                "activations?); they count as wrong"
+            )
         for name, attack in named.items():
             result.notes += [f"{name}: {note}" for note in getattr(attack, "notes", [])]
         common = torch.stack(list(evaluated.values())).all(dim=0) if named else everywhere
@@ -207,15 +229,19 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[str] = ("
 def format_result(result: EvalResult) -> str:
     """A plain-text table of an evaluation: one row per attack, accuracy in percent."""
     rows: list[tuple[str, int, float, Optional[float]]] = [("natural", result.n, result.natural_acc, None)]
-    rows += [(name, result.n_of(name) if name != "worst" else result.n, acc, result.seconds.get(name))
-             for name, acc in result.robust_acc.items()]
+    rows += [
+        (name, result.n_of(name) if name != "worst" else result.n, acc, result.seconds.get(name))
+        for name, acc in result.robust_acc.items()
+    ]
     lines = _table(rows)
     if result.subset is not None:
         s = result.subset
         lines.append("")
         lines.append(f"on the {s['n']} images AutoAttack ran on (the like-for-like comparison):")
-        lines += _table([("natural", s["n"], s["natural_acc"], None)]
-                        + [(name, s["n"], acc, None) for name, acc in s["robust_acc"].items()])
+        lines += _table(
+            [("natural", s["n"], s["natural_acc"], None)]
+            + [(name, s["n"], acc, None) for name, acc in s["robust_acc"].items()]
+        )
     return "\n".join(lines)
 
 
@@ -224,6 +250,8 @@ def _table(rows: list) -> list[str]:
 
     timed = any(sec is not None for *_, sec in rows)
     header = ("attack", "images", "accuracy %") + (("seconds",) if timed else ())
-    cells = [(name, n, f"{100 * acc:.2f}") + (("" if sec is None else f"{sec:.1f}",) if timed else ())
-             for name, n, acc, sec in rows]
+    cells = [
+        (name, n, f"{100 * acc:.2f}") + (("" if sec is None else f"{sec:.1f}",) if timed else ())
+        for name, n, acc, sec in rows
+    ]
     return text_table(header, cells, align="l" + "r" * (len(header) - 1), rule=False).splitlines()

@@ -5,6 +5,7 @@ factory and take [0, 1] inputs). Both become a model plus a record of the same s
 (architecture, classes, channels), so evaluation treats them like a topoat checkpoint. The reverse,
 `export_checkpoint`, writes a topoat checkpoint as a plain `state_dict` and a JSON to rebuild it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,8 +46,9 @@ def load_state_dict_file(path: str | Path) -> dict:
     return state
 
 
-def model_from_state_dict(path: str | Path, arch: str, num_classes: int, in_channels: int, mean, std,
-                          arch_args: Optional[dict] = None) -> tuple[nn.Module, list[str]]:
+def model_from_state_dict(
+    path: str | Path, arch: str, num_classes: int, in_channels: int, mean, std, arch_args: Optional[dict] = None
+) -> tuple[nn.Module, list[str]]:
     """A topoat architecture with the weights of a plain state_dict, and notes on what was assumed. The
     normalisation comes from the file when it holds one (as `topoat export` writes), else from `mean`/`std`."""
     state = load_state_dict_file(path)
@@ -55,8 +57,7 @@ def model_from_state_dict(path: str | Path, arch: str, num_classes: int, in_chan
     missing_norm = [k for k in NORMALISATION_KEYS if k not in state]
     if missing_norm:
         state = {**state, **{k: v for k, v in model.state_dict().items() if k in missing_norm}}
-        notes.append(f"the weights hold no normalisation: the dataset's mean {list(mean)} and std {list(std)} "
-                     "are used")
+        notes.append(f"the weights hold no normalisation: the dataset's mean {list(mean)} and std {list(std)} are used")
     mismatch = state_mismatch(model, state)
     if mismatch is not None:
         described = f"{arch} {arch_args}" if arch_args else arch
@@ -97,15 +98,19 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Pa
     out = Path(out)
     if out.suffix == ".json":
         raise TopoatError(f"export: {out} would be the state_dict; name it .pt (its .json comes beside it)")
-    description = {key: ckpt.get(key) for key in ("arch", "arch_args", "num_classes", "in_channels", "image_size",
-                                                  "normalization", "dataset")}
+    description = {
+        key: ckpt.get(key)
+        for key in ("arch", "arch_args", "num_classes", "in_channels", "image_size", "normalization", "dataset")
+    }
     raw_config = ckpt.get("config")
     config = raw_config if isinstance(raw_config, dict) else {}
     raw_attack = config.get("attack")
     attack = raw_attack if isinstance(raw_attack, dict) else {}
     description["threat"] = {"norm": attack.get("norm"), "eps": attack.get("eps")}
-    description["rebuild"] = (f"topoat.build_model({ckpt['arch']!r}, {ckpt['num_classes']}, {ckpt['in_channels']}, "
-                              f"mean, std, **arch_args).load_state_dict(torch.load(PATH, weights_only=True))")
+    description["rebuild"] = (
+        f"topoat.build_model({ckpt['arch']!r}, {ckpt['num_classes']}, {ckpt['in_channels']}, "
+        f"mean, std, **arch_args).load_state_dict(torch.load(PATH, weights_only=True))"
+    )
     save_atomic(ckpt["model_state"], out)
     meta = out.with_suffix(".json")
     write_text_atomic(meta, json.dumps(description, indent=2) + "\n")

@@ -1,4 +1,5 @@
 """The one way topoat writes a file: whole or not at all, and a failure is one line that names the file."""
+
 from __future__ import annotations
 
 import errno
@@ -45,7 +46,7 @@ def is_temp_name(name: str) -> bool:
 
 def _write_all(fd: int, data: memoryview) -> None:
     while data:  # os.write may write less than asked (a signal, a nearly full disk)
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -11,6 +11,7 @@
 Every file is written whole or not at all (files.write_atomic). A study folder holds run folders and its
 own results.json and study.yaml.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ class RunFolder:
     # -- starting and resuming ---------------------------------------------------------------------
     def restartable(self, leftovers: frozenset[str] = RUN_LEFTOVERS) -> bool:
         """The folder holds nothing but `leftovers` and temporary files of an interrupted write."""
-        return self.root.is_dir() and all(p.is_file() and (p.name in leftovers or is_temp_name(p.name))
-                                          for p in self.root.iterdir())
+        return self.root.is_dir() and all(
+            p.is_file() and (p.name in leftovers or is_temp_name(p.name)) for p in self.root.iterdir()
+        )
 
     def prepare(self, resume: bool, create: bool = True, leftovers: frozenset[str] = RUN_LEFTOVERS) -> None:
         """Check the folder can take a new run (empty, or only `leftovers`) or be resumed (it has last.pt);
@@ -71,8 +73,10 @@ class RunFolder:
             return
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             if not self.restartable(leftovers):
-                raise TopoatError(f"output folder {out} already exists and is not empty; pass --resume to "
-                                  "continue that run, or choose another --out")
+                raise TopoatError(
+                    f"output folder {out} already exists and is not empty; pass --resume to "
+                    "continue that run, or choose another --out"
+                )
             if create:
                 self._clear(leftovers)
         if not create:
@@ -114,8 +118,11 @@ class RunFolder:
                 raise TopoatError(f"{path}: line {i + 1} is not a metrics record; remove it to resume")
             if epoch is not None and epoch <= epochs_done:
                 keep.append(line)
-        if last_record is not None and last_record.get("epoch") == epochs_done and \
-                all(_metrics_epoch(line) != epochs_done for line in keep):
+        if (
+            last_record is not None
+            and last_record.get("epoch") == epochs_done
+            and all(_metrics_epoch(line) != epochs_done for line in keep)
+        ):
             keep.append(json.dumps(last_record))
         if keep != lines:
             write_text_atomic(path, "".join(line + "\n" for line in keep))

@@ -15,6 +15,7 @@ points favours the base method, so the gains err against TRAIN. Gains are taken 
 against the envelope of the same seed's base runs, which share its teacher and data order), then
 averaged.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,10 @@ def point_label(entry: dict) -> str:
     parts = []
     if topo:
         kernel = topo.get("kernel", "cosine")
-        extra = {"softmax-cosine": f" T={topo.get('temperature', 0.1):g}",
-                 "perplexity": f" perplexity={topo.get('perplexity', 30):g}"}.get(kernel, "")
+        extra = {
+            "softmax-cosine": f" T={topo.get('temperature', 0.1):g}",
+            "perplexity": f" perplexity={topo.get('perplexity', 30):g}",
+        }.get(kernel, "")
         nat, adv = topo.get("lambda_nat", 0), topo.get("lambda_adv", 0)
         lam = f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
         parts.append(f"TRAIN {kernel}{extra}, {lam}")
@@ -139,11 +142,14 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
     for r in runs:
         groups.setdefault(r.group, []).append(r)
     for method, (_, symbol) in KNOBS.items():
-        base = {g: rs for g, rs in groups.items()
-                if rs[0].method == method and not is_regularized(rs[0])
-                and any(scores(r, attack, checkpoint) for r in rs)}
-        settings = sorted({(value, g) for g, rs in base.items()
-                           if (value := knob_value(rs[0])) is not None})  # never None: `method` has a knob
+        base = {
+            g: rs
+            for g, rs in groups.items()
+            if rs[0].method == method and not is_regularized(rs[0]) and any(scores(r, attack, checkpoint) for r in rs)
+        }
+        settings = sorted(
+            {(value, g) for g, rs in base.items() if (value := knob_value(rs[0])) is not None}
+        )  # never None: `method` has a knob
         if len({v for v, _ in settings}) < 2:
             continue
         by_seed: dict[Optional[int], list[tuple[float, float]]] = {}
@@ -155,8 +161,9 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
                 by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
             robs = [100 * v[0] for v in per_seed.values()]
             nats = [100 * v[1] for v in per_seed.values()]
-            mean_points.append((value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats),
-                                len(robs)))
+            mean_points.append(
+                (value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats), len(robs))
+            )
         curves[method] = BaseCurve(method, symbol, settings, by_seed, mean_points)
     for g, rs in groups.items():
         method = rs[0].method
@@ -198,12 +205,32 @@ def gain_rows(f: Frontier) -> tuple[list[str], list[list[str]]]:
     for method, curve in f.curves.items():
         for value, robm, robs, natm, nats, seeds in curve.mean_points:
             spread = lambda m, s: f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
-            rows.append([method, f"base {curve.knob}={value:g}", "-", str(seeds),
-                         spread(natm, nats), spread(robm, robs), "-", "-"])
+            rows.append(
+                [
+                    method,
+                    f"base {curve.knob}={value:g}",
+                    "-",
+                    str(seeds),
+                    spread(natm, nats),
+                    spread(robm, robs),
+                    "-",
+                    "-",
+                ]
+            )
         for p in sorted((p for p in f.points if p.method == method), key=lambda p: -statistics.fmean(p.gains)):
             gain = _fmt(p.gains, signed=True) + (" (outside)" if p.outside else "")
-            rows.append([method, p.group, p.label, str(len(p.seeds)), _fmt(p.natural), _fmt(p.robust), gain,
-                         _fmt(p.robust_gains, signed=True)])
+            rows.append(
+                [
+                    method,
+                    p.group,
+                    p.label,
+                    str(len(p.seeds)),
+                    _fmt(p.natural),
+                    _fmt(p.robust),
+                    gain,
+                    _fmt(p.robust_gains, signed=True),
+                ]
+            )
     return header, rows
 
 
@@ -221,22 +248,42 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     for ax, method in zip(axes[0], methods):
         curve = f.curves[method]
         pts = curve.mean_points  # in knob order: the path the knob traces
-        ax.errorbar([p[1] for p in pts], [p[3] for p in pts],
-                    xerr=[0 if math.isnan(p[2]) else p[2] for p in pts],
-                    yerr=[0 if math.isnan(p[4]) else p[4] for p in pts],
-                    color="black", marker="o", capsize=3, label=f"{method}, its own {curve.knob}")
+        ax.errorbar(
+            [p[1] for p in pts],
+            [p[3] for p in pts],
+            xerr=[0 if math.isnan(p[2]) else p[2] for p in pts],
+            yerr=[0 if math.isnan(p[4]) else p[4] for p in pts],
+            color="black",
+            marker="o",
+            capsize=3,
+            label=f"{method}, its own {curve.knob}",
+        )
         for value, rob, _, nat, _, _ in curve.mean_points:
-            ax.annotate(f"{curve.knob}={value:g}", (rob, nat), textcoords="offset points", xytext=(5, -12),
-                        fontsize=8, color="black")
+            ax.annotate(
+                f"{curve.knob}={value:g}",
+                (rob, nat),
+                textcoords="offset points",
+                xytext=(5, -12),
+                fontsize=8,
+                color="black",
+            )
         for i, p in enumerate(pt for pt in f.points if pt.method == method):
             kernel = p.label.split(" ")[1].rstrip(",") if p.label.startswith("TRAIN") else None
             marker = markers.get(kernel, "*") if kernel else "X"
             rob, nat = statistics.fmean(p.robust), statistics.fmean(p.natural)
-            ax.errorbar([rob], [nat], xerr=[_std(p.robust) if len(p.robust) > 1 else 0],
-                        yerr=[_std(p.natural) if len(p.natural) > 1 else 0], marker=marker, linestyle="none",
-                        capsize=3, markersize=8, color=colormaps["tab10"](i % 10),
-                        label=f"{p.label} ({len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}): "
-                              f"gain {statistics.fmean(p.gains):+.2f}")
+            ax.errorbar(
+                [rob],
+                [nat],
+                xerr=[_std(p.robust) if len(p.robust) > 1 else 0],
+                yerr=[_std(p.natural) if len(p.natural) > 1 else 0],
+                marker=marker,
+                linestyle="none",
+                capsize=3,
+                markersize=8,
+                color=colormaps["tab10"](i % 10),
+                label=f"{p.label} ({len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}): "
+                f"gain {statistics.fmean(p.gains):+.2f}",
+            )
         ax.set_xlabel(f"robust accuracy, {f.attack} (%)")
         ax.set_ylabel("natural accuracy (%)")
         ax.set_title(method)
@@ -253,12 +300,16 @@ def frontier_section(f: Frontier) -> str:
     """The markdown text under a report's frontier heading: what the gains mean, then the gain table."""
     header, rows = gain_rows(f)
     which = "best-by-validation" if f.checkpoint == "best" else "last"
-    return "\n".join([
-        f"Natural against robust accuracy ({f.attack}), {which} checkpoints, in percent, mean ± sample std over "
-        "seeds. The base method's frontier is the upper-right envelope of its own settings (that seed's runs), "
-        "joined by straight lines. Natural gain: a run's natural accuracy minus the frontier's at the run's "
-        "robust accuracy; robust gain: its robust accuracy minus the frontier's at its natural accuracy; per "
-        "seed, then mean ± std. Above 0 the run lies beyond the trade-off the base method already offers. "
-        "*(outside)*: the run is more (or less) robust than every base setting, and is compared with the "
-        "nearest end of the frontier, held flat.", "",
-        markdown_table(header, rows)])
+    return "\n".join(
+        [
+            f"Natural against robust accuracy ({f.attack}), {which} checkpoints, in percent, mean ± sample std over "
+            "seeds. The base method's frontier is the upper-right envelope of its own settings (that seed's runs), "
+            "joined by straight lines. Natural gain: a run's natural accuracy minus the frontier's at the run's "
+            "robust accuracy; robust gain: its robust accuracy minus the frontier's at its natural accuracy; per "
+            "seed, then mean ± std. Above 0 the run lies beyond the trade-off the base method already offers. "
+            "*(outside)*: the run is more (or less) robust than every base setting, and is compared with the "
+            "nearest end of the frontier, held flat.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )

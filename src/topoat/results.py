@@ -11,6 +11,7 @@ the same test images. Optional extras: "n_eval" (test images), "n_by_attack" (at
 images, e.g. AutoAttack), "autoattack_subset" (every score on those images), "eval_seconds"; at the top
 level "provenance" (versions, git commit, device, command line: what produced the file).
 """
+
 from __future__ import annotations
 
 import math
@@ -60,14 +61,19 @@ def _entry_problem(entry: Any, prefix: str = "") -> Optional[str]:
 
     if not isinstance(entry, dict):
         return f"'{prefix[:-1]}' must be a mapping" if prefix else "the entry is not a mapping"
-    checks = [("checkpoint", lambda v: isinstance(v, str), "a path"),
-              ("method", lambda v: isinstance(v, str), "a string"),
-              ("natural_acc", number, "a number"),
-              ("robust_acc", lambda v: isinstance(v, dict) and all(number(a) for a in v.values()),
-               "a mapping of attacks to numbers"),
-              ("n_by_attack", lambda v: isinstance(v, dict), "a mapping"),
-              ("topology", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
-              ("best", lambda v: v is None or isinstance(v, dict), "a mapping or null")]
+    checks = [
+        ("checkpoint", lambda v: isinstance(v, str), "a path"),
+        ("method", lambda v: isinstance(v, str), "a string"),
+        ("natural_acc", number, "a number"),
+        (
+            "robust_acc",
+            lambda v: isinstance(v, dict) and all(number(a) for a in v.values()),
+            "a mapping of attacks to numbers",
+        ),
+        ("n_by_attack", lambda v: isinstance(v, dict), "a mapping"),
+        ("topology", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+        ("best", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+    ]
     for key, ok, what in checks:
         if key in entry and not ok(entry[key]):
             return f"'{prefix}{key}' must be {what}"
@@ -75,8 +81,12 @@ def _entry_problem(entry: Any, prefix: str = "") -> Optional[str]:
 
 
 def results_document(cfg: TrainConfig, runs: dict[str, dict]) -> dict:
-    return {"dataset": cfg.data.dataset, "threat": {"norm": cfg.attack.norm, "eps": cfg.attack.eps}, "runs": runs,
-            "provenance": provenance(resolve_device(cfg.runtime.device))}
+    return {
+        "dataset": cfg.data.dataset,
+        "threat": {"norm": cfg.attack.norm, "eps": cfg.attack.eps},
+        "runs": runs,
+        "provenance": provenance(resolve_device(cfg.runtime.device)),
+    }
 
 
 def rebase_checkpoints(entry: dict, prefix: str) -> dict:
@@ -87,8 +97,9 @@ def rebase_checkpoints(entry: dict, prefix: str) -> dict:
     return entry
 
 
-def find_run_slot(results: Path, run: str, checkpoint: Path, *, norm: str, eps: float,
-                  dataset: str) -> tuple[dict, dict, str]:
+def find_run_slot(
+    results: Path, run: str, checkpoint: Path, *, norm: str, eps: float, dataset: str
+) -> tuple[dict, dict, str]:
     """The results.json document, and the part of run `run` that `checkpoint` belongs to (the run itself for
     its last checkpoint, its `best` entry for best.pt) with that part's label. One-line errors when the
     file, the run, the threat model or the dataset do not match."""
@@ -99,10 +110,15 @@ def find_run_slot(results: Path, run: str, checkpoint: Path, *, norm: str, eps: 
     if doc.get("dataset") != dataset:
         raise TopoatError(f"{results} is for dataset {doc.get('dataset')}, but this evaluation uses {dataset}")
     threat = doc.get("threat") or {}
-    if threat.get("norm") != norm or not isinstance(threat.get("eps"), (int, float)) or not math.isclose(
-            float(threat["eps"]), eps, rel_tol=1e-9, abs_tol=1e-12):
-        raise TopoatError(f"{results} is for {threat.get('norm')} eps {threat.get('eps')}, but this evaluation "
-                          f"uses {norm} eps {eps:.6g}")
+    if (
+        threat.get("norm") != norm
+        or not isinstance(threat.get("eps"), (int, float))
+        or not math.isclose(float(threat["eps"]), eps, rel_tol=1e-9, abs_tol=1e-12)
+    ):
+        raise TopoatError(
+            f"{results} is for {threat.get('norm')} eps {threat.get('eps')}, but this evaluation "
+            f"uses {norm} eps {eps:.6g}"
+        )
     entry = runs[run]
     slots = {"last": entry}
     if isinstance(entry.get("best"), dict):
@@ -112,12 +128,15 @@ def find_run_slot(results: Path, run: str, checkpoint: Path, *, norm: str, eps: 
         if (Path(results).parent / slot.get("checkpoint", "")).resolve() == target:
             return doc, slot, label
     listed = " or ".join(str(s.get("checkpoint")) for s in slots.values())
-    raise TopoatError(f"{checkpoint} is not a checkpoint of run {run!r} in {results} (that is {listed}, "
-                      f"relative to {Path(results).parent})")
+    raise TopoatError(
+        f"{checkpoint} is not a checkpoint of run {run!r} in {results} (that is {listed}, "
+        f"relative to {Path(results).parent})"
+    )
 
 
-def merge_evaluation(results: Path, run: str, checkpoint: Path, res: EvalResult, *, norm: str, eps: float,
-                     dataset: str, sanity=None) -> str:
+def merge_evaluation(
+    results: Path, run: str, checkpoint: Path, res: EvalResult, *, norm: str, eps: float, dataset: str, sanity=None
+) -> str:
     """Write `res`'s robust accuracies into run `run` of results.json, atomically; returns "last" or "best".
 
     A stored per-sample "worst" that this evaluation cannot recompute (it lacks some of the stored attacks
@@ -163,19 +182,28 @@ def format_table(runs: dict[str, dict]) -> str:
     notes: dict[str, str] = {}
     for name, r in runs.items():
         topo = r.get("topology")
-        topo_text = "-" if not topo else (f"{topo.get('kernel', 'cosine')} {topo['layer']} "
-                                          f"nat={topo['lambda_nat']:g} adv={topo['lambda_adv']:g}")
+        topo_text = (
+            "-"
+            if not topo
+            else (
+                f"{topo.get('kernel', 'cosine')} {topo['layer']} nat={topo['lambda_nat']:g} adv={topo['lambda_adv']:g}"
+            )
+        )
         kd = r.get("distillation")
         if kd:
-            topo_text = ("" if topo_text == "-" else topo_text + " + ") + \
-                f"distillation λ={kd['lambda']:g} T={kd['temperature']:g}"
+            topo_text = (
+                "" if topo_text == "-" else topo_text + " + "
+            ) + f"distillation λ={kd['lambda']:g} T={kd['temperature']:g}"
         parts = [(name, r, f"{r['train_seconds']:.0f}")]
         if isinstance(r.get("best"), dict):
             parts.append((f"{name} (best@{r['best'].get('epoch')})", r["best"], "-"))
         for label, scores, seconds in parts:
             robust = scores.get("robust_acc", {})
-            rows.append([label, r["method"], topo_text, f"{100 * scores['natural_acc']:.2f}"]
-                        + [f"{100 * robust[a]:.2f}" if a in robust else "-" for a in attacks] + [seconds])
+            rows.append(
+                [label, r["method"], topo_text, f"{100 * scores['natural_acc']:.2f}"]
+                + [f"{100 * robust[a]:.2f}" if a in robust else "-" for a in attacks]
+                + [seconds]
+            )
             for a, k in scores.get("n_by_attack", {}).items():
                 notes.setdefault(a, f"{a}: on a fixed {k} of the {r.get('n_eval', '?')} test images")
     return "\n".join([text_table(header, rows)] + list(notes.values()))

@@ -1,5 +1,6 @@
 """A finished run folder: evaluate its checkpoints on the test split and write results.json (whose
 contract is in results.py); or, for a run already scored, add the attacks or images it lacks."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,16 @@ def method_name(cfg: TrainConfig) -> str:
     return cfg.method.name if cfg.method.awp is None else f"awp-{cfg.method.name}"
 
 
-def train_and_evaluate(cfg: TrainConfig, run_dir: Path, *, resume: bool, stage_name: str, resume_hint: str,
-                       dist: DistContext = SINGLE, echo: Optional[Callable[[str], None]] = None) -> Optional[dict]:
+def train_and_evaluate(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    stage_name: str,
+    resume_hint: str,
+    dist: DistContext = SINGLE,
+    echo: Optional[Callable[[str], None]] = None,
+) -> Optional[dict]:
     """One run from start to results: train `cfg` into `run_dir` (or resume it), evaluate it and write its
     results.json. Returns its entry; None on the processes other than rank 0, which only train. The CLI
     and a study both run a run through here."""
@@ -35,18 +44,28 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: Path, *, resume: bool, stage_n
         return None
     if echo is not None:
         aa_n, ev = cfg.evaluation.autoattack_n, cfg.evaluation
-        echo(f"[{cfg.name}] evaluating {', '.join(ev.attacks)} on {ev.n or 'all'} test images"
-             f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, "
-             f"{' and '.join(ev.checkpoints) or 'no'} checkpoint(s)")
+        echo(
+            f"[{cfg.name}] evaluating {', '.join(ev.attacks)} on {ev.n or 'all'} test images"
+            f"{'' if aa_n is None else f' (AutoAttack on a fixed {aa_n} of them)'}, "
+            f"{' and '.join(ev.checkpoints) or 'no'} checkpoint(s)"
+        )
     with stage(stage_name, resume_hint):
-        entry = evaluate_run(cfg, run_dir, cfg.name, summary["train_seconds"], relative_to=run_dir,
-                             progress=cfg.runtime.progress)
+        entry = evaluate_run(
+            cfg, run_dir, cfg.name, summary["train_seconds"], relative_to=run_dir, progress=cfg.runtime.progress
+        )
         write_json_atomic(results_document(cfg, {cfg.name: entry}), RunFolder(run_dir).results)
     return entry
 
 
-def evaluate_run(cfg: TrainConfig, run_dir: Path, name: str, train_seconds: float,
-                 relative_to: Path, dataset: Optional[ImageDataset] = None, progress: bool = True) -> dict:
+def evaluate_run(
+    cfg: TrainConfig,
+    run_dir: Path,
+    name: str,
+    train_seconds: float,
+    relative_to: Path,
+    dataset: Optional[ImageDataset] = None,
+    progress: bool = True,
+) -> dict:
     """The results.json entry of one run: its last checkpoint evaluated on the fixed test subset, and
     under `best` its best-by-validation checkpoint on the same images (robust overfitting is real)."""
     device = resolve_device(cfg.runtime.device)
@@ -94,11 +113,13 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
             continue
         path = (run_dir / checkpoint).resolve()
         res = _evaluate_model(cfg, load_model(path, device), x, y, progress, wanted)
-        merge_evaluation(results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps,
-                         dataset=cfg.data.dataset)
+        merge_evaluation(results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps, dataset=cfg.data.dataset)
     entry = read_json(results)["runs"][name]
-    if isinstance(entry.get("best"), dict) and entry["best"].get("same_as_last") and \
-            "last" in cfg.evaluation.checkpoints:
+    if (
+        isinstance(entry.get("best"), dict)
+        and entry["best"].get("same_as_last")
+        and "last" in cfg.evaluation.checkpoints
+    ):
         for key in ("robust_acc", "n_by_attack", "autoattack_subset", "eval_seconds"):
             if key in entry:
                 entry["best"][key] = entry[key]
@@ -115,8 +136,9 @@ def images_to_add(cfg: TrainConfig, entry: dict, n_test: int) -> int:
     return max(wanted - int(entry.get("n_eval", wanted)), 0)
 
 
-def evaluate_more_images(cfg: TrainConfig, run_dir: Path, name: str, progress: bool = True,
-                         echo: Callable[[str], None] = lambda line: None) -> dict:
+def evaluate_more_images(
+    cfg: TrainConfig, run_dir: Path, name: str, progress: bool = True, echo: Callable[[str], None] = lambda line: None
+) -> dict:
     """A finished run's entry grown to `cfg.evaluation.n` test images: the images it lacks are scored
     with every attack it already holds, and each score becomes the count-weighted mean of both parts.
 
@@ -134,16 +156,26 @@ def evaluate_more_images(cfg: TrainConfig, run_dir: Path, name: str, progress: b
         return entry
     n_old = int(entry["n_eval"])
     slots = [("last", entry)] + ([("best", entry["best"])] if isinstance(entry.get("best"), dict) else [])
-    if cfg.evaluation.autoattack_n is not None or any("n_by_attack" in s or "autoattack_subset" in s
-                                                      for _, s in slots):
-        echo(f"[{name}] done on {n_old} test images; evaluating it again on {cfg.evaluation.n or 'all'} "
-             "(its AutoAttack ran on a fraction of them, which does not grow)")
-        entry = evaluate_run(cfg, run_dir, name, float(entry.get("train_seconds", 0.0)), relative_to=run_dir,
-                             dataset=ds, progress=progress)
+    if cfg.evaluation.autoattack_n is not None or any("n_by_attack" in s or "autoattack_subset" in s for _, s in slots):
+        echo(
+            f"[{name}] done on {n_old} test images; evaluating it again on {cfg.evaluation.n or 'all'} "
+            "(its AutoAttack ran on a fraction of them, which does not grow)"
+        )
+        entry = evaluate_run(
+            cfg,
+            run_dir,
+            name,
+            float(entry.get("train_seconds", 0.0)),
+            relative_to=run_dir,
+            dataset=ds,
+            progress=progress,
+        )
         write_json_atomic(results_document(cfg, {name: entry}), results)
         return entry
-    echo(f"[{name}] done on {n_old} test images; scoring the {images_to_add(cfg, entry, n_test)} more that "
-         f"evaluation.n={cfg.evaluation.n} asks for")
+    echo(
+        f"[{name}] done on {n_old} test images; scoring the {images_to_add(cfg, entry, n_test)} more that "
+        f"evaluation.n={cfg.evaluation.n} asks for"
+    )
     new_idx = fixed_subset(n_test, cfg.evaluation.n, cfg.evaluation.seed)
     added = new_idx[~torch.isin(new_idx, fixed_subset(n_test, n_old, cfg.evaluation.seed))]
     x, y = to_float(ds.x_test[added].to(device)), ds.y_test[added].to(device)
@@ -183,17 +215,26 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
     return list(cfg.evaluation.attacks) if checkpoint in cfg.evaluation.checkpoints else []
 
 
-def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool,
-                    attacks: Optional[list[str]] = None) -> EvalResult:
+def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: Optional[list[str]] = None) -> EvalResult:
     ev = cfg.evaluation
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
     if use_channels_last(x.device, cfg.runtime.channels_last):
         # the run's own memory format: on a CPU small-cnn, channels-last halves the cost of AutoAttack
         model = as_channels_last(model)
-    return evaluate(model, x, y, ev.attacks if attacks is None else attacks, norm=cfg.attack.norm,
-                    eps=cfg.attack.eps, step_size=ev.step_size, batch_size=ev.batch_size, progress=progress,
-                    autoattack_n=ev.autoattack_n, seed=ev.seed)
+    return evaluate(
+        model,
+        x,
+        y,
+        ev.attacks if attacks is None else attacks,
+        norm=cfg.attack.norm,
+        eps=cfg.attack.eps,
+        step_size=ev.step_size,
+        batch_size=ev.batch_size,
+        progress=progress,
+        autoattack_n=ev.autoattack_n,
+        seed=ev.seed,
+    )
 
 
 def _extras(res: EvalResult) -> dict:
@@ -208,8 +249,9 @@ def _extras(res: EvalResult) -> dict:
     return out
 
 
-def _evaluate_best(cfg: TrainConfig, path: Path, last_model, last: EvalResult, x, y, relative_to: Path,
-                   progress: bool) -> Optional[dict]:
+def _evaluate_best(
+    cfg: TrainConfig, path: Path, last_model, last: EvalResult, x, y, relative_to: Path, progress: bool
+) -> Optional[dict]:
     """best.pt on the same images; when it holds the last checkpoint's weights its scores are the same."""
     if not path.is_file():
         return None  # no validation split: nothing chose a best checkpoint
@@ -220,8 +262,12 @@ def _evaluate_best(cfg: TrainConfig, path: Path, last_model, last: EvalResult, x
     attacks = attacks_for(cfg, "best")
     reuse = same and attacks == attacks_for(cfg, "last")
     res = last if reuse else _evaluate_model(cfg, model, x, y, progress, attacks)
-    best = {"checkpoint": os.path.relpath(path, relative_to), "epoch": ckpt.get("epoch"),
-            "natural_acc": res.natural_acc, "robust_acc": res.robust_acc}
+    best = {
+        "checkpoint": os.path.relpath(path, relative_to),
+        "epoch": ckpt.get("epoch"),
+        "natural_acc": res.natural_acc,
+        "robust_acc": res.robust_acc,
+    }
     best.update(_extras(res))
     if same:
         best["same_as_last"] = True

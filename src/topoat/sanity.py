@@ -11,6 +11,7 @@ attacks are being fooled (vanishing or shattered gradients), not the model made 
 Attacks draw random starts, so "does not rise" allows a fixed tolerance: TOLERANCE_FRACTION of the
 images, and at least TOLERANCE_IMAGES.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,15 +65,21 @@ class SanityReport:
     def format(self) -> str:
         tol = tolerance(self.n)
         images = round(tol * self.n)
-        lines = [f"sanity checks against gradient masking ({self.n} images; tolerance "
-                 f"{100 * tol:.2f} % = {images} image{'' if images == 1 else 's'}):"]
+        lines = [
+            f"sanity checks against gradient masking ({self.n} images; tolerance "
+            f"{100 * tol:.2f} % = {images} image{'' if images == 1 else 's'}):"
+        ]
         width = max(len(c.name) for c in self.checks)
         lines += [f"  {c.status}  {c.name.ljust(width)}  {c.detail}" for c in self.checks]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "n": self.n, "tolerance": tolerance(self.n),
-                "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "n": self.n,
+            "tolerance": tolerance(self.n),
+            "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in self.checks],
+        }
 
 
 def _pct(v: float) -> str:
@@ -83,8 +90,16 @@ def _merge(known: Optional[EvalResult], new: EvalResult) -> EvalResult:
     """One result holding the per-sample outcomes of both (same images, same model)."""
     if known is None or known.natural is None:
         return new
-    merged = EvalResult(new.n, new.natural_acc, dict(new.robust_acc), new.natural,
-                        dict(new.correct), dict(new.evaluated), dict(new.seconds), list(new.notes))
+    merged = EvalResult(
+        new.n,
+        new.natural_acc,
+        dict(new.robust_acc),
+        new.natural,
+        dict(new.correct),
+        dict(new.evaluated),
+        dict(new.seconds),
+        list(new.notes),
+    )
     for name in known.correct:
         merged.correct.setdefault(name, known.correct[name])
         merged.evaluated.setdefault(name, known.evaluated[name])
@@ -92,11 +107,23 @@ def _merge(known: Optional[EvalResult], new: EvalResult) -> EvalResult:
     return merged
 
 
-def sanity_checks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf", eps: float = 8 / 255,
-                  step_size: Optional[float] = None, steps: int = 20, reference: Optional[nn.Module] = None,
-                  autoattack: Optional[str] = None, autoattack_n: Optional[int] = None,
-                  known: Optional[EvalResult] = None, batch_size: int = 500, progress: bool = True,
-                  seed: int = 0) -> SanityReport:
+def sanity_checks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str = "Linf",
+    eps: float = 8 / 255,
+    step_size: Optional[float] = None,
+    steps: int = 20,
+    reference: Optional[nn.Module] = None,
+    autoattack: Optional[str] = None,
+    autoattack_n: Optional[int] = None,
+    known: Optional[EvalResult] = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    seed: int = 0,
+) -> SanityReport:
     """Run the five checks on (x, y) (on the model's device). `known` is an evaluation of the same
     images whose attacks are reused rather than run again; `reference` is a standard model for the
     transfer attack (skipped without one); `autoattack` names the AutoAttack spec to compare with PGD
@@ -121,9 +148,23 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf",
         # cast: the norm is a str in this public API; PGD rejects any but Linf and L2 (ValueError)
         transfer = PGD(reference, eps, ratio * eps, steps, norm=cast(Norm, norm))
         custom["transfer"] = transfer
-    at_eps = _merge(known, evaluate(model, x, y, todo, eps=eps, step_size=ratio * eps, custom=custom,
-                                    autoattack_n=autoattack_n, norm=norm, batch_size=batch_size,
-                                    progress=progress, seed=seed))
+    at_eps = _merge(
+        known,
+        evaluate(
+            model,
+            x,
+            y,
+            todo,
+            eps=eps,
+            step_size=ratio * eps,
+            custom=custom,
+            autoattack_n=autoattack_n,
+            norm=norm,
+            batch_size=batch_size,
+            progress=progress,
+            seed=seed,
+        ),
+    )
     report = SanityReport(n)
 
     # 1 and 2: accuracy against eps
@@ -131,36 +172,57 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf",
     grid = sorted({eps / 4, eps / 2, 2 * eps, big} - {eps})
     curve = {0.0: at_eps.natural_acc, eps: at_eps.robust_acc[base]}
     for e in grid:
-        curve[e] = evaluate(model, x, y, [base], eps=e, step_size=ratio * e, norm=norm, batch_size=batch_size,
-                            progress=progress, seed=seed).robust_acc[base]
+        curve[e] = evaluate(
+            model,
+            x,
+            y,
+            [base],
+            eps=e,
+            step_size=ratio * e,
+            norm=norm,
+            batch_size=batch_size,
+            progress=progress,
+            seed=seed,
+        ).robust_acc[base]
     points = sorted(curve.items())
     rises = [(a, b) for (a, va), (b, vb) in zip(points, points[1:]) if vb > va + tol]
     text = f"{base}: " + ", ".join(f"eps {e:g} {_pct(v)}" for e, v in points)
     if rises:
         text += "; rises from eps " + ", ".join(f"{a:g} to {b:g}" for a, b in rises)
     report.checks.append(Check("accuracy falls as eps grows", "FAIL" if rises else "PASS", text))
-    report.checks.append(Check(
-        "accuracy nears 0 at a large eps", "PASS" if curve[big] <= LARGE_EPS_MAX_ACC else "FAIL",
-        f"{base} at eps {big:g}: {_pct(curve[big])} (must be <= {_pct(LARGE_EPS_MAX_ACC)})"))
+    report.checks.append(
+        Check(
+            "accuracy nears 0 at a large eps",
+            "PASS" if curve[big] <= LARGE_EPS_MAX_ACC else "FAIL",
+            f"{base} at eps {big:g}: {_pct(curve[big])} (must be <= {_pct(LARGE_EPS_MAX_ACC)})",
+        )
+    )
 
     # 3: more steps and restarts
     acc = at_eps.robust_acc
     worse = [a for a in (more_steps, restarts) if acc[a] > acc[base] + tol]
-    report.checks.append(Check(
-        "more steps and restarts never help", "FAIL" if worse else "PASS",
-        f"{base} {_pct(acc[base])}; {more_steps} {_pct(acc[more_steps])}, {restarts} {_pct(acc[restarts])} "
-        f"(must be <= {_pct(acc[base] + tol)})"))
+    report.checks.append(
+        Check(
+            "more steps and restarts never help",
+            "FAIL" if worse else "PASS",
+            f"{base} {_pct(acc[base])}; {more_steps} {_pct(acc[more_steps])}, {restarts} {_pct(acc[restarts])} "
+            f"(must be <= {_pct(acc[base] + tol)})",
+        )
+    )
 
     # 4: transfer from a standard model
     if reference is None:
-        report.checks.append(Check("transfer is weaker than white-box", "SKIP",
-                                   "no reference (standard) model given"))
+        report.checks.append(Check("transfer is weaker than white-box", "SKIP", "no reference (standard) model given"))
     else:
         t = acc["transfer"]
-        report.checks.append(Check(
-            "transfer is weaker than white-box", "PASS" if t >= acc[base] - tol else "FAIL",
-            f"{base} transferred from the reference {_pct(t)} (must be >= white-box {base} "
-            f"{_pct(acc[base])} - {_pct(tol)})"))
+        report.checks.append(
+            Check(
+                "transfer is weaker than white-box",
+                "PASS" if t >= acc[base] - tol else "FAIL",
+                f"{base} transferred from the reference {_pct(t)} (must be >= white-box {base} "
+                f"{_pct(acc[base])} - {_pct(tol)})",
+            )
+        )
 
     # 5: AutoAttack against PGD, on the images AutoAttack ran on
     mask = at_eps.evaluated[autoattack]
@@ -168,9 +230,13 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "Linf",
     m = int(mask.sum())
     tol_m = tolerance(m)
     where = "" if m == n else f" (on the {m} images AutoAttack ran on)"
-    report.checks.append(Check(
-        "AutoAttack is not above PGD", "PASS" if on[autoattack] <= on[base] + tol_m else "FAIL",
-        f"{autoattack} {_pct(on[autoattack])} (must be <= {base} {_pct(on[base])} + {_pct(tol_m)}){where}"))
+    report.checks.append(
+        Check(
+            "AutoAttack is not above PGD",
+            "PASS" if on[autoattack] <= on[base] + tol_m else "FAIL",
+            f"{autoattack} {_pct(on[autoattack])} (must be <= {base} {_pct(on[base])} + {_pct(tol_m)}){where}",
+        )
+    )
     return report
 
 

@@ -1,5 +1,6 @@
 """SIGINT and SIGTERM outside the training loop: they stop the command at once with one line naming the
 stage it was in (the training loop installs its own handler, which saves a checkpoint first)."""
+
 from __future__ import annotations
 
 import signal

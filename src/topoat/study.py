@@ -1,5 +1,6 @@
 """A study: several named runs (a teacher and the models that use it, over seeds), trained, evaluated
 and tabulated into one results.json. Re-running with resume continues where it stopped."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -62,15 +63,18 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
         raise TopoatError(f"study {path}: reference {spec.reference!r} is not one of its runs")
     for r in spec.runs:
         if r.seeds is not None and (spec.seeds is None or not set(r.seeds) <= set(spec.seeds)):
-            raise TopoatError(f"study {path}: run {r.name!r} lists seeds {r.seeds} that are not among the "
-                              f"study's seeds {spec.seeds}")
+            raise TopoatError(
+                f"study {path}: run {r.name!r} lists seeds {r.seeds} that are not among the study's seeds {spec.seeds}"
+            )
         if r.teacher is not None and r.teacher not in names:
             raise TopoatError(f"study {path}: run {r.name!r} names unknown teacher run {r.teacher!r}")
         if r.teacher is not None and names.index(r.teacher) > names.index(r.name):
             raise TopoatError(f"study {path}: teacher run {r.teacher!r} must come before {r.name!r}")
         if r.seeds is not None and (r.name == spec.reference or any(q.teacher == r.name for q in spec.runs)):
-            raise TopoatError(f"study {path}: run {r.name!r} is a teacher or the reference, so it runs on every seed "
-                              f"(remove its seeds)")
+            raise TopoatError(
+                f"study {path}: run {r.name!r} is a teacher or the reference, so it runs on every seed "
+                f"(remove its seeds)"
+            )
     grid: list[PlannedRun] = []
     subset: list[PlannedRun] = []
     for seed in spec.seeds if spec.seeds is not None else [None]:
@@ -83,9 +87,14 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
                 overrides.append(f"seed={seed}")
             after_reference = spec.reference is not None and names.index(r.name) > names.index(spec.reference)
             (grid if r.seeds is None else subset).append(
-                PlannedRun(r.name + suffix, (path.parent / r.config), overrides,
-                           None if r.teacher is None else r.teacher + suffix,
-                           spec.reference + suffix if after_reference else None))
+                PlannedRun(
+                    r.name + suffix,
+                    (path.parent / r.config),
+                    overrides,
+                    None if r.teacher is None else r.teacher + suffix,
+                    spec.reference + suffix if after_reference else None,
+                )
+            )
     planned = grid + subset
     return spec, planned
 
@@ -93,26 +102,42 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
 def check_run_name(path: Path, name) -> None:
     """A run's folder is `--out/NAME`: a name with a separator, `..` or an absolute path would put it (and
     its training) outside the study folder."""
-    bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
-           or Path(name).is_absolute())
+    bad = (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or Path(name).is_absolute()
+    )
     if bad:
-        raise TopoatError(f"study {path}: run name {name!r} must be a plain folder name (no '/', '..' or "
-                          "absolute path)")
+        raise TopoatError(
+            f"study {path}: run name {name!r} must be a plain folder name (no '/', '..' or absolute path)"
+        )
 
 
 def teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
     """Overrides pointing the run's TRAIN and distillation sections (whichever it has) at `teacher`."""
     cfg = load_config(p.config_path, p.overrides + [f"name={p.name}"])
-    links = [f"{section}.teacher={teacher}" for section in ("topology", "distillation")
-             if getattr(cfg, section) is not None]
+    links = [
+        f"{section}.teacher={teacher}" for section in ("topology", "distillation") if getattr(cfg, section) is not None
+    ]
     if not links:
-        raise TopoatError(f"study run {p.name!r} names a teacher but has neither a topology: nor a "
-                          f"distillation: section")
+        raise TopoatError(
+            f"study run {p.name!r} names a teacher but has neither a topology: nor a distillation: section"
+        )
     return links
 
 
-def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Optional[list[str]] = None,
-              progress: bool = True, echo=print, only: Optional[list[str]] = None) -> dict:
+def run_study(
+    path: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    extra: Optional[list[str]] = None,
+    progress: bool = True,
+    echo=print,
+    only: Optional[list[str]] = None,
+) -> dict:
     """Train and evaluate every planned run (those matching a pattern of `only`, if given) not yet done.
 
     On resume, a finished run whose results lack attacks the study now lists is evaluated with just
@@ -159,8 +184,11 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
             if isinstance(n_eval, int) and (cfg.evaluation.n is None or cfg.evaluation.n > n_eval):
                 with stage(f"during the evaluation of run {p.name}", resume_hint):
                     entry = evaluate_more_images(cfg, run_dir, p.name, progress=progress, echo=echo)
-            scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else \
-                (entry.get("best") or {}).get("robust_acc", {})
+            scored = (
+                entry.get("robust_acc", {})
+                if "last" in cfg.evaluation.checkpoints
+                else (entry.get("best") or {}).get("robust_acc", {})
+            )
             missing = [a for a in cfg.evaluation.attacks if a not in scored]
             if missing:
                 echo(f"[{p.name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
@@ -173,11 +201,19 @@ def run_study(path: str | Path, out: str | Path, resume: bool = False, extra: Op
         if p.teacher is not None and p.teacher in failed:
             failed[p.name] = f"teacher run {p.teacher} failed"
             continue
-        echo(f"[{p.name}] training ({method_name(cfg)}"
-             f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)")
+        echo(
+            f"[{p.name}] training ({method_name(cfg)}"
+            f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)"
+        )
         try:
-            entry = train_and_evaluate(cfg, run_dir, resume=folder.last.is_file(), echo=echo,
-                                       stage_name=f"during the evaluation of run {p.name}", resume_hint=resume_hint)
+            entry = train_and_evaluate(
+                cfg,
+                run_dir,
+                resume=folder.last.is_file(),
+                echo=echo,
+                stage_name=f"during the evaluation of run {p.name}",
+                resume_hint=resume_hint,
+            )
         except TrainingDiverged as e:
             failed[p.name] = str(e)
             echo(f"[{p.name}] failed: {e}")

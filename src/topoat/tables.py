@@ -4,6 +4,7 @@ Cells are converted with `str`. `align` is one letter per column, "l" (left) or 
 letter for every column; e.g. `align="l" + "r" * (len(header) - 1)` for a name column followed by
 numbers.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -21,8 +22,9 @@ def _alignment(align: Optional[str], columns: int) -> str:
     return align
 
 
-def text_table(header: Cells, rows: Sequence[Cells], align: Optional[str] = None, *, rule: bool = True,
-               gap: str = "  ") -> str:
+def text_table(
+    header: Cells, rows: Sequence[Cells], align: Optional[str] = None, *, rule: bool = True, gap: str = "  "
+) -> str:
     """Columns padded to their widest cell and joined by `gap`; a dashed `rule` under the header.
     Left-aligned unless `align` says otherwise. Lines carry no trailing spaces."""
     table = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
@@ -32,8 +34,7 @@ def text_table(header: Cells, rows: Sequence[Cells], align: Optional[str] = None
         table.insert(1, ["-" * w for w in widths])
 
     def line(cells: list[str]) -> str:
-        return gap.join(c.rjust(w) if side == "r" else c.ljust(w)
-                        for c, w, side in zip(cells, widths, sides)).rstrip()
+        return gap.join(c.rjust(w) if side == "r" else c.ljust(w) for c, w, side in zip(cells, widths, sides)).rstrip()
 
     return "\n".join(line(cells) for cells in table)
 

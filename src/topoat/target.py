@@ -2,6 +2,7 @@
 trained for: read from a topoat checkpoint, or given for a model topoat did not train (a plain
 state_dict with --arch, or any importable model with --model). `topoat eval` and `topoat analyze`
 rebuild their test set and radius here and nowhere else."""
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,19 @@ class Target:
         return to_float(self.data.x_test[idx].to(device)), self.data.y_test[idx].to(device)
 
 
-def load_target(checkpoint: Optional[str], device: torch.device, *, dataset: Optional[str] = None,
-                root: Optional[str] = None, arch: Optional[str] = None, num_classes: Optional[int] = None,
-                arch_args: Optional[dict] = None, factory: Optional[str] = None, command: str = "eval",
-                role: str = "checkpoint") -> Target:
+def load_target(
+    checkpoint: Optional[str],
+    device: torch.device,
+    *,
+    dataset: Optional[str] = None,
+    root: Optional[str] = None,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    arch_args: Optional[dict] = None,
+    factory: Optional[str] = None,
+    command: str = "eval",
+    role: str = "checkpoint",
+) -> Target:
     """A topoat checkpoint, or (with `arch` or `factory`) a foreign model, ready to evaluate on the test
     split it fits; every mismatch is a one-line TopoatError before any attack runs."""
     if arch is not None or factory is not None:
@@ -48,8 +58,9 @@ def load_target(checkpoint: Optional[str], device: torch.device, *, dataset: Opt
     return Target(model, record, data, str(checkpoint))
 
 
-def recorded_dataset(record: dict, dataset: Optional[str] = None, root: Optional[str] = None,
-                     command: str = "eval") -> ImageDataset:
+def recorded_dataset(
+    record: dict, dataset: Optional[str] = None, root: Optional[str] = None, command: str = "eval"
+) -> ImageDataset:
     """The test data for a checkpoint: `dataset` (default: the one it records), read with the checkpoint's
     own data settings (root, synthetic shape) when it names the same dataset; `root` overrides the root."""
     name = dataset or record.get("dataset")
@@ -63,13 +74,23 @@ def recorded_dataset(record: dict, dataset: Optional[str] = None, root: Optional
             data = None  # a config from another topoat version: use the dataset name alone
     if data is None or data.dataset != name:
         return load_dataset(name, root)
-    return load_dataset(name, root or data.root, synthetic_shape=data.synthetic_shape,
-                        synthetic_classes=data.synthetic_classes, synthetic_train=data.synthetic_train,
-                        synthetic_test=data.synthetic_test)
+    return load_dataset(
+        name,
+        root or data.root,
+        synthetic_shape=data.synthetic_shape,
+        synthetic_classes=data.synthetic_classes,
+        synthetic_train=data.synthetic_train,
+        synthetic_test=data.synthetic_test,
+    )
 
 
-def recorded_threat(record: dict, norm: Optional[str] = None, eps: Optional[float] = None,
-                    step_size: Optional[float] = None, command: str = "eval") -> tuple[str, float]:
+def recorded_threat(
+    record: dict,
+    norm: Optional[str] = None,
+    eps: Optional[float] = None,
+    step_size: Optional[float] = None,
+    command: str = "eval",
+) -> tuple[str, float]:
     """The norm and radius to attack with: those given, else those the checkpoint's config records."""
     config = record.get("config")
     attack = config.get("attack") if isinstance(config, dict) else None
@@ -89,21 +110,31 @@ def recorded_threat(record: dict, norm: Optional[str] = None, eps: Optional[floa
     return norm, float(value)
 
 
-def check_fits(model: nn.Module, record: dict, data: ImageDataset, path: Any, device: torch.device,
-               role: str = "checkpoint") -> None:
+def check_fits(
+    model: nn.Module, record: dict, data: ImageDataset, path: Any, device: torch.device, role: str = "checkpoint"
+) -> None:
     """A model built for other images or classes fails here with one line, not deep inside an attack."""
     check_fits_data(record, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
     try:
         with torch.no_grad():
             model(to_float(data.x_test[:1].to(device)))
     except RuntimeError as e:
-        raise TopoatError(f"{path} cannot take {data.name} images of shape {tuple(data.x_test.shape[1:])}: "
-                          f"{str(e).splitlines()[0]}") from None
+        raise TopoatError(
+            f"{path} cannot take {data.name} images of shape {tuple(data.x_test.shape[1:])}: {str(e).splitlines()[0]}"
+        ) from None
 
 
-def _foreign(weights: Optional[str], device: torch.device, dataset: Optional[str], root: Optional[str],
-             arch: Optional[str], num_classes: Optional[int], arch_args: Optional[dict], factory: Optional[str],
-             command: str) -> Target:
+def _foreign(
+    weights: Optional[str],
+    device: torch.device,
+    dataset: Optional[str],
+    root: Optional[str],
+    arch: Optional[str],
+    num_classes: Optional[int],
+    arch_args: Optional[dict],
+    factory: Optional[str],
+    command: str,
+) -> Target:
     """A model from --arch (a plain state_dict of a topoat architecture) or --model (MODULE:FACTORY), with a
     record of the same shape as a checkpoint's completed from the data it is evaluated on."""
     from .external import model_from_factory, model_from_state_dict
@@ -115,13 +146,19 @@ def _foreign(weights: Optional[str], device: torch.device, dataset: Optional[str
     if dataset is None:
         raise TopoatError(f"{command}: --dataset is required for a model from --arch or --model")
     data = load_dataset(dataset, root)
-    record: dict = {"arch": arch or "importable model", "num_classes": num_classes,
-                    "in_channels": data.in_channels, "dataset": dataset, "notes": []}
+    record: dict = {
+        "arch": arch or "importable model",
+        "num_classes": num_classes,
+        "in_channels": data.in_channels,
+        "dataset": dataset,
+        "notes": [],
+    }
     model: nn.Module
     if arch is not None:
         assert weights is not None and num_classes is not None  # checked above
-        model, notes = model_from_state_dict(weights, arch, num_classes, data.in_channels, data.mean, data.std,
-                                             arch_args)
+        model, notes = model_from_state_dict(
+            weights, arch, num_classes, data.in_channels, data.mean, data.std, arch_args
+        )
         record["notes"] += notes
     else:
         assert factory is not None

@@ -7,6 +7,7 @@
 
 The same graph code serves the analysis metrics (`graph_kl`, `knn_overlap`).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,13 @@ def _median_pairwise(d2: Tensor) -> Tensor:
     return 0.5 * (values[(k - 1) // 2] + values[k // 2])
 
 
-def log_kernel(z: Tensor, kernel: Kernel = "cosine", temperature: float = DEFAULT_TEMPERATURE,
-               perplexity: float = DEFAULT_PERPLEXITY, allowed: Optional[Tensor] = None) -> Tensor:
+def log_kernel(
+    z: Tensor,
+    kernel: Kernel = "cosine",
+    temperature: float = DEFAULT_TEMPERATURE,
+    perplexity: float = DEFAULT_PERPLEXITY,
+    allowed: Optional[Tensor] = None,
+) -> Tensor:
     """Log of the kernel matrix k(z_i, z_j), shape (n, n), computed in fp32. `allowed` (the pairs a row
     may link to) matters to the perplexity kernel only, whose per-row precision depends on them."""
     z = z.float().flatten(1)
@@ -92,8 +98,13 @@ def perplexity_precisions(d2: Tensor, perplexity: float, allowed: Tensor) -> Ten
     return (0.5 * (lo + hi)).exp() / scale
 
 
-def affinity_log_probs(z: Tensor, kernel: Kernel = "cosine", mask: Optional[Tensor] = None,
-                       temperature: float = DEFAULT_TEMPERATURE, perplexity: float = DEFAULT_PERPLEXITY) -> Tensor:
+def affinity_log_probs(
+    z: Tensor,
+    kernel: Kernel = "cosine",
+    mask: Optional[Tensor] = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    perplexity: float = DEFAULT_PERPLEXITY,
+) -> Tensor:
     """Row-normalised log p(j|i) over j != i (and over `mask` if given); excluded entries are -inf."""
     n = z.shape[0]
     if n < 2:
@@ -149,8 +160,13 @@ class TopologyLoss(torch.nn.Module):
     - "student-t": 1 / (1 + |z_i - z_j|^2).
     """
 
-    def __init__(self, kernel: Kernel = "softmax-cosine", class_aware: str = "off",
-                 temperature: float = DEFAULT_TEMPERATURE, perplexity: float = DEFAULT_PERPLEXITY):
+    def __init__(
+        self,
+        kernel: Kernel = "softmax-cosine",
+        class_aware: str = "off",
+        temperature: float = DEFAULT_TEMPERATURE,
+        perplexity: float = DEFAULT_PERPLEXITY,
+    ):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
@@ -171,16 +187,19 @@ class TopologyLoss(torch.nn.Module):
         """log p(j|i) of one set of features under this loss's kernel."""
         return affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity)
 
-    def rows(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None,
-             n_rows: Optional[int] = None) -> Tensor:
+    def rows(
+        self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None, n_rows: Optional[int] = None
+    ) -> Tensor:
         """The loss averaged over the first `n_rows` samples only, the others being extra graph nodes
         (a memory bank of earlier batches)."""
         n = student.shape[0]
         if n != teacher.shape[0]:
             raise ValueError(f"student has {n} samples, teacher {teacher.shape[0]}")
         if self.kernel == "perplexity" and self.perplexity >= n - 1:
-            raise ValueError(f"perplexity {self.perplexity:g} needs a graph of more than {self.perplexity + 1:g} "
-                             f"samples, got {n} (lower the perplexity or raise the batch size)")
+            raise ValueError(
+                f"perplexity {self.perplexity:g} needs a graph of more than {self.perplexity + 1:g} "
+                f"samples, got {n} (lower the perplexity or raise the batch size)"
+            )
         mask = None
         if self.class_aware != "off":
             if labels is None:
@@ -199,8 +218,10 @@ class TopologyLoss(torch.nn.Module):
             return torch.where(finite, kl, torch.full_like(kl, float("nan")))
 
     def extra_repr(self) -> str:
-        extra = {"softmax-cosine": f", temperature={self.temperature:g}",
-                 "perplexity": f", perplexity={self.perplexity:g}"}.get(self.kernel, "")
+        extra = {
+            "softmax-cosine": f", temperature={self.temperature:g}",
+            "perplexity": f", perplexity={self.perplexity:g}",
+        }.get(self.kernel, "")
         return f"kernel={self.kernel!r}{extra}, class_aware={self.class_aware!r}"
 
 

@@ -1,4 +1,5 @@
 """The one training loop, shared by every method: schedule, validation, checkpoints, resume, signals."""
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ class TrainingInterrupted(Interrupted):
 class EpochTotals:
     """The running sums an epoch's metrics line averages. They go into a mid-epoch checkpoint, so the line
     of a resumed epoch covers all of its steps, not just those after the resume."""
+
     sums: dict[str, Tensor]
     n_seen: Tensor
     seconds: float = 0.0  # wall time of the epoch before the last interruption
@@ -51,8 +53,11 @@ class EpochTotals:
         return cls({}, torch.zeros((), device=device))
 
     def state(self) -> dict:
-        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "n_seen": self.n_seen.cpu(),
-                "seconds": self.seconds}
+        return {
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "n_seen": self.n_seen.cpu(),
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_state(cls, state: Optional[dict], device: torch.device, zero: bool = False) -> "EpochTotals":
@@ -60,8 +65,11 @@ class EpochTotals:
         if not state:  # a checkpoint from before the totals were saved, or one at an epoch's end
             return cls.fresh(device)
         scale = 0.0 if zero else 1.0
-        return cls({k: v.to(device) * scale for k, v in state["sums"].items()}, state["n_seen"].to(device) * scale,
-                   float(state["seconds"]) * scale)
+        return cls(
+            {k: v.to(device) * scale for k, v in state["sums"].items()},
+            state["n_seen"].to(device) * scale,
+            float(state["seconds"]) * scale,
+        )
 
 
 def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
@@ -109,8 +117,14 @@ class Trainer:
     """One run: its state (epoch, step, best, running totals), the loop, and saving and resuming it.
     What it trains with comes from build_run; where it writes, from RunFolder."""
 
-    def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False,
-                 dataset: Optional[ImageDataset] = None, dist: DistContext = SINGLE):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: str | Path,
+        resume: bool = False,
+        dataset: Optional[ImageDataset] = None,
+        dist: DistContext = SINGLE,
+    ):
         self.folder = RunFolder(out)
         self.dist = dist
         self.rank, self.world = dist.rank, dist.world
@@ -120,8 +134,9 @@ class Trainer:
             self.folder.prepare(resume=True)
             saved = from_dict(TrainConfig, load_checkpoint(self.folder.last)["config"]).validate()
             if _comparable(saved) != _comparable(cfg):
-                raise TopoatError(f"the config differs from the one {self.folder.root} was started with; "
-                                  "resume without changing it")
+                raise TopoatError(
+                    f"the config differs from the one {self.folder.root} was started with; resume without changing it"
+                )
         else:
             # every rank checks before rank 0 creates, so all of them agree on an error
             self.folder.prepare(resume=False, create=False)
@@ -129,8 +144,10 @@ class Trainer:
             if dist.is_main:
                 self.folder.prepare(resume=False)
         if cfg.optim.batch_size % dist.world:
-            raise TopoatError(f"optim.batch_size {cfg.optim.batch_size} (the global batch) must be divisible "
-                              f"by the {dist.world} processes")
+            raise TopoatError(
+                f"optim.batch_size {cfg.optim.batch_size} (the global batch) must be divisible "
+                f"by the {dist.world} processes"
+            )
         self.cfg, self.resume = cfg, resume
         self.parts = parts = build_run(cfg, dataset, dist)
         self.data, self.device, self.channels_last = parts.data, parts.device, parts.channels_last
@@ -151,28 +168,31 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def _record(self) -> dict:
         d = self.data
-        return model_record(self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels,
-                            d.image_size)
+        return model_record(
+            self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels, d.image_size
+        )
 
     def _save_state(self, perm: Optional[Tensor], totals: Optional[EpochTotals] = None) -> None:
         if self.rank != 0:
             return
         state = self._record()
-        state.update({
-            "config": to_dict(self.cfg),
-            "dataset": self.data.name,
-            "optimizer": self.optimizer.state_dict(),
-            "objective": self.objective.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step_in_epoch,
-            "perm": None if perm is None else perm.cpu(),
-            "rng": rng_state(self.device),
-            "data_rng": self.parts.data_generator.get_state(),
-            "best": dict(self.best),
-            "train_seconds": self.train_seconds,
-            "epoch_totals": None if totals is None else totals.state(),
-            "last_record": self.last_record,
-        })
+        state.update(
+            {
+                "config": to_dict(self.cfg),
+                "dataset": self.data.name,
+                "optimizer": self.optimizer.state_dict(),
+                "objective": self.objective.state_dict(),
+                "epoch": self.epoch,
+                "step": self.step_in_epoch,
+                "perm": None if perm is None else perm.cpu(),
+                "rng": rng_state(self.device),
+                "data_rng": self.parts.data_generator.get_state(),
+                "best": dict(self.best),
+                "train_seconds": self.train_seconds,
+                "epoch_totals": None if totals is None else totals.state(),
+                "last_record": self.last_record,
+            }
+        )
         save_atomic(state, self.folder.last)
 
     def _load_state(self) -> None:
@@ -190,8 +210,9 @@ class Trainer:
             self.totals = EpochTotals.from_state(state.get("epoch_totals"), self.device, zero=self.rank != 0)
             self.last_record = state.get("last_record")
         except (KeyError, RuntimeError, TypeError) as e:
-            raise TopoatError(f"{self.folder.last} is not a resumable training checkpoint "
-                              f"({e.__class__.__name__})") from None
+            raise TopoatError(
+                f"{self.folder.last} is not a resumable training checkpoint ({e.__class__.__name__})"
+            ) from None
         if self.rank == 0:
             self.folder.repair_metrics(self.epoch, self.last_record)
 
@@ -216,8 +237,9 @@ class Trainer:
                 while self.epoch < cfg.optim.epochs:
                     self._train_epoch(stop)
                     if self._should_stop(stop):  # it came during validation or the save: the epoch is kept
-                        raise TrainingInterrupted(stop["signum"], self.folder.last,
-                                                  f"after epoch {self.epoch} of {cfg.optim.epochs}")
+                        raise TrainingInterrupted(
+                            stop["signum"], self.folder.last, f"after epoch {self.epoch} of {cfg.optim.epochs}"
+                        )
         finally:
             if self.board is not None:
                 self.board.close()
@@ -235,9 +257,13 @@ class Trainer:
         perm = self.perm
         totals = self.totals
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        bar = tqdm(total=steps, initial=self.step_in_epoch, leave=False,
-                   disable=bar_disabled(cfg.runtime.progress and self.rank == 0),
-                   desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}")
+        bar = tqdm(
+            total=steps,
+            initial=self.step_in_epoch,
+            leave=False,
+            disable=bar_disabled(cfg.runtime.progress and self.rank == 0),
+            desc=f"{cfg.name} epoch {self.epoch + 1}/{cfg.optim.epochs}",
+        )
         self.model.train()
         self.objective.set_epoch(self.epoch)  # e.g. AWP's warm-up
         lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
@@ -289,8 +315,9 @@ class Trainer:
         for v in [totals.n_seen, *totals.sums.values()]:
             all_reduce_sum(v)
         self._save_state(perm, EpochTotals(totals.sums, totals.n_seen, totals.seconds + elapsed))
-        raise TrainingInterrupted(stop["signum"] or signal.SIGTERM, self.folder.last,
-                                  f"in epoch {self.epoch + 1} of {self.cfg.optim.epochs}")
+        raise TrainingInterrupted(
+            stop["signum"] or signal.SIGTERM, self.folder.last, f"in epoch {self.epoch + 1} of {self.cfg.optim.epochs}"
+        )
 
     def train_step(self, x: Tensor, y: Tensor):
         """One optimisation step on a batch (the benchmark times exactly this)."""
@@ -318,10 +345,15 @@ class Trainer:
     def _check_divergence(self, bad: Tensor) -> None:
         if bool(all_reduce_max(bad.to(torch.int32))):
             hint = " (lower topology.lambda_* or use topology.layer: features)" if self.cfg.topology else ""
-            kept = (f"the last good checkpoint is kept in {self.folder.last}" if self.folder.last.is_file() else
-                    f"no checkpoint was saved yet, so the run can be started again into {self.folder.root}")
-            raise TrainingDiverged(f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
-                              f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; {kept}")
+            kept = (
+                f"the last good checkpoint is kept in {self.folder.last}"
+                if self.folder.last.is_file()
+                else f"no checkpoint was saved yet, so the run can be started again into {self.folder.root}"
+            )
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch + 1}: the loss became non-finite or "
+                f"exceeded optim.max_loss={self.cfg.optim.max_loss:g}{hint}; {kept}"
+            )
 
     @staticmethod
     def _accumulate(sums: dict[str, Tensor], out, loss: Tensor, y: Tensor) -> None:
@@ -344,11 +376,22 @@ class Trainer:
         attacks = [f"pgd-{cfg.validation.attack_steps}"] if cfg.validation.attack_steps > 0 else []
         # Each process validates its strided share; the counts are summed, so every rank agrees on "best".
         assert self.y_val is not None  # set together with x_val
-        x_val, y_val = self.x_val[self.rank::self.world], self.y_val[self.rank::self.world]
-        res = evaluate(model, x_val, y_val, attacks, norm=cfg.attack.norm, eps=cfg.attack.eps,
-                       batch_size=cfg.evaluation.batch_size, progress=False)
-        local = torch.tensor([res.natural_acc * res.n] + [res.robust_acc[a] * res.n for a in attacks] + [res.n],
-                             device=self.device, dtype=torch.float64)
+        x_val, y_val = self.x_val[self.rank :: self.world], self.y_val[self.rank :: self.world]
+        res = evaluate(
+            model,
+            x_val,
+            y_val,
+            attacks,
+            norm=cfg.attack.norm,
+            eps=cfg.attack.eps,
+            batch_size=cfg.evaluation.batch_size,
+            progress=False,
+        )
+        local = torch.tensor(
+            [res.natural_acc * res.n] + [res.robust_acc[a] * res.n for a in attacks] + [res.n],
+            device=self.device,
+            dtype=torch.float64,
+        )
         counts = all_reduce_sum(local).tolist()
         record: dict[str, float] = {"val_natural_acc": counts[0] / counts[-1]}
         if attacks:
@@ -360,18 +403,24 @@ class Trainer:
                 reference_layer = (topo.teacher_layer or layer) if topo is not None else "features"
                 self.reference_features = extract(self.reference, self.x_val, reference_layer)
             s = extract(model, self.x_val, layer)
-            m = topology_metrics(s, self.reference_features, graph_size=cfg.optim.batch_size,
-                                 kernel=topo.kernel if topo is not None else "cosine")
+            m = topology_metrics(
+                s,
+                self.reference_features,
+                graph_size=cfg.optim.batch_size,
+                kernel=topo.kernel if topo is not None else "cosine",
+            )
             record.update({f"val_{k}": v for k, v in m.items()})
         metric = record.get("val_robust_acc", record["val_natural_acc"])
         if metric > self.best["metric"]:
             self.best = {"metric": metric, "epoch": self.epoch}
             if self.rank == 0:
                 best = self._record()
-                best.update({"epoch": self.epoch, "config": to_dict(cfg), "dataset": self.data.name,
-                             "validation": record})
+                best.update(
+                    {"epoch": self.epoch, "config": to_dict(cfg), "dataset": self.data.name, "validation": record}
+                )
                 save_atomic(best, self.folder.best)
         return record
+
 
 def epoch_line(name: str, record: dict, epochs: int) -> str:
     """One plain line per epoch for the console and piped logs; metrics.jsonl keeps every number."""
@@ -381,8 +430,12 @@ def epoch_line(name: str, record: dict, epochs: int) -> str:
     for key, label in (("val_natural_acc", "val natural"), ("val_robust_acc", "val robust")):
         if key in record:
             parts.append(f"{label} {100 * record[key]:.1f}%")
-    parts += [f"{key[4:]} {value:.4g}" for key, value in record.items()
-              if key.startswith("val_") and key not in ("val_natural_acc", "val_robust_acc")
-              and isinstance(value, (int, float))]
+    parts += [
+        f"{key[4:]} {value:.4g}"
+        for key, value in record.items()
+        if key.startswith("val_")
+        and key not in ("val_natural_acc", "val_robust_acc")
+        and isinstance(value, (int, float))
+    ]
     parts.append(f"{record['seconds']:.1f} s")
     return "  ".join(parts)

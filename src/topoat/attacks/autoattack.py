@@ -4,6 +4,7 @@ The attacks are the authors' code from `pyautoattack`; this module only configur
 list of attacks, a fixed seed, quiet logging, and datasets with fewer than 10 classes (the authors'
 targeted attacks assume 9 target classes, and their DLR losses need 3, or for targeted DLR 4, logits).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ def plan_for_classes(attacks: Sequence[str], num_classes: int) -> tuple[list[str
         if a == "apgd-t" and num_classes == 3:
             # the targeted DLR loss reads the 4th-largest logit; untargeted DLR is the closest that runs
             if "apgd-dlr" in attacks:
-                notes.append("apgd-t dropped: targeted DLR needs at least 4 classes (the model has 3); "
-                             "apgd-dlr runs instead")
+                notes.append(
+                    "apgd-t dropped: targeted DLR needs at least 4 classes (the model has 3); apgd-dlr runs instead"
+                )
                 continue
             notes.append("apgd-t replaced by apgd-dlr: targeted DLR needs at least 4 classes (the model has 3)")
             a = "apgd-dlr"
@@ -45,8 +47,10 @@ def plan_for_classes(attacks: Sequence[str], num_classes: int) -> tuple[list[str
     targeted = [a for a in planned if a in ("apgd-t", "fab-t")]
     if targeted and targets < DEFAULT_TARGET_CLASSES:
         noun = "target class" if targets == 1 else "target classes"
-        notes.append(f"{', '.join(targeted)}: {targets} {noun} (all wrong classes of a "
-                     f"{num_classes}-class model) instead of {DEFAULT_TARGET_CLASSES}")
+        notes.append(
+            f"{', '.join(targeted)}: {targets} {noun} (all wrong classes of a "
+            f"{num_classes}-class model) instead of {DEFAULT_TARGET_CLASSES}"
+        )
     if not planned:
         raise TopoatError(f"AutoAttack: none of {', '.join(attacks)} can run on a {num_classes}-class model")
     return planned, targets, notes
@@ -78,16 +82,25 @@ class AutoAttack(Attack):
     `notes` lists what was adapted (fewer classes) and the warnings pyautoattack raised.
     """
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", version: str = "standard",
-                 attacks: Optional[Sequence[str]] = None, seed: int = 0, eval_mode: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "Linf",
+        version: str = "standard",
+        attacks: Optional[Sequence[str]] = None,
+        seed: int = 0,
+        eval_mode: bool = True,
+    ):
         super().__init__(model, eval_mode)
         if norm not in ("Linf", "L2"):
             raise TopoatError(f"AutoAttack: norm must be Linf or L2, got {norm!r}")
         if attacks is not None:
             unknown = [a for a in attacks if a not in COMPONENTS]
             if unknown or not attacks:
-                raise TopoatError(f"AutoAttack: unknown attack {', '.join(unknown) or '(empty list)'}; "
-                                  f"use {', '.join(COMPONENTS)}")
+                raise TopoatError(
+                    f"AutoAttack: unknown attack {', '.join(unknown) or '(empty list)'}; use {', '.join(COMPONENTS)}"
+                )
             version = "custom"
         elif version not in VERSIONS:
             raise TopoatError(f"AutoAttack: version must be one of {', '.join(VERSIONS)}, got {version!r}")
@@ -105,8 +118,15 @@ class AutoAttack(Attack):
     def _build(self, num_classes: int, device: torch.device):
         from pyautoattack import AutoAttack as AuthorsAutoAttack
 
-        adversary = AuthorsAutoAttack(self.model, attacks=self.attacks, device=device, eps=self.eps,
-                                      norm=self.norm, seed=self.seed, version=self.version)
+        adversary = AuthorsAutoAttack(
+            self.model,
+            attacks=self.attacks,
+            device=device,
+            eps=self.eps,
+            norm=self.norm,
+            seed=self.seed,
+            version=self.version,
+        )
         adversary.verbose = False
         if self.version == "custom":
             # the standard version's settings; pyautoattack's constructor defaults (5 APGD restarts) are

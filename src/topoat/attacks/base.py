@@ -1,4 +1,5 @@
 """What every attack shares: the `attack(x, y) -> x_adv` call over a model taking [0, 1] inputs."""
+
 from __future__ import annotations
 
 import contextlib

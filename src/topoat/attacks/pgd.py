@@ -2,6 +2,7 @@
 
 Gradients are taken with respect to the input only (`torch.autograd.grad`), never into parameters.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Literal, Optional
@@ -50,8 +51,15 @@ def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": ce_loss, "margin": margin_loss}
 
 
-def maximize(loss_fn: Callable[[Tensor], Tensor], x: Tensor, eps: float, step_size: float, steps: int,
-             norm: Norm = "Linf", init: Optional[Tensor] = None) -> Tensor:
+def maximize(
+    loss_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: Norm = "Linf",
+    init: Optional[Tensor] = None,
+) -> Tensor:
     """Run `steps` projected ascent steps on sum(loss_fn(x_adv)) inside the eps-ball around x in [0, 1].
 
     `init` is the starting perturbation (None: start at x). This is the engine behind every PGD-style
@@ -81,8 +89,18 @@ class PGD(Attack):
     `loss="margin"` gives the CW-inf attack.
     """
 
-    def __init__(self, model: nn.Module, eps: float, step_size: float, steps: int, norm: Norm = "Linf",
-                 random_start: bool = True, restarts: int = 1, loss: str = "ce", eval_mode: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        step_size: float,
+        steps: int,
+        norm: Norm = "Linf",
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        eval_mode: bool = True,
+    ):
         super().__init__(model, eval_mode)
         if norm not in ("Linf", "L2"):
             raise ValueError(f"norm must be Linf or L2, got {norm!r}")
@@ -129,6 +147,14 @@ class FGSM(PGD):
 class CW(PGD):
     """CW-inf as used in the AT literature: PGD on the Carlini-Wagner margin loss."""
 
-    def __init__(self, model: nn.Module, eps: float, step_size: float, steps: int = 20, norm: Norm = "Linf",
-                 restarts: int = 1, eval_mode: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        step_size: float,
+        steps: int = 20,
+        norm: Norm = "Linf",
+        restarts: int = 1,
+        eval_mode: bool = True,
+    ):
         super().__init__(model, eps, step_size, steps, norm, True, restarts, "margin", eval_mode)

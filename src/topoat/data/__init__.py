@@ -1,4 +1,5 @@
 """Datasets by name. Each returns an `ImageDataset` of uint8 tensors; batching lives in `loader`."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,9 +16,17 @@ from .tiny_imagenet import load_tiny_imagenet
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "npz", "synthetic")
 
 
-def load_dataset(name: str, root: Optional[str] = None, *, synthetic_shape=(1, 28, 28),
-                 synthetic_classes: int = 10, synthetic_train: int = 512, synthetic_test: int = 256,
-                 seed: int = 0, download: bool = False) -> ImageDataset:
+def load_dataset(
+    name: str,
+    root: Optional[str] = None,
+    *,
+    synthetic_shape=(1, 28, 28),
+    synthetic_classes: int = 10,
+    synthetic_train: int = 512,
+    synthetic_test: int = 256,
+    seed: int = 0,
+    download: bool = False,
+) -> ImageDataset:
     """`download` lets cifar10/cifar100/tiny-imagenet fetch their official archive into `root` if missing."""
     if name == "fashion-mnist":
         return load_fashion_mnist(root)
@@ -34,12 +43,25 @@ def load_dataset(name: str, root: Optional[str] = None, *, synthetic_shape=(1, 2
 
 def dataset_from_config(data_cfg) -> ImageDataset:
     """Load, split off validation and subset the training split, as a DataConfig says."""
-    ds = load_dataset(data_cfg.dataset, data_cfg.root, synthetic_shape=data_cfg.synthetic_shape,
-                      synthetic_classes=data_cfg.synthetic_classes, synthetic_train=data_cfg.synthetic_train,
-                      synthetic_test=data_cfg.synthetic_test, download=data_cfg.download)
+    ds = load_dataset(
+        data_cfg.dataset,
+        data_cfg.root,
+        synthetic_shape=data_cfg.synthetic_shape,
+        synthetic_classes=data_cfg.synthetic_classes,
+        synthetic_train=data_cfg.synthetic_train,
+        synthetic_test=data_cfg.synthetic_test,
+        download=data_cfg.download,
+    )
     ds = ds.split_validation(data_cfg.val_size, data_cfg.val_seed)
     return ds.subset_train(data_cfg.train_subset, data_cfg.val_seed)
 
 
-__all__ = ["DATASETS", "DeviceLoader", "ImageDataset", "dataset_from_config", "load_dataset",
-           "random_crop_flip", "to_float"]
+__all__ = [
+    "DATASETS",
+    "DeviceLoader",
+    "ImageDataset",
+    "dataset_from_config",
+    "load_dataset",
+    "random_crop_flip",
+    "to_float",
+]

@@ -5,6 +5,7 @@ byte of it is used: no absolute paths, no `..` components, no links or device fi
 (nor total) larger than a limit, so a crafted archive can neither write outside its folder nor fill
 the disk. Corrupt or truncated archives end in a one-line `TopoatError`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,12 +49,21 @@ def verify_checksum(path: str | Path, *, md5: Optional[str] = None, sha256: Opti
             continue
         got = file_digest(path, algorithm)
         if got != expected.lower():
-            raise TopoatError(f"{path}: {algorithm} checksum mismatch (got {got}, expected {expected.lower()}); "
-                              "the file is corrupt, truncated or not the official one")
+            raise TopoatError(
+                f"{path}: {algorithm} checksum mismatch (got {got}, expected {expected.lower()}); "
+                "the file is corrupt, truncated or not the official one"
+            )
 
 
-def download(url: str, dest: str | Path, *, md5: Optional[str] = None, sha256: Optional[str] = None,
-             progress: bool = True, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    md5: Optional[str] = None,
+    sha256: Optional[str] = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
     """Fetch `url` into file `dest` and verify its checksum.
 
     The bytes go to a temporary file next to `dest` and are renamed into place only once the
@@ -70,17 +80,24 @@ def download(url: str, dest: str | Path, *, md5: Optional[str] = None, sha256: O
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http/https/file)
                     total = response.headers.get("Content-Length")
-                    bar = tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
-                               unit_divisor=1024, desc=f"downloading {dest.name}", disable=bar_disabled(progress),
-                               leave=False)
+                    bar = tqdm(
+                        total=int(total) if total and total.isdigit() else None,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=f"downloading {dest.name}",
+                        disable=bar_disabled(progress),
+                        leave=False,
+                    )
                     with bar:
                         for chunk in iter(lambda: response.read(CHUNK), b""):
                             out.write(chunk)
                             bar.update(len(chunk))
             except (urllib.error.URLError, OSError, ValueError) as e:
                 reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-                raise TopoatError(f"cannot download {url}: {reason}; download it yourself and point "
-                                  f"data.root at the file") from None
+                raise TopoatError(
+                    f"cannot download {url}: {reason}; download it yourself and point data.root at the file"
+                ) from None
         verify_checksum(tmp, md5=md5, sha256=sha256)
         os.replace(tmp, dest)
     except BaseException:
@@ -112,8 +129,9 @@ def safe_member_name(name: str, archive: str | Path) -> str:
 
 def _check_size(name: str, size: int, total: int, archive, max_member_bytes: int, max_total_bytes: int) -> None:
     if size > max_member_bytes:
-        raise TopoatError(f"{archive}: refusing member {name!r}: {size} bytes exceeds the "
-                          f"{max_member_bytes}-byte limit per member")
+        raise TopoatError(
+            f"{archive}: refusing member {name!r}: {size} bytes exceeds the {max_member_bytes}-byte limit per member"
+        )
     if total > max_total_bytes:
         raise TopoatError(f"{archive}: refusing archive: members add up to more than {max_total_bytes} bytes")
 
@@ -132,8 +150,9 @@ def _corrupt(archive, e: BaseException) -> TopoatError:
 
 
 # -- tar --------------------------------------------------------------------------------------------
-def _checked_tar_members(tar: tarfile.TarFile, archive, max_member_bytes: int,
-                         max_total_bytes: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
+def _checked_tar_members(
+    tar: tarfile.TarFile, archive, max_member_bytes: int, max_total_bytes: int
+) -> Iterator[tuple[tarfile.TarInfo, str]]:
     total = 0
     for info in tar:
         name = safe_member_name(info.name, archive)
@@ -145,9 +164,13 @@ def _checked_tar_members(tar: tarfile.TarFile, archive, max_member_bytes: int,
         yield info, name
 
 
-def read_tar_members(archive: str | Path, wanted: Callable[[str], bool], *,
-                     max_member_bytes: int = MAX_MEMBER_BYTES,
-                     max_total_bytes: int = MAX_TOTAL_BYTES) -> dict[str, bytes]:
+def read_tar_members(
+    archive: str | Path,
+    wanted: Callable[[str], bool],
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> dict[str, bytes]:
     """Read the regular-file members whose checked name satisfies `wanted`, in one streaming pass.
 
     Every member is checked, wanted or not: an archive with one hostile entry is refused whole.
@@ -175,8 +198,9 @@ def read_tar_members(archive: str | Path, wanted: Callable[[str], bool], *,
 class SafeZip:
     """A zip archive whose member list has been checked; `read` refuses more bytes than declared."""
 
-    def __init__(self, archive: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYTES,
-                 max_total_bytes: int = MAX_TOTAL_BYTES):
+    def __init__(
+        self, archive: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYTES, max_total_bytes: int = MAX_TOTAL_BYTES
+    ):
         self.archive = Path(archive)
         self.max_member_bytes = max_member_bytes
         try:
@@ -232,8 +256,13 @@ class SafeZip:
 
 
 # -- extraction -------------------------------------------------------------------------------------
-def safe_extract(archive: str | Path, dest: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYTES,
-                 max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
+def safe_extract(
+    archive: str | Path,
+    dest: str | Path,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> Path:
     """Extract a .tar(.gz/.bz2/.xz) or .zip into the new folder `dest`, all or nothing.
 
     Members are checked (see the module docstring) and written into a temporary folder beside

@@ -1,4 +1,5 @@
 """The in-memory dataset every loader returns: uint8 NCHW images and int64 labels, as tensors."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,11 +28,14 @@ class ImageDataset:
     def __post_init__(self):
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.uint8 or x.dim() != 4:
-                raise TopoatError(f"{self.name}: {split} images must be uint8 (N, C, H, W), got "
-                                  f"{x.dtype} {tuple(x.shape)}")
+                raise TopoatError(
+                    f"{self.name}: {split} images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
+                )
             if min(x.shape[1:]) < 1:
-                raise TopoatError(f"{self.name}: {split} images must have at least 1 channel and 1x1 pixels, "
-                                  f"got (C, H, W) = {tuple(x.shape[1:])}")
+                raise TopoatError(
+                    f"{self.name}: {split} images must have at least 1 channel and 1x1 pixels, "
+                    f"got (C, H, W) = {tuple(x.shape[1:])}"
+                )
             if y.shape != (x.shape[0],):
                 raise TopoatError(f"{self.name}: {split} has {x.shape[0]} images but {y.numel()} labels")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
@@ -58,9 +62,19 @@ class ImageDataset:
             raise TopoatError(f"{self.name}: val_size {val_size} leaves no training data (train has {n})")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         val, train = perm[:val_size], perm[val_size:].sort().values
-        return ImageDataset(self.name, self.x_train[train], self.y_train[train], self.x_test, self.y_test,
-                            self.num_classes, self.class_names, self.x_train[val], self.y_train[val],
-                            self.mean, self.std)
+        return ImageDataset(
+            self.name,
+            self.x_train[train],
+            self.y_train[train],
+            self.x_test,
+            self.y_test,
+            self.num_classes,
+            self.class_names,
+            self.x_train[val],
+            self.y_train[val],
+            self.mean,
+            self.std,
+        )
 
     def subset_train(self, k: Optional[int], seed: int = 0) -> "ImageDataset":
         """Keep a fixed random k of the training images (the same k for every run with this seed)."""
@@ -68,13 +82,24 @@ class ImageDataset:
         if k is None or k >= n:
             return self
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:k].sort().values
-        return ImageDataset(self.name, self.x_train[keep], self.y_train[keep], self.x_test, self.y_test,
-                            self.num_classes, self.class_names, self.x_val, self.y_val, self.mean, self.std)
+        return ImageDataset(
+            self.name,
+            self.x_train[keep],
+            self.y_train[keep],
+            self.x_test,
+            self.y_test,
+            self.num_classes,
+            self.class_names,
+            self.x_val,
+            self.y_val,
+            self.mean,
+            self.std,
+        )
 
 
 def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units, from a fixed sample of at most 10k."""
-    sample = x[: 10000].float().div_(255.0)
+    sample = x[:10000].float().div_(255.0)
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]

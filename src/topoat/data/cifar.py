@@ -6,6 +6,7 @@ labels (100 classes). `data.root` may be the .tar.gz itself (members are read st
 nothing is extracted), the extracted folder, or a folder holding either; with `download` allowed and
 nothing found, the archive is downloaded there from the official address and its MD5 verified.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,23 +55,49 @@ class CifarSpec:
 
 
 CIFAR10 = CifarSpec(
-    name="cifar10", title="CIFAR-10", url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    md5="c32a1d4ab5d03f1284b67883e8d87530", archive="cifar-10-binary.tar.gz", folder="cifar-10-batches-bin",
-    train_files=tuple(f"data_batch_{i}.bin" for i in range(1, 6)), test_files=("test_batch.bin",),
-    label_bytes=1, label_index=0, num_classes=10, names_file="batches.meta.txt", n_train=50000, n_test=10000,
-    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+    name="cifar10",
+    title="CIFAR-10",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    md5="c32a1d4ab5d03f1284b67883e8d87530",
+    archive="cifar-10-binary.tar.gz",
+    folder="cifar-10-batches-bin",
+    train_files=tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    test_files=("test_batch.bin",),
+    label_bytes=1,
+    label_index=0,
+    num_classes=10,
+    names_file="batches.meta.txt",
+    n_train=50000,
+    n_test=10000,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
 CIFAR100 = CifarSpec(
-    name="cifar100", title="CIFAR-100", url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
-    md5="03b5dce01913d631647c71ecec9e9cb8", archive="cifar-100-binary.tar.gz", folder="cifar-100-binary",
-    train_files=("train.bin",), test_files=("test.bin",), label_bytes=2, label_index=1, num_classes=100,
-    names_file="fine_label_names.txt", n_train=50000, n_test=10000,
-    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+    name="cifar100",
+    title="CIFAR-100",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+    md5="03b5dce01913d631647c71ecec9e9cb8",
+    archive="cifar-100-binary.tar.gz",
+    folder="cifar-100-binary",
+    train_files=("train.bin",),
+    test_files=("test.bin",),
+    label_bytes=2,
+    label_index=1,
+    num_classes=100,
+    names_file="fine_label_names.txt",
+    n_train=50000,
+    n_test=10000,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+)
 SPECS = {s.name: s for s in (CIFAR10, CIFAR100)}
 
 
 def _how_to_get(spec: CifarSpec) -> str:
-    return (f"point data.root at {spec.archive} (from {spec.url}), at the extracted {spec.folder}/ folder "
-            f"or at a folder holding either, or set data.download: true to download it")
+    return (
+        f"point data.root at {spec.archive} (from {spec.url}), at the extracted {spec.folder}/ folder "
+        f"or at a folder holding either, or set data.download: true to download it"
+    )
 
 
 def _folder_with_members(path: Path, spec: CifarSpec) -> Optional[Path]:
@@ -126,20 +153,23 @@ def locate(spec: CifarSpec, root: Optional[str], allow_download: bool, progress:
 def parse_records(raw: bytes, spec: CifarSpec, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 32, 32) uint8 images and (N,) int64 labels from one binary batch file."""
     if len(raw) == 0 or len(raw) % spec.record_bytes:
-        raise TopoatError(f"{spec.title}: {source} is {len(raw)} bytes, not a whole number of "
-                          f"{spec.record_bytes}-byte records (truncated or not the binary version)")
+        raise TopoatError(
+            f"{spec.title}: {source} is {len(raw)} bytes, not a whole number of "
+            f"{spec.record_bytes}-byte records (truncated or not the binary version)"
+        )
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, spec.record_bytes)
     labels = records[:, spec.label_index].astype(np.int64)
     if labels.max() >= spec.num_classes:
         raise TopoatError(f"{spec.title}: {source} has label {int(labels.max())}, outside 0..{spec.num_classes - 1}")
     if spec.label_bytes == 2 and records[:, 0].max() >= 20:  # CIFAR-100's coarse labels: a cheap format check
         raise TopoatError(f"{spec.title}: {source} has coarse label {int(records[:, 0].max())}, outside 0..19")
-    images = records[:, spec.label_bytes:].reshape(-1, 3, 32, 32)
+    images = records[:, spec.label_bytes :].reshape(-1, 3, 32, 32)
     return images, labels
 
 
-def _split(members: dict[str, bytes], files: tuple[str, ...], spec: CifarSpec, expected: Optional[int],
-           split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(
+    members: dict[str, bytes], files: tuple[str, ...], spec: CifarSpec, expected: Optional[int], split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for name in files:
         if name not in members:
@@ -163,12 +193,22 @@ def _class_names(members: dict[str, bytes], spec: CifarSpec) -> Optional[list[st
     return names
 
 
-def load_cifar(name: str, root: Optional[str] = None, download: bool = False, full_size: bool = True,
-               progress: bool = True) -> ImageDataset:
+def load_cifar(
+    name: str, root: Optional[str] = None, download: bool = False, full_size: bool = True, progress: bool = True
+) -> ImageDataset:
     """CIFAR-10 (`name="cifar10"`) or CIFAR-100 (`"cifar100"`); `full_size` insists on 50k/10k images."""
     spec = SPECS[name]
     members = locate(spec, root, download, progress)
     x_train, y_train = _split(members, spec.train_files, spec, spec.n_train if full_size else None, "train")
     x_test, y_test = _split(members, spec.test_files, spec, spec.n_test if full_size else None, "test")
-    return ImageDataset(spec.name, x_train, y_train, x_test, y_test, spec.num_classes, _class_names(members, spec),
-                        mean=list(spec.mean), std=list(spec.std))
+    return ImageDataset(
+        spec.name,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        spec.num_classes,
+        _class_names(members, spec),
+        mean=list(spec.mean),
+        std=list(spec.std),
+    )

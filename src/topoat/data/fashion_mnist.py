@@ -1,4 +1,5 @@
 """Fashion-MNIST from its IDX .gz files (Debian's dataset-fashion-mnist puts them in DEFAULT_ROOT)."""
+
 from __future__ import annotations
 
 import gzip
@@ -20,11 +21,12 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
-HOW_TO_GET = ("install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) "
-              "or pass --data-root / data.root pointing at the four IDX .gz files")
+HOW_TO_GET = (
+    "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) "
+    "or pass --data-root / data.root pointing at the four IDX .gz files"
+)
 
 
 def read_idx(path: Path, magic: int, expected_count: Optional[int] = None) -> np.ndarray:

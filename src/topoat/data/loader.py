@@ -1,4 +1,5 @@
 """On-device batches: shuffling, random crop with padding and flips as whole-batch tensor ops."""
+
 from __future__ import annotations
 
 from typing import Iterator, Optional
@@ -37,9 +38,18 @@ class DeviceLoader:
     is checkpointed, so a resumed run sees exactly the batches an uninterrupted run would.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False,
-                 crop_padding: int = 0, flip: bool = False, drop_last: bool = False,
-                 generator: Optional[torch.Generator] = None, shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        crop_padding: int = 0,
+        flip: bool = False,
+        drop_last: bool = False,
+        generator: Optional[torch.Generator] = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -70,7 +80,7 @@ class DeviceLoader:
         per_rank = self.x.shape[0] // self.world
         idx_all = epoch_perm[: per_rank * self.world].view(per_rank, self.world)[:, self.rank]
         for b in range(start, len(self)):
-            idx = idx_all[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = idx_all[b * self.batch_size : (b + 1) * self.batch_size]
             x = to_float(self.x[idx])
             if self.crop_padding or self.flip:
                 x = random_crop_flip(x, self.crop_padding, self.flip, self.generator)

@@ -1,5 +1,6 @@
 """A user's own images: one .npz with x_train, y_train, x_test, y_test (uint8 images, integer labels), and
 optionally num_classes (a scalar) when the labels do not show the class count."""
+
 from __future__ import annotations
 
 import math
@@ -46,18 +47,22 @@ def _check_declared_sizes(p: Path, names: list[str]) -> None:
             info = z.getinfo(f"{name}.npy")
             stored_limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO)
             if info.file_size > stored_limit:
-                raise TopoatError(f"{p}: member {name}.npy claims {info.file_size} bytes "
-                                  f"but stores {info.compress_size}")
+                raise TopoatError(
+                    f"{p}: member {name}.npy claims {info.file_size} bytes but stores {info.compress_size}"
+                )
             with z.open(info) as f:
                 version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(f)
                 declared = math.prod(shape) * dtype.itemsize
                 available = info.file_size - f.tell()
             if declared > available:
-                raise TopoatError(f"{p}: {name} declares shape {shape} ({declared} bytes) but holds only "
-                                  f"{available} bytes; the file is damaged")
+                raise TopoatError(
+                    f"{p}: {name} declares shape {shape} ({declared} bytes) but holds only "
+                    f"{available} bytes; the file is damaged"
+                )
 
 
 def _read_arrays(p: Path) -> dict[str, np.ndarray]:
@@ -85,8 +90,10 @@ def _class_count(p: Path, arrays: dict[str, np.ndarray], y_train: torch.Tensor, 
     num_classes = int(y_train.max()) + 1
     unseen = sorted({int(v) for v in y_test[y_test >= num_classes]})
     if unseen:
-        raise TopoatError(f"{p}: y_test has label(s) {', '.join(map(str, unseen[:5]))} above every training label "
-                          f"(0..{num_classes - 1}); add a num_classes array to the .npz to declare the class count")
+        raise TopoatError(
+            f"{p}: y_test has label(s) {', '.join(map(str, unseen[:5]))} above every training label "
+            f"(0..{num_classes - 1}); add a num_classes array to the .npz to declare the class count"
+        )
     return num_classes
 
 
@@ -105,5 +112,11 @@ def load_npz(path: str | None) -> ImageDataset:
         raise TopoatError(f"{p}: y_test is empty; the test split needs at least one image")
     if int(y_train.min()) < 0 or int(y_test.min()) < 0:
         raise TopoatError(f"{p}: labels must be integers 0..K-1")
-    return ImageDataset(p.stem, _images("x_train", arrays["x_train"], p), y_train,
-                        _images("x_test", arrays["x_test"], p), y_test, _class_count(p, arrays, y_train, y_test))
+    return ImageDataset(
+        p.stem,
+        _images("x_train", arrays["x_train"], p),
+        y_train,
+        _images("x_test", arrays["x_test"], p),
+        y_test,
+        _class_count(p, arrays, y_train, y_test),
+    )

@@ -3,6 +3,7 @@
 Each class has a fixed random prototype; images are that prototype plus noise, so the task is
 learnable (accuracy moves) while the data costs nothing to make.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,9 @@ from ..errors import TopoatError
 from .base import ImageDataset
 
 
-def make_synthetic(shape=(1, 28, 28), num_classes: int = 10, n_train: int = 512, n_test: int = 256,
-                   seed: int = 0, noise: float = 0.25) -> ImageDataset:
+def make_synthetic(
+    shape=(1, 28, 28), num_classes: int = 10, n_train: int = 512, n_test: int = 256, seed: int = 0, noise: float = 0.25
+) -> ImageDataset:
     if len(shape) != 3 or min(shape) < 1:
         raise TopoatError(f"synthetic shape must be [C, H, W], got {list(shape)}")
     if num_classes < 2 or n_train < 2 or n_test < 1:

@@ -7,6 +7,7 @@ has no labels. Decoding 110k JPEGs with Pillow takes minutes, so the decoded arr
 .npz beside the data (`tiny-imagenet-200.decoded.npz`), read back with `allow_pickle=False` and
 rebuilt whenever the source archive or folder changes.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,10 @@ CACHE_VERSION = 1
 DEFAULT_ROOT = Path("data")
 SIZE = 64
 N_CLASSES, N_TRAIN_PER_CLASS, N_VAL = 200, 500, 10000
-HOW_TO_GET = (f"point data.root at {ARCHIVE} (from {URL}), at the extracted {FOLDER}/ folder or at a folder "
-              "holding either, or set data.download: true to download it")
+HOW_TO_GET = (
+    f"point data.root at {ARCHIVE} (from {URL}), at the extracted {FOLDER}/ folder or at a folder "
+    "holding either, or set data.download: true to download it"
+)
 
 
 class _FolderSource:
@@ -63,8 +66,11 @@ class _FolderSource:
     def fingerprint(self) -> str:
         # Cheap but enough to notice a different or re-extracted copy: file count and two mtimes.
         count = sum(len(files) for _, _, files in os.walk(self.base))
-        stamps = [(self.base / f).stat().st_mtime_ns for f in ("wnids.txt", "val/val_annotations.txt")
-                  if (self.base / f).is_file()]
+        stamps = [
+            (self.base / f).stat().st_mtime_ns
+            for f in ("wnids.txt", "val/val_annotations.txt")
+            if (self.base / f).is_file()
+        ]
         return f"folder:{count}:{stamps}"
 
     def close(self) -> None:
@@ -85,7 +91,7 @@ class _ZipSource:
         self.dirs: dict[str, list[str]] = {}
         for name in self.zip.files:
             if name.startswith(self.prefix) and name.lower().endswith(".jpeg"):
-                rel = name[len(self.prefix):]
+                rel = name[len(self.prefix) :]
                 folder, _, _ = rel.rpartition("/")
                 self.dirs.setdefault(folder, []).append(rel)
 
@@ -155,7 +161,7 @@ def exact_channel_stats(x: torch.Tensor, chunk: int = 2048) -> tuple[list[float]
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     total_sq = torch.zeros(x.shape[1], dtype=torch.float64)
     for start in range(0, x.shape[0], chunk):
-        block = x[start:start + chunk].to(torch.float64).div_(255.0)
+        block = x[start : start + chunk].to(torch.float64).div_(255.0)
         total += block.sum(dim=(0, 2, 3))
         total_sq += block.square().sum(dim=(0, 2, 3))
     count = x.shape[0] * x.shape[2] * x.shape[3]
@@ -186,8 +192,12 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
     if not train_files:
         raise TopoatError(f"Tiny ImageNet: no training images under train/<wnid>/images/ in {source.description}")
     arrays = {}
-    bar = tqdm(total=len(train_files) + len(val_files), desc="decoding Tiny ImageNet (once; cached)",
-               disable=bar_disabled(progress), leave=False)
+    bar = tqdm(
+        total=len(train_files) + len(val_files),
+        desc="decoding Tiny ImageNet (once; cached)",
+        disable=bar_disabled(progress),
+        leave=False,
+    )
     with bar:
         for split, files in (("train", train_files), ("test", val_files)):
             x = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)  # NCHW, filled in place: no 1 GB copy
@@ -222,13 +232,20 @@ def _cache_is_sound(a: dict[str, np.ndarray]) -> bool:
     """The shapes and types the decoder writes; a cache that differs (damaged, or another program's file
     under this name) is decoded again rather than trusted."""
     n_classes = a["wnids"].shape[0] if a["wnids"].ndim == 1 else 0
-    images_ok = all(a[x].dtype == np.uint8 and a[x].ndim == 4 and a[x].shape[1:] == (3, SIZE, SIZE)
-                    for x in ("x_train", "x_test"))
-    labels_ok = all(a[y].ndim == 1 and a[y].dtype == np.int64 and a[y].shape[0] == a[x].shape[0]
-                    and (a[y].size == 0 or 0 <= a[y].min() and a[y].max() < n_classes)
-                    for x, y in (("x_train", "y_train"), ("x_test", "y_test")))
-    stats_ok = all(a[k].shape == (3,) and np.issubdtype(a[k].dtype, np.floating) and np.isfinite(a[k]).all()
-                   for k in ("mean", "std"))
+    images_ok = all(
+        a[x].dtype == np.uint8 and a[x].ndim == 4 and a[x].shape[1:] == (3, SIZE, SIZE) for x in ("x_train", "x_test")
+    )
+    labels_ok = all(
+        a[y].ndim == 1
+        and a[y].dtype == np.int64
+        and a[y].shape[0] == a[x].shape[0]
+        and (a[y].size == 0 or 0 <= a[y].min() and a[y].max() < n_classes)
+        for x, y in (("x_train", "y_train"), ("x_test", "y_test"))
+    )
+    stats_ok = all(
+        a[k].shape == (3,) and np.issubdtype(a[k].dtype, np.floating) and np.isfinite(a[k]).all()
+        for k in ("mean", "std")
+    )
     return n_classes > 0 and a["names"].shape == (n_classes,) and images_ok and labels_ok and stats_ok
 
 
@@ -253,8 +270,13 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
             pass
 
 
-def load_tiny_imagenet(root: Optional[str] = None, download: bool = False, full_size: bool = True,
-                       progress: bool = True, cache: bool = True) -> ImageDataset:
+def load_tiny_imagenet(
+    root: Optional[str] = None,
+    download: bool = False,
+    full_size: bool = True,
+    progress: bool = True,
+    cache: bool = True,
+) -> ImageDataset:
     """Tiny ImageNet-200: train 100k images, test = the official val split (10k); `full_size` checks those sizes."""
     source, cache_path = _open_source(root, download, progress)
     try:
@@ -271,10 +293,19 @@ def load_tiny_imagenet(root: Optional[str] = None, download: bool = False, full_
     if full_size:
         counts = torch.bincount(y_train, minlength=len(wnids))
         if len(wnids) != N_CLASSES or bool((counts != N_TRAIN_PER_CLASS).any()) or len(arrays["y_test"]) != N_VAL:
-            raise TopoatError(f"Tiny ImageNet in {source.description}: expected {N_CLASSES} classes x "
-                              f"{N_TRAIN_PER_CLASS} training images and {N_VAL} val images, found {len(wnids)} "
-                              f"classes, {len(y_train)} training and {len(arrays['y_test'])} val images")
-    return ImageDataset("tiny-imagenet", torch.from_numpy(arrays["x_train"]), y_train,
-                        torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"]), len(wnids),
-                        [str(n) for n in arrays["names"]], mean=[float(v) for v in arrays["mean"]],
-                        std=[float(v) for v in arrays["std"]])
+            raise TopoatError(
+                f"Tiny ImageNet in {source.description}: expected {N_CLASSES} classes x "
+                f"{N_TRAIN_PER_CLASS} training images and {N_VAL} val images, found {len(wnids)} "
+                f"classes, {len(y_train)} training and {len(arrays['y_test'])} val images"
+            )
+    return ImageDataset(
+        "tiny-imagenet",
+        torch.from_numpy(arrays["x_train"]),
+        y_train,
+        torch.from_numpy(arrays["x_test"]),
+        torch.from_numpy(arrays["y_test"]),
+        len(wnids),
+        [str(n) for n in arrays["names"]],
+        mean=[float(v) for v in arrays["mean"]],
+        std=[float(v) for v in arrays["std"]],
+    )

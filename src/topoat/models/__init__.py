@@ -1,4 +1,5 @@
 """Model registry: architecture name -> builder. Every model takes [0, 1] inputs and normalises inside."""
+
 from __future__ import annotations
 
 import inspect
@@ -20,16 +21,19 @@ ARCHITECTURES: dict[str, Callable[..., ImageClassifier]] = {
 }
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, mean: Sequence[float],
-                std: Sequence[float], **args: Any) -> ImageClassifier:
+def build_model(
+    arch: str, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], **args: Any
+) -> ImageClassifier:
     if arch not in ARCHITECTURES:
         raise TopoatError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     builder = ARCHITECTURES[arch]
     allowed = set(inspect.signature(builder).parameters) - {"num_classes", "in_channels", "mean", "std"}
     unknown = set(args) - allowed
     if unknown:
-        raise TopoatError(f"model.args: unknown argument(s) {', '.join(sorted(unknown))} for {arch} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
+        raise TopoatError(
+            f"model.args: unknown argument(s) {', '.join(sorted(unknown))} for {arch} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
     for name, value in args.items():
         _check_arg(arch, name, value, inspect.signature(builder).parameters[name].default)
     if len(mean) != in_channels or len(std) != in_channels:
@@ -55,8 +59,10 @@ def _check_arg(arch: str, name: str, value: Any, default: Any) -> None:
     elif isinstance(default, float):
         ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     elif isinstance(default, tuple):
-        ok, what = (isinstance(value, (list, tuple)) and len(value) > 0
-                    and all(_positive_int(v) for v in value)), "a list of integers >= 1"
+        ok, what = (
+            (isinstance(value, (list, tuple)) and len(value) > 0 and all(_positive_int(v) for v in value)),
+            "a list of integers >= 1",
+        )
     else:
         return
     if not ok:

@@ -1,4 +1,5 @@
 """The shared shape of every topoat model: [0, 1] inputs, normalisation inside, logits + features."""
+
 from __future__ import annotations
 
 from typing import Sequence, Union

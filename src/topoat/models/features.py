@@ -2,6 +2,7 @@
 
 This sits beside the models so that measuring (analysis) and training objectives both read it from here.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -1,4 +1,5 @@
 """PreAct ResNet-18 (He et al. 2016), the CIFAR variant used by the adversarial-training literature."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -29,13 +30,12 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(ImageClassifier):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2),
-                 width: int = 64):
+    def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2), width: int = 64):
         super().__init__(mean, std)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
         in_planes = width
         for i, n in enumerate(num_blocks):
-            planes = width * 2 ** i
+            planes = width * 2**i
             for j in range(n):
                 layers.append(PreActBlock(in_planes, planes, stride=(1 if i == 0 or j > 0 else 2)))
                 in_planes = planes

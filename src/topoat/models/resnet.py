@@ -1,4 +1,5 @@
 """ResNet-18 (post-activation), CIFAR variant: 3x3 stem, no max-pool, adaptive pooling for any size."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -16,8 +17,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -26,13 +26,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(ImageClassifier):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2),
-                 width: int = 64):
+    def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2), width: int = 64):
         super().__init__(mean, std)
         layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         in_planes = width
         for i, n in enumerate(num_blocks):
-            planes = width * 2 ** i
+            planes = width * 2**i
             for j in range(n):
                 layers.append(BasicBlock(in_planes, planes, stride=(1 if i == 0 or j > 0 else 2)))
                 in_planes = planes

@@ -1,4 +1,5 @@
 """A small CNN for 28x28 grey images (Fashion-MNIST) that still accepts any size and channel count."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -14,16 +15,28 @@ def _conv(c_in: int, c_out: int, batchnorm: bool) -> list[nn.Module]:
 
 
 class SmallCNN(ImageClassifier):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, width: int = 32,
-                 feature_dim: int = 256, batchnorm: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        mean,
+        std,
+        width: int = 32,
+        feature_dim: int = 256,
+        batchnorm: bool = True,
+    ):
         super().__init__(mean, std)
         w = width
         self.body = nn.Sequential(
-            *_conv(in_channels, w, batchnorm), nn.MaxPool2d(2),
-            *_conv(w, 2 * w, batchnorm), nn.MaxPool2d(2),
+            *_conv(in_channels, w, batchnorm),
+            nn.MaxPool2d(2),
+            *_conv(w, 2 * w, batchnorm),
+            nn.MaxPool2d(2),
             *_conv(2 * w, 4 * w, batchnorm),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(4 * w * 16, feature_dim), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(4 * w * 16, feature_dim),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(feature_dim, num_classes)
         for m in self.modules():

@@ -1,4 +1,5 @@
 """Wide ResNet (Zagoruyko & Komodakis 2016), WRN-34-10 by default as in TRADES and AWP."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -30,8 +31,16 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(ImageClassifier):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, depth: int = 34,
-                 widen_factor: int = 10, dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        mean,
+        std,
+        depth: int = 34,
+        widen_factor: int = 10,
+        dropout: float = 0.0,
+    ):
         super().__init__(mean, std)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"wide-resnet depth must be 6n + 4, got {depth}")

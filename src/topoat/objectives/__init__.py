@@ -1,5 +1,6 @@
 """Objectives by name: one module per base method, wrapped by TRAIN (a topology term) and AWP (a weight
 perturbation), each written once for every method."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -34,8 +35,9 @@ def build_base_objective(cfg: TrainConfig) -> Objective:
     raise TopoatError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 
-def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
-                    distillation_teacher: Optional[nn.Module] = None) -> Objective:
+def build_objective(
+    cfg: TrainConfig, teacher: Optional[nn.Module] = None, distillation_teacher: Optional[nn.Module] = None
+) -> Objective:
     """The base method, + TRAIN if the config has a topology section, + logit distillation if it has a
     distillation section, + AWP (outermost) if method.awp."""
     objective = build_base_objective(cfg)
@@ -44,10 +46,20 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
         if teacher is None:
             raise TopoatError("topology: a teacher model is required (topology.teacher)")
         objective = TopologyRegularized(
-            objective, teacher, lambda_nat=t.lambda_nat, lambda_adv=t.lambda_adv, kernel=t.kernel, layer=t.layer,
-            teacher_layer=t.teacher_layer, class_aware=t.class_aware, memory_bank=t.memory_bank,
-            global_graph=t.global_graph, attack_uses_topology=t.attack_uses_topology, temperature=t.temperature,
-            perplexity=t.perplexity)
+            objective,
+            teacher,
+            lambda_nat=t.lambda_nat,
+            lambda_adv=t.lambda_adv,
+            kernel=t.kernel,
+            layer=t.layer,
+            teacher_layer=t.teacher_layer,
+            class_aware=t.class_aware,
+            memory_bank=t.memory_bank,
+            global_graph=t.global_graph,
+            attack_uses_topology=t.attack_uses_topology,
+            temperature=t.temperature,
+            perplexity=t.perplexity,
+        )
     d = cfg.distillation
     if d is not None:
         if distillation_teacher is None:
@@ -59,6 +71,21 @@ def build_objective(cfg: TrainConfig, teacher: Optional[nn.Module] = None,
     return objective
 
 
-__all__ = ["MART", "METHODS", "TRADES", "AdversarialWeightPerturbation", "Distilled", "MemoryBank", "Objective",
-           "ObjectiveOutput", "PGDAT", "Standard", "TopologyRegularized", "Wrapper", "build_base_objective",
-           "build_objective", "distillation_loss", "representation"]
+__all__ = [
+    "MART",
+    "METHODS",
+    "TRADES",
+    "AdversarialWeightPerturbation",
+    "Distilled",
+    "MemoryBank",
+    "Objective",
+    "ObjectiveOutput",
+    "PGDAT",
+    "Standard",
+    "TopologyRegularized",
+    "Wrapper",
+    "build_base_objective",
+    "build_objective",
+    "distillation_loss",
+    "representation",
+]

@@ -12,6 +12,7 @@ It knows neither the base method nor the topology term; per training step:
    is not.
 No perturbation while fewer than `warmup_epochs` epochs have passed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,8 +71,9 @@ class AdversarialWeightPerturbation(Objective):
         proxy.load_state_dict(net.state_dict())
         return proxy.train(), optimizer
 
-    def perturbation(self, model: nn.Module, x: Tensor, y: Tensor,
-                     x_adv: Optional[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def perturbation(
+        self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]
+    ) -> list[tuple[Tensor, Tensor]]:
         """(weight, offset) pairs for the weights AWP moves, each offset of norm gamma * ||weight||."""
         net = unwrap(model)
         proxy, optimizer = self._proxy_of(net)
@@ -125,5 +127,5 @@ def _average_gradients(module: nn.Module) -> None:
     flat /= torch.distributed.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()

@@ -7,6 +7,7 @@ TRAIN adds its term to `loss` (and, if asked, to the attack), AWP perturbs the w
 topology term needs: the student's natural and adversarial logits and features, when the method's own
 forward passes produced them, so TRAIN needs no extra pass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

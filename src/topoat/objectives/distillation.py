@@ -6,6 +6,7 @@ TRAIN pulls the trained model's neighbourhood graph towards the standard model's
 outputs there instead. If TRAIN's gain is no larger than this one's, the topology is not what helps.
 The T^2 keeps the gradient's scale independent of T (Hinton et al. 2015).
 """
+
 from __future__ import annotations
 
 import torch

@@ -9,6 +9,7 @@ x' is PGD on cross-entropy, from a uniform start in the eps-ball when `attack.ra
 (the authors' code starts next to x, at x + 0.001 * N(0, I); attack.random_start: false starts at x).
 The constants 1.0001, 1e-12 and 1.0000001 are the reference code's guards against log(0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,13 +36,18 @@ class MART(Objective):
         logits_adv, feats_adv = model(x_adv, return_features=True)
         p_adv = F.softmax(logits_adv.float(), dim=1)
         best_wrong = p_adv.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
-        bce = (F.cross_entropy(logits_adv.float(), y)
-               + F.nll_loss(torch.log(1.0001 - p_adv + LOG_GUARD), best_wrong))
+        bce = F.cross_entropy(logits_adv.float(), y) + F.nll_loss(torch.log(1.0001 - p_adv + LOG_GUARD), best_wrong)
         p_nat = F.softmax(logits_nat.float(), dim=1)
         p_true = p_nat.gather(1, y[:, None]).squeeze(1)
         kl = F.kl_div(torch.log(p_adv + LOG_GUARD), p_nat, reduction="none").sum(dim=1)
         robust = (kl * (1.0000001 - p_true)).mean()
         loss = bce + self.beta * robust
-        return ObjectiveOutput(loss, logits_nat=logits_nat, logits_adv=logits_adv, features_nat=feats_nat,
-                               features_adv=feats_adv, x_adv=x_adv,
-                               parts={"bce_adv": bce.detach(), "kl_weighted": robust.detach()})
+        return ObjectiveOutput(
+            loss,
+            logits_nat=logits_nat,
+            logits_adv=logits_adv,
+            features_nat=feats_nat,
+            features_adv=feats_adv,
+            x_adv=x_adv,
+            parts={"bce_adv": bce.detach(), "kl_weighted": robust.detach()},
+        )

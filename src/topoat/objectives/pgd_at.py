@@ -4,6 +4,7 @@ With `natural_weight` alpha > 0 the loss mixes in the natural cross-entropy,
 (1 - alpha) * CE(f(x'), y) + alpha * CE(f(x), y): PGD-AT's own natural/robust knob, the way beta is
 TRADES'. alpha = 0 is Madry et al.'s objective and costs no natural forward pass.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -25,8 +26,9 @@ class PGDAT(Objective):
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         logits, feats = model(x_adv, return_features=True)
         ce_adv = F.cross_entropy(logits.float(), y)
-        out = ObjectiveOutput(ce_adv, logits_adv=logits, features_adv=feats, x_adv=x_adv,
-                              parts={"ce_adv": ce_adv.detach()})
+        out = ObjectiveOutput(
+            ce_adv, logits_adv=logits, features_adv=feats, x_adv=x_adv, parts={"ce_adv": ce_adv.detach()}
+        )
         if self.natural_weight > 0:
             logits_nat, feats_nat = model(x, return_features=True)
             ce_nat = F.cross_entropy(logits_nat.float(), y)

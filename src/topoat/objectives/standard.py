@@ -1,4 +1,5 @@
 """Standard training: cross-entropy on natural inputs (how the TRAIN teacher is trained)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -8,6 +8,7 @@ does not apply. The target f(x) of the attack is taken in the attack's BatchNorm
 reference code does, unless `attack.eval_mode` is false); the target inside the loss is not detached,
 as in the reference, so the KL also pulls f(x) towards f(x').
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,9 +39,16 @@ class TRADES(Objective):
         logits_nat, feats_nat = model(x, return_features=True)
         logits_adv, feats_adv = model(x_adv, return_features=True)
         ce = F.cross_entropy(logits_nat.float(), y)
-        kl = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_nat.float(), dim=1),
-                      reduction="batchmean")
+        kl = F.kl_div(
+            F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_nat.float(), dim=1), reduction="batchmean"
+        )
         loss = ce + self.beta * kl
-        return ObjectiveOutput(loss, logits_nat=logits_nat, logits_adv=logits_adv, features_nat=feats_nat,
-                               features_adv=feats_adv, x_adv=x_adv,
-                               parts={"ce_nat": ce.detach(), "kl": kl.detach()})
+        return ObjectiveOutput(
+            loss,
+            logits_nat=logits_nat,
+            logits_adv=logits_adv,
+            features_nat=feats_nat,
+            features_adv=feats_adv,
+            x_adv=x_adv,
+            parts={"ce_nat": ce.detach(), "kl": kl.detach()},
+        )

@@ -7,6 +7,7 @@ mean_i(base attack loss_i) + lambda_adv * L_topo(h_f(x'), h_g(x)), with the base
 start and steps (CE for PGD-AT and MART, KL(f(x) || f(x')) for TRADES, all with weight 1). For PGD-AT
 that is exactly the part of the training loss that depends on x'.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -36,9 +37,11 @@ class MemoryBank:
         """Batch rows followed by bank rows, leaving the bank as it is."""
         if self.student is None or self.teacher is None or self.labels is None:  # empty (all three are set together)
             return student, teacher, labels
-        return (torch.cat([student, self.student.to(student.dtype)]),
-                torch.cat([teacher, self.teacher.to(teacher.dtype)]),
-                torch.cat([labels, self.labels]))
+        return (
+            torch.cat([student, self.student.to(student.dtype)]),
+            torch.cat([teacher, self.teacher.to(teacher.dtype)]),
+            torch.cat([labels, self.labels]),
+        )
 
     def extend(self, student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Batch rows followed by bank rows; then push the batch (detached) into the bank."""
@@ -52,11 +55,23 @@ class MemoryBank:
 class TopologyRegularized(Wrapper):
     """Wraps any base objective; its attack is used unchanged unless `attack_uses_topology`."""
 
-    def __init__(self, base: Objective, teacher: nn.Module, lambda_nat: float = 10.0,
-                 lambda_adv: float = 10.0, kernel: Kernel = "softmax-cosine", layer: str = "features",
-                 teacher_layer: Optional[str] = None, class_aware: str = "off", memory_bank: int = 0,
-                 global_graph: bool = False, attack_uses_topology: bool = False, *,
-                 temperature: float = 0.1, perplexity: float = 30.0):
+    def __init__(
+        self,
+        base: Objective,
+        teacher: nn.Module,
+        lambda_nat: float = 10.0,
+        lambda_adv: float = 10.0,
+        kernel: Kernel = "softmax-cosine",
+        layer: str = "features",
+        teacher_layer: Optional[str] = None,
+        class_aware: str = "off",
+        memory_bank: int = 0,
+        global_graph: bool = False,
+        attack_uses_topology: bool = False,
+        *,
+        temperature: float = 0.1,
+        perplexity: float = 30.0,
+    ):
         super().__init__(base)
         self.attack_uses_topology = attack_uses_topology
         self.teacher = teacher.eval().requires_grad_(False)
@@ -100,8 +115,13 @@ class TopologyRegularized(Wrapper):
         state = {f"base.{k}": v for k, v in self.base.state_dict().items()}
         for key, bank in (self.banks or {}).items():
             if bank.student is not None and bank.teacher is not None and bank.labels is not None:
-                state.update({f"bank.{key}.student": bank.student.cpu(), f"bank.{key}.teacher": bank.teacher.cpu(),
-                              f"bank.{key}.labels": bank.labels.cpu()})
+                state.update(
+                    {
+                        f"bank.{key}.student": bank.student.cpu(),
+                        f"bank.{key}.teacher": bank.teacher.cpu(),
+                        f"bank.{key}.labels": bank.labels.cpu(),
+                    }
+                )
         return state
 
     def load_state_dict(self, state: dict) -> None:

@@ -21,6 +21,7 @@ The modules, in the order write_report uses them:
   figures   the pictures
   write     write_report: assembles report.md and writes the files
 """
+
 from ..tables import markdown_table
 from .analyse import MAX_TSNE_COLUMNS, ReportSettings, tsne_selection
 from .collect import Run, lambda_ablation

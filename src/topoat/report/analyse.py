@@ -1,5 +1,6 @@
 """The report's own measurements of the checkpoints: each run's topology against its reference model,
 and the t-SNE maps, on one fixed held-out subset of the test set (see `topoat.analysis`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -69,11 +70,18 @@ class _Representations:
             norm = run.threat.get("norm", config.attack.norm)
             ckpt = load_checkpoint(checkpoint)  # a --reference made for other data is refused, not compared
             ds = self.dataset
-            check_fits_data(ckpt, checkpoint, "report: model", ds.num_classes, ds.in_channels, ds.image_size,
-                            ds.name)
+            check_fits_data(ckpt, checkpoint, "report: model", ds.num_classes, ds.in_channels, ds.image_size, ds.name)
             model = model_from_record(ckpt, self.device).eval()
-            self.cache[checkpoint] = representations(model, self.x, self.y, norm=norm, eps=eps, attack=self.attack,
-                                                     step_size=config.evaluation.step_size, seed=self.seed)
+            self.cache[checkpoint] = representations(
+                model,
+                self.x,
+                self.y,
+                norm=norm,
+                eps=eps,
+                attack=self.attack,
+                step_size=config.evaluation.step_size,
+                seed=self.seed,
+            )
         return self.cache[checkpoint]
 
 
@@ -109,8 +117,13 @@ def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[
     return result
 
 
-def _add_tsne_maps(result: Analysis, analysable: Sequence[Run], reps: _Representations, settings: ReportSettings,
-                   echo: Callable[[str], None]) -> None:
+def _add_tsne_maps(
+    result: Analysis,
+    analysable: Sequence[Run],
+    reps: _Representations,
+    settings: ReportSettings,
+    echo: Callable[[str], None],
+) -> None:
     """One column per group, drawn from its first seed (the reference model first)."""
     from ..analysis import tsne_map
 
@@ -133,16 +146,23 @@ def _tsne_panel(run: Run, features, natural, adversarial, metrics: dict) -> dict
         topology = "reference model"
     else:
         topology = f"kNN overlap {metrics['knn_overlap']:.2f}, graph KL {metrics['graph_kl']:.2g}"
-    return {"name": run.group if run.seed is not None else run.name, "natural": natural, "adversarial": adversarial,
-            "subtitle": {"natural": f"acc {100 * features.natural_acc:.1f}%, {topology}",
-                         "adversarial": f"robust acc {100 * features.robust_acc:.1f}%, "
-                                        f"graph KL to ref. natural {metrics['graph_kl_adv']:.2g}"}}
+    return {
+        "name": run.group if run.seed is not None else run.name,
+        "natural": natural,
+        "adversarial": adversarial,
+        "subtitle": {
+            "natural": f"acc {100 * features.natural_acc:.1f}%, {topology}",
+            "adversarial": f"robust acc {100 * features.robust_acc:.1f}%, "
+            f"graph KL to ref. natural {metrics['graph_kl_adv']:.2g}",
+        },
+    }
 
 
 def tsne_selection(runs: Sequence[Run], wanted: Optional[Sequence[str]] = None) -> tuple[list[Run], list[str]]:
     """The runs drawn as t-SNE columns and the names of those left out. `wanted`: group or run names, in
     order. By default the reference model, then each TRAIN run beside its base method, then the rest, up to
     MAX_TSNE_COLUMNS."""
+
     def name(r: Run) -> str:
         return r.group if r.seed is not None else r.name
 

@@ -3,6 +3,7 @@ each matched with the reference model its topology is measured against.
 
 Runs named `NAME-sK` are seed K of group NAME; tables and pictures show a group's mean ± std over seeds.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ SEED_SUFFIX = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 @dataclass
 class Run:
     """One run of a results.json: its entry, its folder (config.yaml, metrics.jsonl) and checkpoint."""
+
     name: str
     entry: dict
     folder: Path
@@ -147,8 +149,9 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
         for name, entry in doc["runs"].items():
             checkpoint = (folder / entry.get("checkpoint", LAST)).resolve()
             name = _unique_name(name, folder, runs)
-            runs.append(Run(name, entry, checkpoint.parent, checkpoint, doc.get("threat", {}),
-                            _read_config(checkpoint.parent)))
+            runs.append(
+                Run(name, entry, checkpoint.parent, checkpoint, doc.get("threat", {}), _read_config(checkpoint.parent))
+            )
     if len(info["datasets"]) > 1:
         raise TopoatError(f"report: the runs use different datasets ({', '.join(map(str, info['datasets']))})")
     return runs, info

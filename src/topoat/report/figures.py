@@ -5,6 +5,7 @@ nothing to draw.
 Drawn on `matplotlib.figure.Figure` directly (Agg canvas), so importing topoat never switches the
 user's pyplot backend.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -36,8 +37,9 @@ def class_colours(num_classes: int):
     return [cmap(i / max(num_classes - 1, 1)) for i in range(num_classes)]
 
 
-def plot_tsne(panels: Sequence[dict], labels, class_names: Optional[Sequence[str]], path: Path,
-              attack: str, title: str) -> Path:
+def plot_tsne(
+    panels: Sequence[dict], labels, class_names: Optional[Sequence[str]], path: Path, attack: str, title: str
+) -> Path:
     """2 rows (natural, adversarial) x one column per model; each panel dict holds `name`, `natural`
     and `adversarial` (n x 2 arrays from `analysis.tsne_map`), and `subtitle`."""
     import numpy as np
@@ -62,11 +64,14 @@ def plot_tsne(panels: Sequence[dict], labels, class_names: Optional[Sequence[str
             ax.set_title(f"{panel['name']}: {row_name}\n{panel['subtitle'][key]}", fontsize=9)
             ax.set_xlabel("t-SNE 1", fontsize=8)
             ax.set_ylabel("t-SNE 2", fontsize=8)
-    handles = [Line2D([], [], marker="o", linestyle="", color=colours[c], markersize=6, label=names[c])
-               for c in range(num_classes)]
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=colours[c], markersize=6, label=names[c])
+        for c in range(num_classes)
+    ]
     if num_classes <= 20:
-        fig.legend(handles=handles, loc="outside right center", title="class", fontsize=8, title_fontsize=9,
-                   frameon=False)
+        fig.legend(
+            handles=handles, loc="outside right center", title="class", fontsize=8, title_fontsize=9, frameon=False
+        )
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
@@ -125,15 +130,15 @@ def plot_accuracy_curves(runs: Sequence[Run], path: Path, title: str) -> Optiona
         _integer_epochs(ax)
     _legend_below(fig, ax_nat)
     if not drawn[1]:
-        ax_rob.text(0.5, 0.5, "no run logged a validation attack", ha="center", va="center",
-                    transform=ax_rob.transAxes)
+        ax_rob.text(0.5, 0.5, "no run logged a validation attack", ha="center", va="center", transform=ax_rob.transAxes)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
 def _validation_attack(runs: Sequence[Run]) -> str:
-    steps = {r.config.validation.attack_steps for r in runs if r.config is not None
-             and r.config.validation.attack_steps > 0}
+    steps = {
+        r.config.validation.attack_steps for r in runs if r.config is not None and r.config.validation.attack_steps > 0
+    }
     return f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"
 
 
@@ -165,8 +170,11 @@ def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 1
 def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]:
     """Test natural vs robust accuracy, one point per adversarially trained run, λ written by each."""
     adversarial = [r for r in runs if r.method != "standard"]
-    shared = [a for a in (adversarial[0].entry.get("robust_acc", {}) if adversarial else {})
-              if all(a in r.entry.get("robust_acc", {}) for r in adversarial)]
+    shared = [
+        a
+        for a in (adversarial[0].entry.get("robust_acc", {}) if adversarial else {})
+        if all(a in r.entry.get("robust_acc", {}) for r in adversarial)
+    ]
     # An attack every run reports, so runs evaluated more cheaply (e.g. an ablation) still appear.
     attack = primary_attack(runs) if not shared else ("worst" if "worst" in shared else shared[0])
     points = [r for r in runs if r.method != "standard" and attack in r.entry.get("robust_acc", {})]
@@ -182,10 +190,18 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]
         spread = len(members) > 1
         first = members[0]
         seeds = f", {len(members)} seeds" if spread else ""
-        ax.errorbar([x], [y], xerr=[statistics.stdev(nat)] if spread else None,
-                    yerr=[statistics.stdev(rob)] if spread else None, fmt="D" if first.is_train else "o",
-                    color=colours[group], markersize=6, capsize=3, zorder=3,
-                    label=f"{group} ({first.method}{' + TRAIN' if first.is_train else ''}{seeds})")
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=[statistics.stdev(nat)] if spread else None,
+            yerr=[statistics.stdev(rob)] if spread else None,
+            fmt="D" if first.is_train else "o",
+            color=colours[group],
+            markersize=6,
+            capsize=3,
+            zorder=3,
+            label=f"{group} ({first.method}{' + TRAIN' if first.is_train else ''}{seeds})",
+        )
         ax.annotate(lambda_label(first.entry), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     ax.set_xlabel("natural accuracy (%)")
     ax.set_ylabel(f"robust accuracy, {attack.upper()} (%)")
@@ -204,13 +220,15 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Optiona
     if not weights:
         return None
     members = [r for rs in weights.values() for r in rs]
-    attacks = [a for a in members[0].entry.get("robust_acc", {}) if all(a in r.entry.get("robust_acc", {})
-                                                                         for r in members)]
+    attacks = [
+        a for a in members[0].entry.get("robust_acc", {}) if all(a in r.entry.get("robust_acc", {}) for r in members)
+    ]
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     positions = list(range(len(weights)))
-    for key, label, colour in [(None, "natural", "tab:blue")] + [(a, a.upper(), c) for a, c in
-                                                                 zip(attacks[:2], ("tab:red", "tab:orange"))]:
+    for key, label, colour in [(None, "natural", "tab:blue")] + [
+        (a, a.upper(), c) for a, c in zip(attacks[:2], ("tab:red", "tab:orange"))
+    ]:
         means, stds = [], []
         for rs in weights.values():
             values = [100 * (r.entry["natural_acc"] if key is None else r.entry["robust_acc"][key]) for r in rs]
@@ -220,8 +238,10 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Optiona
         ax.errorbar(positions, means, yerr=stds, color=colour, marker="o", capsize=4, label=label)
     ax.set_xticks(positions, [f"{w:g}" + (" (base)" if w == 0 else "") for w in weights])
     seeds = sorted({len(rs) for rs in weights.values()})
-    ax.set_xlabel(f"TRAIN weight λ = λ_nat = λ_adv ({method}; "
-                  f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''} per point)")
+    ax.set_xlabel(
+        f"TRAIN weight λ = λ_nat = λ_adv ({method}; "
+        f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''} per point)"
+    )
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

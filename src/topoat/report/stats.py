@@ -1,6 +1,7 @@
 """Numbers over seeds: mean ± sample standard deviation, and TRAIN runs paired with their base method's
 run of the same seed (the same seed means the same initialisation and data order, so the difference
 cancels most seed noise)."""
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ def format_signed_spread(values: Sequence[float]) -> str:
 @dataclass
 class PairedGroups:
     """A TRAIN group, its base-method group, and their runs matched by seed."""
+
     group: str
     base: str
     pairs: list[tuple[Run, Run]]  # (TRAIN run, base run of the same seed)

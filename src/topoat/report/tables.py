@@ -1,5 +1,6 @@
 """The report's tables: results per group (mean ± std over seeds), TRAIN minus its base method per seed,
 and the topology metrics. Markdown for report.md; the topology table also as text for `topoat analyze`."""
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,12 @@ def topology_rows(metrics: dict[str, dict], k: int) -> tuple[list[str], list[lis
     from ..analysis import TOPOLOGY_METRICS
 
     header = ["model"] + [METRIC_HEADERS[m].format(k=k) for m in TOPOLOGY_METRICS] + ["natural", "robust"]
-    rows = [[name] + [format_metric(m, values.get(m)) for m in TOPOLOGY_METRICS]
-            + [f"{100 * values['natural_acc']:.2f}", f"{100 * values['robust_acc']:.2f}"]
-            for name, values in metrics.items()]
+    rows = [
+        [name]
+        + [format_metric(m, values.get(m)) for m in TOPOLOGY_METRICS]
+        + [f"{100 * values['natural_acc']:.2f}", f"{100 * values['robust_acc']:.2f}"]
+        for name, values in metrics.items()
+    ]
     return header, rows
 
 
@@ -51,8 +55,14 @@ def results_section(runs: Sequence[Run], key: str = "") -> str:
     the best-by-validation checkpoints' results, with their epochs instead of training time."""
     attacks = robust_attacks(checkpoint_entry(r, key) for r in runs)
     with_seeds = any(r.seed is not None for r in runs)
-    header = (["run", "method", "TRAIN"] + (["seeds"] if with_seeds else []) + (["epoch"] if key else [])
-              + ["natural"] + attacks + ([] if key else ["train s"]))
+    header = (
+        ["run", "method", "TRAIN"]
+        + (["seeds"] if with_seeds else [])
+        + (["epoch"] if key else [])
+        + ["natural"]
+        + attacks
+        + ([] if key else ["train s"])
+    )
     rows = []
     for group, members in groups_of(runs).items():
         entries = [checkpoint_entry(r, key) for r in members]
@@ -91,13 +101,16 @@ def paired_section(runs: Sequence[Run]) -> str:
 
 def _paired_rows(p: PairedGroups, columns: Sequence[Optional[str]]) -> list[list[str]]:
     diffs = {c: [accuracy(r, c) - accuracy(b, c) for r, b in p.pairs] for c in columns}
-    rows = [[f"{p.group} − {p.base}", "- (one run each)" if r.seed is None else str(r.seed)]
-            + ["-" if math.isnan(diffs[c][i]) else f"{100 * diffs[c][i]:+.2f}" for c in columns]
-            for i, (r, _) in enumerate(p.pairs)]
+    rows = [
+        [f"{p.group} − {p.base}", "- (one run each)" if r.seed is None else str(r.seed)]
+        + ["-" if math.isnan(diffs[c][i]) else f"{100 * diffs[c][i]:+.2f}" for c in columns]
+        for i, (r, _) in enumerate(p.pairs)
+    ]
     if len(p.pairs) > 1:
-        rows.append([f"**{p.group} − {p.base}**", f"mean ± std ({len(p.pairs)})"]
-                    + ["-" if any(math.isnan(d) for d in diffs[c]) else format_signed_spread(diffs[c])
-                       for c in columns])
+        rows.append(
+            [f"**{p.group} − {p.base}**", f"mean ± std ({len(p.pairs)})"]
+            + ["-" if any(math.isnan(d) for d in diffs[c]) else format_signed_spread(diffs[c]) for c in columns]
+        )
     return rows
 
 
@@ -107,8 +120,11 @@ def topology_section(runs: Sequence[Run], analysis: Analysis, k: int) -> str:
 
     groups = groups_of([r for r in runs if r.name in analysis.metrics])
     with_seeds = any(r.seed is not None for r in runs)
-    header = (["run", "reference"] + (["seeds"] if with_seeds else [])
-              + [METRIC_HEADERS[m].format(k=k) for m in TOPOLOGY_METRICS])
+    header = (
+        ["run", "reference"]
+        + (["seeds"] if with_seeds else [])
+        + [METRIC_HEADERS[m].format(k=k) for m in TOPOLOGY_METRICS]
+    )
     rows = []
     for group, members in groups.items():
         values = [analysis.metrics[r.name] for r in members]

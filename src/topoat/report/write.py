@@ -1,4 +1,5 @@
 """`write_report`: report.md, analysis.json and figures/*.png for the runs of study or run folders."""
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,14 @@ from .tables import fewer_images_notes, paired_section, results_section, topolog
 Picture = tuple[str, Path, str]  # heading, file, caption
 
 
-def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None, *,
-                 reference: Optional[str | Path] = None, settings: Optional[ReportSettings] = None,
-                 echo: Callable[[str], None] = print) -> Path:
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out: Optional[str | Path] = None,
+    *,
+    reference: Optional[str | Path] = None,
+    settings: Optional[ReportSettings] = None,
+    echo: Callable[[str], None] = print,
+) -> Path:
     """Write report.md, analysis.json and figures/*.png for the runs in `run_dirs` into `out`
     (default: the only run folder given). Returns the path of report.md."""
     from ..folder import write_json_atomic
@@ -42,9 +48,16 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     pictures = _tsne_picture(analysis, figures, dataset) + _run_pictures(runs, figures, title, settings.k)
     frontiers = frontier_sections(runs, figures, title)
 
-    document = {"dataset": dataset, "threat": threat, "n": analysis.n, "k": settings.k,
-                "attack": analysis.attack, "graph_size": settings.graph_size, "seed": settings.seed,
-                "runs": analysis.metrics}
+    document = {
+        "dataset": dataset,
+        "threat": threat,
+        "n": analysis.n,
+        "k": settings.k,
+        "attack": analysis.attack,
+        "graph_size": settings.graph_size,
+        "seed": settings.seed,
+        "runs": analysis.metrics,
+    }
     write_json_atomic(document, out / "analysis.json")
     text = _markdown(runs, info, analysis, pictures, settings, out, dataset, threat_text, frontiers)
     report = out / "report.md"
@@ -53,8 +66,9 @@ def write_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     return report
 
 
-def _check_arguments(run_dirs: Sequence[str | Path], out: Optional[str | Path], reference: Optional[str | Path],
-                     settings: ReportSettings) -> Path:
+def _check_arguments(
+    run_dirs: Sequence[str | Path], out: Optional[str | Path], reference: Optional[str | Path], settings: ReportSettings
+) -> Path:
     """Where the report goes; refuses what would fail only after minutes of analysis."""
     if not run_dirs:
         raise TopoatError("report: give at least one study or run folder")
@@ -75,33 +89,57 @@ def _tsne_picture(analysis: Analysis, figures: Path, dataset: str) -> list[Pictu
     if not analysis.tsne:
         return []
     attack = analysis.attack.upper()
-    path = plot_tsne(analysis.tsne, analysis.labels, analysis.class_names, figures / "tsne.png", attack,
-                     f"t-SNE of penultimate features, {dataset} test images (top) and their "
-                     f"{attack} examples against each model (bottom), coloured by true class")
-    return [("Representations: natural and adversarial test images", path,
-             "Each column is one model; natural (top) and adversarial (bottom) points share one "
-             "map per model, so an adversarial point inside another class's cluster is one the "
-             "attack moved there. The accuracies in the titles are on the plotted images, from the "
-             "report's own attack (its random start differs from the evaluation's).")]
+    path = plot_tsne(
+        analysis.tsne,
+        analysis.labels,
+        analysis.class_names,
+        figures / "tsne.png",
+        attack,
+        f"t-SNE of penultimate features, {dataset} test images (top) and their "
+        f"{attack} examples against each model (bottom), coloured by true class",
+    )
+    return [
+        (
+            "Representations: natural and adversarial test images",
+            path,
+            "Each column is one model; natural (top) and adversarial (bottom) points share one "
+            "map per model, so an adversarial point inside another class's cluster is one the "
+            "attack moved there. The accuracies in the titles are on the plotted images, from the "
+            "report's own attack (its random start differs from the evaluation's).",
+        )
+    ]
 
 
 def _run_pictures(runs: Sequence[Run], figures: Path, title: str, k: int) -> list[Picture]:
     """The pictures drawn from the runs' own records (metrics.jsonl, results.json), those with anything
     to draw."""
     plots = [
-        ("Accuracy per epoch", "accuracy.png",
-         lambda p: plot_accuracy_curves(runs, p, f"Validation accuracy per epoch ({title})"),
-         "Mean over seeds, band ± one std where there are several."),
-        ("Topology per epoch", "topology.png",
-         lambda p: plot_topology_curves(runs, p, "Topology to the reference (standard) model per epoch, "
-                                                 "validation images", k),
-         "Logged by runs that know a reference model (a TRAIN run's teacher, or validation.reference)."),
-        ("Natural vs robust accuracy", "tradeoff.png",
-         lambda p: plot_tradeoff(runs, p, f"Trade-off on the test set ({title})"),
-         "One point per adversarially trained run; λ is the TRAIN weight (0 = the base method)."),
-        ("TRAIN weight ablation", "lambda.png",
-         lambda p: plot_lambda_ablation(runs, p, f"Accuracy against the TRAIN weight ({title})"),
-         "Mean ± one std over seeds at each λ; λ = 0 is the base method without TRAIN."),
+        (
+            "Accuracy per epoch",
+            "accuracy.png",
+            lambda p: plot_accuracy_curves(runs, p, f"Validation accuracy per epoch ({title})"),
+            "Mean over seeds, band ± one std where there are several.",
+        ),
+        (
+            "Topology per epoch",
+            "topology.png",
+            lambda p: plot_topology_curves(
+                runs, p, "Topology to the reference (standard) model per epoch, validation images", k
+            ),
+            "Logged by runs that know a reference model (a TRAIN run's teacher, or validation.reference).",
+        ),
+        (
+            "Natural vs robust accuracy",
+            "tradeoff.png",
+            lambda p: plot_tradeoff(runs, p, f"Trade-off on the test set ({title})"),
+            "One point per adversarially trained run; λ is the TRAIN weight (0 = the base method).",
+        ),
+        (
+            "TRAIN weight ablation",
+            "lambda.png",
+            lambda p: plot_lambda_ablation(runs, p, f"Accuracy against the TRAIN weight ({title})"),
+            "Mean ± one std over seeds at each λ; λ = 0 is the base method without TRAIN.",
+        ),
     ]
     pictures = []
     for heading, filename, plot, caption in plots:
@@ -117,8 +155,11 @@ def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tu
     from ..frontier import HEADLINE_ATTACK, frontier, frontier_section, plot_frontier
 
     scored = [part for r in runs for part in (r.entry, r.entry.get("best") or {})]
-    attacks = [HEADLINE_ATTACK] + [a for a in dict.fromkeys(
-        a for part in scored for a in part.get("robust_acc", {})) if a not in (HEADLINE_ATTACK, "worst")]
+    attacks = [HEADLINE_ATTACK] + [
+        a
+        for a in dict.fromkeys(a for part in scored for a in part.get("robust_acc", {}))
+        if a not in (HEADLINE_ATTACK, "worst")
+    ]
     sections = []
     for attack in attacks:
         f = frontier(runs, attack)
@@ -130,16 +171,28 @@ def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tu
     return sections
 
 
-def _markdown(runs: Sequence[Run], info: dict, analysis: Analysis, pictures: Sequence[Picture],
-              settings: ReportSettings, out: Path, dataset: str, threat_text: str,
-              frontiers: Sequence[tuple[str, str, Path]] = ()) -> str:
+def _markdown(
+    runs: Sequence[Run],
+    info: dict,
+    analysis: Analysis,
+    pictures: Sequence[Picture],
+    settings: ReportSettings,
+    out: Path,
+    dataset: str,
+    threat_text: str,
+    frontiers: Sequence[tuple[str, str, Path]] = (),
+) -> str:
     def relative(path: Path) -> str:  # links that still work when the report folder is moved
         return Path(os.path.relpath(path, out)).as_posix()
 
-    parts = [f"# topoat report: {dataset}, {threat_text}", "",
-             "Runs from " + ", ".join(f"`{s}`" for s in info["sources"]) + ". Accuracies in percent on the "
-             "fixed test subset each run was evaluated on (last checkpoint); mean ± sample std over seeds "
-             "(runs named `NAME-sK`).", ""]
+    parts = [
+        f"# topoat report: {dataset}, {threat_text}",
+        "",
+        "Runs from " + ", ".join(f"`{s}`" for s in info["sources"]) + ". Accuracies in percent on the "
+        "fixed test subset each run was evaluated on (last checkpoint); mean ± sample std over seeds "
+        "(runs named `NAME-sK`).",
+        "",
+    ]
     parts += _results_part(runs, info["failed"])
     for heading, text, path in frontiers:
         parts += ["", f"## {heading}", "", text, "", f"![{heading}]({relative(path)})"]
@@ -161,24 +214,34 @@ def _results_part(runs: Sequence[Run], failed: dict[str, str]) -> list[str]:
         parts += ["", "Best checkpoint by validation robust accuracy:", "", results_section(runs, "best")]
     paired = paired_section(runs)
     if paired:
-        parts += ["", "### TRAIN minus its base method, per seed", "",
-                  "Paired by seed (same initialisation and data order); points of accuracy; `-` where one of "
-                  "the pair did not run that attack.",
-                  "", paired]
+        parts += [
+            "",
+            "### TRAIN minus its base method, per seed",
+            "",
+            "Paired by seed (same initialisation and data order); points of accuracy; `-` where one of "
+            "the pair did not run that attack.",
+            "",
+            paired,
+        ]
     for name, why in failed.items():
         parts += ["", f"- **{name} failed**: {why}"]
     return parts
 
 
 def _topology_part(runs: Sequence[Run], analysis: Analysis, settings: ReportSettings) -> list[str]:
-    return ["", "## Topology against the standard model", "",
-            f"On {analysis.n} held-out test images (seed {settings.seed}), penultimate features, each model "
-            f"against its reference (standard) model. Graph KL: the TRAIN loss between cosine affinity graphs "
-            f"of {min(settings.graph_size, analysis.n)} images (0 = identical neighbourhoods; lower is closer); "
-            "adversarial: "
-            f"the model's features of {analysis.attack.upper()} examples made against itself, against the "
-            f"reference's natural graph. kNN overlap: mean Jaccard overlap of the {settings.k} nearest "
-            f"neighbours (1 = identical). Trustworthiness (scikit-learn, k={settings.k}): the reference as "
-            f"the original space, the model as the embedding (1 = no false neighbours; about 0.5 = "
-            f"unrelated). The reference's own row is the sanity check (0, 1, 1).", "",
-            topology_section(runs, analysis, settings.k)]
+    return [
+        "",
+        "## Topology against the standard model",
+        "",
+        f"On {analysis.n} held-out test images (seed {settings.seed}), penultimate features, each model "
+        f"against its reference (standard) model. Graph KL: the TRAIN loss between cosine affinity graphs "
+        f"of {min(settings.graph_size, analysis.n)} images (0 = identical neighbourhoods; lower is closer); "
+        "adversarial: "
+        f"the model's features of {analysis.attack.upper()} examples made against itself, against the "
+        f"reference's natural graph. kNN overlap: mean Jaccard overlap of the {settings.k} nearest "
+        f"neighbours (1 = identical). Trustworthiness (scikit-learn, k={settings.k}): the reference as "
+        f"the original space, the model as the embedding (1 = no false neighbours; about 0.5 = "
+        f"unrelated). The reference's own row is the sanity check (0, 1, 1).",
+        "",
+        topology_section(runs, analysis, settings.k),
+    ]
