@@ -137,7 +137,8 @@ def config_for(arch: str, mode: str, args, teacher: str) -> TrainConfig:
         "optim.epochs=1",
         f"runtime.device={args.device}",
         f"runtime.amp={args.amp}",
-        f"runtime.compile={str(args.compile).lower()}",
+        f"runtime.compile={'on' if args.compile else 'off'}",
+        f"runtime.compile_mode={args.compile_mode}",
         "runtime.progress=false",
         f"runtime.channels_last={args.channels_last}",
     ]
@@ -241,7 +242,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="best of this many timings per figure")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training model (off by default)")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile's mode; reduce-overhead adds CUDA graphs",
+    )
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--modes", default="standard,pgd-at,pgd-at+train,trades,trades+train")

@@ -530,3 +530,43 @@ def test_tensorboard_gets_each_epochs_metrics_and_the_config(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     with pytest.raises(TopoatError, match="needs the tensorboard package"):
         Trainer(tiny_config(**{"runtime.tensorboard": True}), tmp_path / "run2").run()
+
+
+def test_the_compiled_training_model_gives_the_eager_outputs_and_gradients(tmp_path):
+    # torch.compile (inductor, on CPU here) of the training model, in train mode (the training step,
+    # PGD-AT's attack) and in eval mode (TRADES' and MART's attack: a second graph)
+    trainer = Trainer(tiny_config(**{"runtime.compile": "on"}), tmp_path / "run")
+    model, graph = trainer.model, trainer.train_model
+    assert graph is not model
+    x, y = next(trainer.loader.batches())
+    for training in (True, False):
+        results = []
+        for net in (model, graph):
+            net.train(training)
+            xg = x.clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(net(xg), y)
+            grads = torch.autograd.grad(loss, [xg, *model.parameters()])
+            results.append((loss.detach(), grads))
+        (eager_loss, eager_grads), (graph_loss, graph_grads) = results
+        torch.testing.assert_close(graph_loss, eager_loss, rtol=1e-5, atol=1e-6)
+        for g, e in zip(graph_grads, eager_grads):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "trades"])
+def test_a_compiled_training_step_matches_the_eager_one(tmp_path, method):
+    # the whole step (attack, loss, update) compiled: the eager loss and weights up to what float32
+    # rounding does to a sign-gradient attack (a near-zero gradient component may flip one pixel's step)
+    trainers = {
+        mode: Trainer(tiny_config(**{"method.name": method, "runtime.compile": mode}), tmp_path / mode)
+        for mode in ("off", "on")
+    }
+    x, y = next(trainers["off"].loader.batches())
+    losses = {}
+    for mode, trainer in trainers.items():
+        torch.manual_seed(0)
+        losses[mode] = float(trainer.train_step(x, y).loss.detach())
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-2)
+    eager, graph = trainers["off"].model.state_dict(), trainers["on"].model.state_dict()
+    for name, value in eager.items():
+        torch.testing.assert_close(graph[name], value, rtol=1e-2, atol=1e-3, msg=name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, cast
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,15 @@ from .distributed import SINGLE, DistContext, device_for
 from .errors import TopoatError
 from .models import build_model, check_layer
 from .objectives import Objective, build_objective
-from .runtime import as_channels_last, resolve_device, seed_everything, set_deterministic, use_channels_last
+from .runtime import (
+    as_channels_last,
+    compiled,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+    use_channels_last,
+    use_compile,
+)
 
 
 @dataclass
@@ -86,8 +94,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
             check_layer(reference, t.teacher_layer or t.layer, "topology.layer (of validation.reference)")
     if dist.enabled and cfg.runtime.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # torch.compile returns a callable wrapper of the module (an OptimizedModule, itself a Module)
-    train_model = cast(nn.Module, torch.compile(model)) if cfg.runtime.compile else model
+    train_model = compiled(model, cfg.runtime.compile_mode) if use_compile(device, cfg.runtime.compile) else model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 

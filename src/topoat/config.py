@@ -151,7 +151,10 @@ class RuntimeConfig:
     device: str = "auto"
     deterministic: bool = False
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-    compile: bool = False
+    # torch.compile of the training model (attack and training step); auto: on for CUDA, off elsewhere
+    compile: Literal["auto", "on", "off"] = "auto"
+    # torch.compile's mode: "reduce-overhead" adds CUDA graphs (every training batch has one shape)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: Literal["auto", "on", "off"] = "auto"
     sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch
     progress: bool = True

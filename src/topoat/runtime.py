@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import ContextManager, Optional, TypeVar
+from typing import ContextManager, Optional, TypeVar, cast
 
 import numpy as np
 import torch
@@ -114,6 +114,18 @@ def use_channels_last(device: torch.device, setting: str) -> bool:
     # "auto" means CUDA only: on CPU, torch 2.13 corrupts its heap in the backward of a channels-last
     # 1x1 stride-2 convolution with few channels (e.g. a width-4 PreAct ResNet at 64x64); "on" forces it.
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def use_compile(device: torch.device, setting: str) -> bool:
+    # on CPU the compile costs more than a short run gains, and CI must not need a C++ compiler
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """`model` under torch.compile, for fixed shapes (the loader drops the last, smaller batch), so a new
+    shape never triggers a dynamic-shape recompile; train and eval mode get one graph each."""
+    graph = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    return cast(torch.nn.Module, graph)  # an OptimizedModule: itself a Module wrapping `model`
 
 
 def as_channels_last(model: M) -> M:

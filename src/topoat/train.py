@@ -103,12 +103,11 @@ def stop_on_signals() -> Iterator[dict]:
 
 
 def _comparable(cfg: TrainConfig) -> dict:
-    """The config minus the switches that do not change what is trained (progress bars, threads, logging) or
-    only act after training (the evaluation)."""
+    """The config minus the switches that do not change what is trained (progress bars, threads, logging,
+    compilation) or only act after training (the evaluation)."""
     d = to_dict(cfg)
-    d["runtime"].pop("progress", None)
-    d["runtime"].pop("threads", None)
-    d["runtime"].pop("tensorboard", None)
+    for speed_or_display in ("progress", "threads", "tensorboard", "compile", "compile_mode"):
+        d["runtime"].pop(speed_or_display, None)
     d.pop("evaluation", None)
     return d
 
