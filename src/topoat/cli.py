@@ -77,24 +77,11 @@ def _study(args) -> int:
 
 
 def _eval(args) -> int:
-    from .checkpoint import load_checkpoint, load_model
-    from .evaluate import evaluate, format_result, parse_attack
-    from .results import find_run_slot, merge_evaluation
+    from .evaluate import evaluate, format_result
     from .runtime import resolve_device
-    from .target import check_fits, load_target, recorded_threat
+    from .target import load_target, recorded_threat
 
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    if not attacks:
-        raise TopoatError("eval: --attacks lists no attack")
-    for a in attacks:
-        parse_attack(a)
-    if (args.results is None) != (args.run is None):
-        raise TopoatError("eval: --results and --run go together")
-    if args.reference and not args.sanity:
-        raise TopoatError("eval: --reference is used by --sanity only")
-    if args.results and (args.arch is not None or args.model is not None):
-        raise TopoatError("eval: --results merges into a topoat run; a model from --arch/--model has none")
-    _check_output_file("--json", args.json)
+    attacks = _checked_eval_arguments(args)
     device = resolve_device(args.device)
     target = load_target(
         args.checkpoint,
@@ -109,27 +96,15 @@ def _eval(args) -> int:
     norm, eps = recorded_threat(target.record, args.norm, args.eps, args.step_size)
     if args.sanity and eps == 0:
         raise TopoatError("eval: --sanity needs --eps > 0")
-    ds = target.data
     if args.results:  # a results.json that does not fit fails before the attacks run, not after
-        find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=ds.name)
-        config = target.record.get("config")
-        evaluation = config.get("evaluation") if isinstance(config, dict) else None
-        run_seed = evaluation.get("seed", args.seed) if isinstance(evaluation, dict) else args.seed
-        if run_seed != args.seed:
-            raise TopoatError(
-                f"eval: the run chose its test images with seed {run_seed}; pass --seed {run_seed} "
-                "to merge into its results"
-            )
-    reference = None
-    if args.reference:
-        reference = load_model(args.reference, device)
-        check_fits(reference, load_checkpoint(args.reference), ds, args.reference, device, role="--reference")
+        _check_results_fit(args, target, norm, eps)
+    reference = _sanity_reference(args, target.data, device)
     x, y = target.test_images(args.n, args.seed, device)
     epoch = f", epoch {target.record['epoch']}" if isinstance(target.record.get("epoch"), int) else ""
     for note in target.record.get("notes", []):
         print(f"note: {note}")
     print(
-        f"{target.label} ({target.record['arch']}{epoch}) on {ds.name} test: {x.shape[0]} images "
+        f"{target.label} ({target.record['arch']}{epoch}) on {target.data.name} test: {x.shape[0]} images "
         f"(seed {args.seed}), {norm} eps {eps:.6g}"
     )
     res = evaluate(
@@ -169,24 +144,7 @@ def _eval(args) -> int:
         )
         print()
         print(report.format())
-    if args.json:
-        document = dict(
-            res.as_dict(),
-            checkpoint=str(args.checkpoint),
-            dataset=ds.name,
-            norm=norm,
-            eps=eps,
-            step_size=args.step_size if args.step_size is not None else eps / 4,
-            seed=args.seed,
-        )
-        if report is not None:
-            document["sanity"] = report.as_dict()
-        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
-    if args.results:
-        slot = merge_evaluation(
-            Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps, dataset=ds.name, sanity=report
-        )
-        print(f"merged into {args.results}: run {args.run} ({slot} checkpoint)")
+    _write_eval_outputs(args, res, report, target.data.name, norm, eps)
     if report is not None and not report.passed:
         names = ", ".join(c.name for c in report.failed)
         bar = "!" * 78
@@ -198,6 +156,77 @@ def _eval(args) -> int:
         )
         return 1
     return 0
+
+
+def _checked_eval_arguments(args) -> list[str]:
+    """The attacks to run, after every check that needs no file read: a mistake costs no loading."""
+    from .evaluate import parse_attack
+
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not attacks:
+        raise TopoatError("eval: --attacks lists no attack")
+    for a in attacks:
+        parse_attack(a)
+    if (args.results is None) != (args.run is None):
+        raise TopoatError("eval: --results and --run go together")
+    if args.reference and not args.sanity:
+        raise TopoatError("eval: --reference is used by --sanity only")
+    if args.results and (args.arch is not None or args.model is not None):
+        raise TopoatError("eval: --results merges into a topoat run; a model from --arch/--model has none")
+    _check_output_file("--json", args.json)
+    return attacks
+
+
+def _check_results_fit(args, target, norm: str, eps: float) -> None:
+    """--results names a run this checkpoint belongs to, scored on the same threat model and images."""
+    from .results import find_run_slot
+
+    find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=target.data.name)
+    config = target.record.get("config")
+    evaluation = config.get("evaluation") if isinstance(config, dict) else None
+    run_seed = evaluation.get("seed", args.seed) if isinstance(evaluation, dict) else args.seed
+    if run_seed != args.seed:
+        raise TopoatError(
+            f"eval: the run chose its test images with seed {run_seed}; pass --seed {run_seed} "
+            "to merge into its results"
+        )
+
+
+def _sanity_reference(args, data, device):
+    """The standard model of --sanity's transfer check, refused if it was made for other data."""
+    if not args.reference:
+        return None
+    from .checkpoint import load_checkpoint, load_model
+    from .target import check_fits
+
+    reference = load_model(args.reference, device)
+    check_fits(reference, load_checkpoint(args.reference), data, args.reference, device, role="--reference")
+    return reference
+
+
+def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) -> None:
+    """--json's document and --results' merge."""
+    if args.json:
+        step_size = args.step_size if args.step_size is not None else eps / 4
+        document = dict(
+            res.as_dict(),
+            checkpoint=str(args.checkpoint),
+            dataset=dataset,
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            seed=args.seed,
+        )
+        if report is not None:
+            document["sanity"] = report.as_dict()
+        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+    if args.results:
+        from .results import merge_evaluation
+
+        slot = merge_evaluation(
+            Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps, dataset=dataset, sanity=report
+        )
+        print(f"merged into {args.results}: run {args.run} ({slot} checkpoint)")
 
 
 def _arch_args(text: str) -> dict:
@@ -366,10 +395,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="topoat", description="Topology-preserving adversarial training (TRAIN).")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_configs_command(sub)
+    _add_train_command(sub)
+    _add_study_command(sub)
+    _add_eval_command(sub)
+    _add_export_command(sub)
+    _add_analyze_command(sub)
+    _add_report_command(sub)
+    return parser
 
+
+def _add_configs_command(sub) -> None:
     p = sub.add_parser("configs", help="list the packaged configs and studies (usable by name)")
     p.set_defaults(func=_configs)
 
+
+def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train one model (standard, an AT method, optionally + TRAIN)")
     p.add_argument("--config", help="YAML config file, or a packaged config's name (e.g. fashion-mnist/pgd-at)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -381,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
+
+def _add_study_command(sub) -> None:
     p = sub.add_parser("study", help="train and evaluate the runs of a study file (or a packaged study, by name)")
     p.add_argument("spec", help="study YAML")
     p.add_argument("--out", required=True, help="study folder")
@@ -402,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_study)
 
+
+def _add_eval_command(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="accuracy of a checkpoint under attacks (and gradient-masking checks)",
@@ -460,11 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 
+
+def _add_export_command(sub) -> None:
     p = sub.add_parser("export", help="a checkpoint as a plain state_dict and a JSON of how to rebuild the model")
     p.add_argument("checkpoint")
     p.add_argument("out", help="the state_dict file (.pt); its .json is written beside it")
     p.set_defaults(func=_export)
 
+
+def _add_analyze_command(sub) -> None:
     p = sub.add_parser("analyze", help="topology metrics of checkpoints against a reference (standard) model")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     p.add_argument("--reference", required=True, metavar="TEACHER", help="the standard model's checkpoint")
@@ -482,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics here")
     p.set_defaults(func=_analyze)
 
+
+def _add_report_command(sub) -> None:
     p = sub.add_parser("report", help="report.md with tables, topology metrics and pictures of finished runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a study folder or single run folders")
     p.add_argument("--out", help="where report.md and figures/ go (default: the only RUN_DIR)")
@@ -498,7 +549,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_report)
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
