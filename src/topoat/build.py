@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +73,51 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
     def frozen(path: str, role: str, layout: bool = True) -> nn.Module:
         return frozen_model(path, role, d, x_train[:1], device, channels_last and layout)
 
-    teacher = reference = distillation_teacher = None
+    teacher, reference, distillation_teacher = _frozen_models(cfg, model, frozen)
+    if dist.enabled and cfg.runtime.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    loader = DeviceLoader(
+        x_train,
+        y_train,
+        cfg.optim.batch_size // dist.world,
+        shuffle=True,
+        crop_padding=cfg.data.augment.crop_padding,
+        flip=cfg.data.augment.flip,
+        drop_last=True,
+        generator=generator,
+        shard=(dist.rank, dist.world),
+    )
+    if len(loader) == 0:
+        raise TopoatError(
+            f"optim.batch_size {cfg.optim.batch_size} is larger than the training set ({x_train.shape[0]} images)"
+        )
+    return RunParts(
+        data=d,
+        device=device,
+        channels_last=channels_last,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        model=model,
+        train_model=_training_model(model, cfg, device, dist),
+        teacher=teacher,
+        reference=reference,
+        distillation_teacher=distillation_teacher,
+        objective=build_objective(cfg, teacher, distillation_teacher),
+        optimizer=_optimizer(model, cfg, device),
+        loader=loader,
+        data_generator=generator,
+    )
+
+
+def _frozen_models(
+    cfg: TrainConfig, model: nn.Module, frozen: Callable[..., nn.Module]
+) -> tuple[Optional[nn.Module], Optional[nn.Module], Optional[nn.Module]]:
+    """TRAIN's teacher, the reference of the per-epoch topology metrics (validation.reference, else the
+    teacher) and the distillation teacher; one model where two of them name the same checkpoint."""
+    teacher = distillation_teacher = None
     t = cfg.topology
     if t is not None:
         if not t.teacher:
@@ -85,70 +129,37 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
             t.teacher_layer or t.layer,
             "topology.teacher_layer" if t.teacher_layer else "topology.layer (of the teacher)",
         )
-    # The per-epoch topology metrics compare with validation.reference, else with the teacher.
     reference = teacher
     ref = cfg.validation.reference
     if ref and cfg.validation.topology and not (t is not None and _same_file(ref, t.teacher)):
         reference = frozen(ref, "validation.reference", layout=False)
         if t is not None:
             check_layer(reference, t.teacher_layer or t.layer, "topology.layer (of validation.reference)")
-    if dist.enabled and cfg.runtime.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_model = compiled(model, cfg.runtime.compile_mode) if use_compile(device, cfg.runtime.compile) else model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=ids)
     kd = cfg.distillation
     if kd is not None:
         if not kd.teacher:
             raise TopoatError("distillation.teacher: give the path of a standard model's checkpoint")
         same = t is not None and teacher is not None and _same_file(kd.teacher, t.teacher)
         distillation_teacher = teacher if same else frozen(kd.teacher, "distillation.teacher")
-    objective = build_objective(cfg, teacher, distillation_teacher)
+    return teacher, reference, distillation_teacher
+
+
+def _training_model(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: DistContext) -> nn.Module:
+    """What the objective trains through: the model, compiled where runtime.compile says, under DDP."""
+    train_model = compiled(model, cfg.runtime.compile_mode) if use_compile(device, cfg.runtime.compile) else model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=ids)
+    return train_model
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     o = cfg.optim
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=o.lr,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay,
-        nesterov=o.nesterov,
-        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
-    )
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    loader = DeviceLoader(
-        x_train,
-        y_train,
-        o.batch_size // dist.world,
-        shuffle=True,
-        crop_padding=cfg.data.augment.crop_padding,
-        flip=cfg.data.augment.flip,
-        drop_last=True,
-        generator=generator,
-        shard=(dist.rank, dist.world),
-    )
-    if len(loader) == 0:
-        raise TopoatError(
-            f"optim.batch_size {o.batch_size} is larger than the training set ({x_train.shape[0]} images)"
-        )
-    return RunParts(
-        d,
-        device,
-        channels_last,
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        model,
-        train_model,
-        teacher,
-        reference,
-        distillation_teacher,
-        objective,
-        optimizer,
-        loader,
-        generator,
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}  # one kernel for all parameters
+    return torch.optim.SGD(
+        model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov, **fused
     )
 
 

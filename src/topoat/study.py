@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import from_dict, load_config, preset_path, read_yaml
+from .config import TrainConfig, from_dict, load_config, preset_path, read_yaml
 from .errors import TopoatError, TrainingDiverged
 from .files import write_atomic
 from .folder import STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
@@ -155,16 +155,7 @@ def run_study(
     study = RunFolder(out)
     if not resume:  # refuse a used folder before the configs are read; create it only once they are valid
         study.prepare(resume=False, create=False, leftovers=STUDY_LEFTOVERS)
-    # Validate every config before the first hour of training is spent (and before anything is written).
-    configs = {}
-    for p in planned:
-        links = [] if p.teacher is None else teacher_links(p, study.run(p.teacher).last)
-        if p.reference is not None:
-            links.append(f"validation.reference={study.run(p.reference).last}")
-        cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
-        if not progress:
-            cfg.runtime.progress = False
-        configs[p.name] = cfg
+    configs = _validated_configs(planned, study, progress)  # before the first hour of training is spent
     if not resume:
         study.prepare(resume=False, leftovers=STUDY_LEFTOVERS)
     if not (resume and (out / STUDY_FILE).resolve() == Path(path).resolve()):
@@ -174,45 +165,27 @@ def run_study(
     for p in planned:
         cfg = configs[p.name]
         folder = study.run(p.name)
-        run_dir, done = folder.root, folder.results
-        resume_hint = f"`topoat study {path} --out {out} --resume` continues without training {p.name} again"
-        if done.is_file() and _torn(done):
-            echo(f"[{p.name}] {done} is not valid JSON (a torn write): evaluating the run again")
-        elif done.is_file():
-            entry = read_results(done, p.name)["runs"][p.name]
-            n_eval = entry.get("n_eval")
-            if isinstance(n_eval, int) and (cfg.evaluation.n is None or cfg.evaluation.n > n_eval):
-                with stage(f"during the evaluation of run {p.name}", resume_hint):
-                    entry = evaluate_more_images(cfg, run_dir, p.name, progress=progress, echo=echo)
-            scored = (
-                entry.get("robust_acc", {})
-                if "last" in cfg.evaluation.checkpoints
-                else (entry.get("best") or {}).get("robust_acc", {})
-            )
-            missing = [a for a in cfg.evaluation.attacks if a not in scored]
-            if missing:
-                echo(f"[{p.name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
-                with stage(f"during the evaluation of run {p.name}", resume_hint):
-                    entry = evaluate_missing(cfg, run_dir, p.name, missing, progress=progress)
-            else:
-                echo(f"[{p.name}] already done")
-            runs[p.name] = rebase_checkpoints(entry, p.name)
+        hint = f"`topoat study {path} --out {out} --resume` continues without training {p.name} again"
+        if folder.results.is_file() and _torn(folder.results):
+            echo(f"[{p.name}] {folder.results} is not valid JSON (a torn write): evaluating the run again")
+        elif folder.results.is_file():
+            runs[p.name] = rebase_checkpoints(_complete_finished_run(cfg, folder, p.name, hint, progress, echo), p.name)
             continue
         if p.teacher is not None and p.teacher in failed:
             failed[p.name] = f"teacher run {p.teacher} failed"
             continue
         echo(
-            f"[{p.name}] training ({method_name(cfg)}"
-            f"{'' if cfg.topology is None else ' + TRAIN'}, {cfg.optim.epochs} epochs)"
+            f"[{p.name}] training ({method_name(cfg)}{'' if cfg.topology is None else ' + TRAIN'}, "
+            f"{cfg.optim.epochs} epochs)"
         )
         try:
             entry = train_and_evaluate(
                 cfg,
-                run_dir,
+                folder.root,
                 resume=folder.last.is_file(),
                 echo=echo,
                 stage_name=f"during the evaluation of run {p.name}",
-                resume_hint=resume_hint,
+                resume_hint=hint,
             )
         except TrainingDiverged as e:
             failed[p.name] = str(e)
@@ -231,6 +204,39 @@ def run_study(
         echo(f"{name}: FAILED: {why}")
     echo(f"\nresults: {out / 'results.json'}")
     return document
+
+
+def _validated_configs(planned: list[PlannedRun], study: RunFolder, progress: bool) -> dict[str, TrainConfig]:
+    """Every run's config, teacher and reference links filled in, all checked before anything is written."""
+    configs = {}
+    for p in planned:
+        links = [] if p.teacher is None else teacher_links(p, study.run(p.teacher).last)
+        if p.reference is not None:
+            links.append(f"validation.reference={study.run(p.reference).last}")
+        cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
+        if not progress:
+            cfg.runtime.progress = False
+        configs[p.name] = cfg
+    return configs
+
+
+def _complete_finished_run(cfg: TrainConfig, folder: RunFolder, name: str, hint: str, progress: bool, echo) -> dict:
+    """A trained run's entry, first scored on the images and with the attacks the study now asks for
+    and it lacks (a study may grow its evaluation after a screening phase without retraining)."""
+    entry = read_results(folder.results, name)["runs"][name]
+    n_eval = entry.get("n_eval")
+    if isinstance(n_eval, int) and (cfg.evaluation.n is None or cfg.evaluation.n > n_eval):
+        with stage(f"during the evaluation of run {name}", hint):
+            entry = evaluate_more_images(cfg, folder.root, name, progress=progress, echo=echo)
+    best = entry.get("best") or {}
+    scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else best.get("robust_acc", {})
+    missing = [a for a in cfg.evaluation.attacks if a not in scored]
+    if not missing:
+        echo(f"[{name}] already done")
+        return entry
+    echo(f"[{name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
+    with stage(f"during the evaluation of run {name}", hint):
+        return evaluate_missing(cfg, folder.root, name, missing, progress=progress)
 
 
 def _torn(results: Path) -> bool:
