@@ -19,7 +19,7 @@ Forward-equivalents per image: standard 3; PGD-AT 2K + 3; PGD-AT + TRAIN 2K + 3 
 TRADES 2K + 7 (clean forward for the attack target, K attack steps, natural and adversarial
 forward+backward); TRADES + TRAIN adds the teacher forward (1).
 
-Run:  python benchmarks/throughput.py            (CPU: a few minutes; --quick: a CI-sized check, seconds)
+Run:  python benchmarks/throughput.py            (CPU: over 20 minutes on 2 AMD EPYC cores; --quick: seconds)
       python benchmarks/throughput.py --device cuda --batch-size 512 --amp bf16 [--compile]
 """
 
