@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import TopoatError
-from .evaluate import build_attack, fixed_subset, predicted_class
+from .evaluate import build_attack, predicted_class
 from .models import representation
 from .topology import Kernel, TopologyLoss, knn_overlap
 
@@ -172,16 +172,6 @@ def compare(
     metrics = {name: metrics[name] for name in TOPOLOGY_METRICS}
     metrics.update({"natural_acc": model.natural_acc, "robust_acc": model.robust_acc})
     return metrics
-
-
-def held_out_subset(
-    dataset, n: Optional[int], seed: int = 0, device: str | torch.device = "cpu"
-) -> tuple[Tensor, Tensor]:
-    """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call."""
-    from .data import to_float
-
-    idx = fixed_subset(dataset.x_test.shape[0], n, seed)
-    return to_float(dataset.x_test[idx].to(device)), dataset.y_test[idx].to(device)
 
 
 def analyze_checkpoints(

@@ -77,7 +77,7 @@ def _study(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate, format_result
+    from .evaluate import evaluate, format_result, held_out_subset
     from .runtime import resolve_device
     from .target import load_target, recorded_threat
 
@@ -99,7 +99,7 @@ def _eval(args) -> int:
     if args.results:  # a results.json that does not fit fails before the attacks run, not after
         _check_results_fit(args, target, norm, eps)
     reference = _sanity_reference(args, target.data, device)
-    x, y = target.test_images(args.n, args.seed, device)
+    x, y = held_out_subset(target.data, args.n, args.seed, device)
     epoch = f", epoch {target.record['epoch']}" if isinstance(target.record.get("epoch"), int) else ""
     for note in target.record.get("notes", []):
         print(f"note: {note}")
@@ -263,8 +263,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _analyze(args) -> int:
-    from .analysis import analyze_checkpoints, held_out_subset
+    from .analysis import analyze_checkpoints
     from .checkpoint import load_checkpoint, model_from_record
+    from .evaluate import held_out_subset
     from .models import check_layer
     from .report import format_topology_table
     from .runtime import resolve_device

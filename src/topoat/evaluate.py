@@ -56,6 +56,17 @@ def fixed_subset(n_total: int, n: Optional[int], seed: int = 0) -> Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
+def held_out_subset(
+    dataset, n: Optional[int], seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call, as
+    floats in [0, 1] on `device`."""
+    from .data import to_float
+
+    idx = fixed_subset(dataset.x_test.shape[0], n, seed)
+    return to_float(dataset.x_test[idx].to(device)), dataset.y_test[idx].to(device)
+
+
 @dataclass
 class EvalResult:
     """Accuracies as fractions in [0, 1].

@@ -13,7 +13,7 @@ from .checkpoint import load_checkpoint, load_model, model_from_record
 from .config import TrainConfig, to_dict
 from .data import ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext
-from .evaluate import EvalResult, evaluate, fixed_subset
+from .evaluate import EvalResult, evaluate, fixed_subset, held_out_subset
 from .folder import RunFolder, read_json, write_json_atomic
 from .results import merge_evaluation, read_results, results_document
 from .runtime import as_channels_last, resolve_device, use_channels_last
@@ -70,8 +70,7 @@ def evaluate_run(
     under `best` its best-by-validation checkpoint on the same images (robust overfitting is real)."""
     device = resolve_device(cfg.runtime.device)
     ds = dataset if dataset is not None else dataset_from_config(cfg.data)
-    idx = fixed_subset(ds.x_test.shape[0], cfg.evaluation.n, cfg.evaluation.seed)
-    x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
+    x, y = held_out_subset(ds, cfg.evaluation.n, cfg.evaluation.seed, device)
     folder = RunFolder(run_dir)
     checkpoint = folder.last
     model = load_model(checkpoint, device)
@@ -101,8 +100,7 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
     ds = dataset_from_config(cfg.data)
     # the images the run was scored on, even if the study now asks for more: scores of one entry share images
     n = entry.get("n_eval", cfg.evaluation.n)
-    idx = fixed_subset(ds.x_test.shape[0], n, cfg.evaluation.seed)
-    x, y = to_float(ds.x_test[idx].to(device)), ds.y_test[idx].to(device)
+    x, y = held_out_subset(ds, n, cfg.evaluation.seed, device)
     slots = [("last", entry["checkpoint"])]
     best = entry.get("best")
     if isinstance(best, dict) and (not best.get("same_as_last") or "last" not in cfg.evaluation.checkpoints):

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .checkpoint import check_fits_data, load_checkpoint, model_from_record
 from .config import TrainConfig, from_dict
 from .data import ImageDataset, load_dataset, to_float
 from .errors import TopoatError
-from .evaluate import fixed_subset
 
 
 @dataclass
@@ -25,11 +24,6 @@ class Target:
     record: dict  # the checkpoint, or what --arch / --model tell in its place
     data: ImageDataset
     label: str  # the path or --model spec, as the user gave it
-
-    def test_images(self, n: Optional[int], seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The fixed test subset every evaluation of this seed uses (nested in n)."""
-        idx = fixed_subset(self.data.x_test.shape[0], n, seed)
-        return to_float(self.data.x_test[idx].to(device)), self.data.y_test[idx].to(device)
 
 
 def load_target(

@@ -87,8 +87,9 @@ class _Representations:
 
 def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[str], None]) -> Analysis:
     """Topology metrics of every run against its reference, and the t-SNE maps of the first seed."""
-    from ..analysis import compare, held_out_subset
+    from ..analysis import compare
     from ..data import dataset_from_config
+    from ..evaluate import held_out_subset
     from ..runtime import resolve_device
 
     result = Analysis(attack=f"pgd-{settings.attack_steps}")
