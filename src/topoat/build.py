@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import check_fits_data, load_checkpoint, model_from_record
+from .checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, device_for
@@ -173,22 +173,6 @@ def frozen_model(
     model = model_from_record(ckpt, device).eval()
     check_takes_images(model, example, f"{role} {path}", data.name)
     return as_channels_last(model) if channels_last else model
-
-
-def check_takes_images(model: nn.Module, x: Tensor, what: str, dataset: str) -> None:
-    """One image through `model` (eval mode, no gradient): images too small for its pooling, or a model
-    built wrongly (a width of 0), fail here in one line rather than inside the first step."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(to_float(x))
-    except RuntimeError as e:
-        raise TopoatError(
-            f"{what} cannot take {dataset} images of shape {list(x.shape[1:])}: {str(e).strip().splitlines()[0]}"
-        ) from None
-    finally:
-        model.train(was_training)
 
 
 def _same_file(a: str, b: Optional[str]) -> bool:

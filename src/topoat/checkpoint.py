@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from .data import to_float
 from .errors import TopoatError
 from .files import write_atomic
 from .models import ImageClassifier, build_model
@@ -187,6 +188,22 @@ def check_fits_data(
     for what, theirs, ours in have:
         if theirs != ours:
             raise TopoatError(f"{role} {path} was made for {theirs} {what}, but {dataset} has {ours} {what}")
+
+
+def check_takes_images(model: nn.Module, x: Tensor, what: str, dataset: str) -> None:
+    """One image through `model` (eval mode, no gradient): images too small for its pooling, or a model
+    built wrongly (a width of 0), fail here in one line rather than inside the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(to_float(x))
+    except RuntimeError as e:
+        raise TopoatError(
+            f"{what} cannot take {dataset} images of shape {list(x.shape[1:])}: {str(e).strip().splitlines()[0]}"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:

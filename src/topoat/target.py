@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .checkpoint import check_fits_data, load_checkpoint, model_from_record
+from .checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
 from .config import TrainConfig, from_dict
 from .data import ImageDataset, load_dataset, to_float
 from .errors import TopoatError
@@ -109,13 +109,7 @@ def check_fits(
 ) -> None:
     """A model built for other images or classes fails here with one line, not deep inside an attack."""
     check_fits_data(record, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
-    try:
-        with torch.no_grad():
-            model(to_float(data.x_test[:1].to(device)))
-    except RuntimeError as e:
-        raise TopoatError(
-            f"{path} cannot take {data.name} images of shape {tuple(data.x_test.shape[1:])}: {str(e).splitlines()[0]}"
-        ) from None
+    check_takes_images(model, data.x_test[:1].to(device), str(path), data.name)
 
 
 def _foreign(
