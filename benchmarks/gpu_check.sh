@@ -25,7 +25,7 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
   DEVICE=cpu
   STUDY_SET=(--set data.train_subset=512 --set optim.epochs=1 --set model.arch=small-cnn --set evaluation.n=64
              --set validation.n=64 --set attack.steps=2 --set optim.batch_size=64)
-  BENCH=(--device cpu --models small-cnn --modes pgd-at,pgd-at+train --steps 1 --batch-sizes 32 --graph-sizes 128)
+  BENCH=(--device cpu --quick --modes pgd-at,pgd-at+train --batch-sizes 32 --graph-sizes 128)
   LIMITS=(300 120 120)
   COMPILE_MODELS=small-cnn
   COMPILE_MODE=${COMPILE_MODE:-default}

@@ -6,8 +6,9 @@ Everything is measured side by side in one run, so the figures are ratios that h
   * (a) a textbook PGD-AT loop (CPU tensors through a DataLoader, fp32, NCHW, parameter backward inside
     the attack, plain SGD) for the speed-up;
   * (b) the dense matmul peak (the best torch.mm over several sizes and operand layouts, in the
-    precision the modes run in: fp32, or bf16 under autocast) and each mode's achieved FLOP/s from an analytic count, for the share of peak; a mode above the
-    peak gets no share (the peak was not the machine's best);
+    precision the modes run in: fp32, or bf16 under autocast) and each mode's achieved FLOP/s from an
+    analytic count, for the share of peak; a mode above the peak gets no share (the peak was not the
+    machine's best);
   * the warm-up seconds of each mode (with --compile: the compilation a run pays once);
   * (c) the TRAIN overhead as a ratio to its base, against the ideal ratio from counting passes;
   * how cost grows with the batch size and with the topology graph size n.
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 (small-cnn), 32 (preact) on CPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2, help="best of this many timings per figure")
+    p.add_argument("--repeats", type=int, default=None, help="best of this many timings per figure (default 2)")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the training model (off by default)")
     p.add_argument(
@@ -250,20 +251,28 @@ def main(argv=None) -> int:
         help="torch.compile's mode; reduce-overhead adds CUDA graphs",
     )
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--models", default=None, help=f"default: {','.join(MODELS)}")
     p.add_argument("--modes", default="standard,pgd-at,pgd-at+train,trades,trades+train")
-    p.add_argument("--batch-sizes", default="32,64,128,256", help="batch scaling (small-cnn PGD-AT)")
-    p.add_argument("--graph-sizes", default="128,256,512,1024,2048,4096")
+    p.add_argument("--batch-sizes", default=None, help="batch scaling (small-cnn PGD-AT); default 32,64,128,256")
+    p.add_argument("--graph-sizes", default=None, help="topology loss cost; default 128,256,512,1024,2048,4096")
     p.add_argument("--json", default=None, help="write all measurements here")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a CI-sized check of the benchmark itself (small-cnn, tiny batches): no figures to quote",
+        help="a CI-sized check of the benchmark itself (small-cnn, tiny batches): no figures to quote; "
+        "options given explicitly still apply",
     )
     args = p.parse_args(argv)
-    if args.quick:
-        args.models, args.batch_size, args.steps, args.repeats = "small-cnn", 16, 1, 1
-        args.batch_sizes, args.graph_sizes = "16,32", "64,128"
+    defaults = (
+        dict(models="small-cnn", batch_size=16, steps=1, repeats=1, batch_sizes="16,32", graph_sizes="64,128")
+        if args.quick
+        else dict(
+            models=",".join(MODELS), repeats=2, batch_sizes="32,64,128,256", graph_sizes="128,256,512,1024,2048,4096"
+        )
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     sizes = [256, 512] if args.quick else ([512, 1024, 2048, 4096] if cpu else [4096, 8192, 16384])
