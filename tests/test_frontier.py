@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from topoat.frontier import envelope, frontier, frontier_at, gain_rows, plot_frontier, point_label
+from topoat.frontier import envelope, frontier, frontier_at, frontier_section, gain_rows, plot_frontier, point_label
 
 
 @dataclass
@@ -39,6 +39,28 @@ def run(name, method, natural, robust, knob=None, topology=None, distillation=No
             "best": dict(scores, epoch=3),
         },
     )
+
+
+def test_a_point_scored_on_other_test_images_than_its_curve_is_left_out():
+    topo = {"kernel": "cosine", "lambda_nat": 30, "lambda_adv": 30}
+    runs = [
+        run("trades-b1-s0", "trades", 0.80, 0.40, 1),
+        run("trades-b6-s0", "trades", 0.70, 0.50, 6),
+        run("trades-cos-s0", "trades", 0.78, 0.45, 6, topology=topo),  # a screen on the first 500 images
+        run("trades-sc-s0", "trades", 0.78, 0.45, 6, topology=dict(topo, kernel="softmax-cosine")),
+    ]
+    for r in runs:
+        r.entry["n_eval"] = 500 if r.group == "trades-cos" else 1000
+    runs[3].entry["best"]["n_by_attack"] = {"aa:apgd-ce+apgd-t": 250}  # AutoAttack on fewer images
+    f = frontier(runs)
+    assert f.points == []
+    assert f.left_out == [
+        "trades-cos-s0: natural/aa:apgd-ce+apgd-t on 500/500 test images, its base curve on 1000/1000",
+        "trades-sc-s0: natural/aa:apgd-ce+apgd-t on 1000/250 test images, its base curve on 1000/1000",
+    ]
+    assert "Left out" in frontier_section(f) and "trades-cos-s0" in frontier_section(f)
+    del runs[2].entry["n_eval"]  # results written before the count was recorded are taken as they are
+    assert [p.group for p in frontier(runs).points] == ["trades-cos"]
 
 
 def test_frontier_is_the_envelope_held_flat_beyond_its_ends():

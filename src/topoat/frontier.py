@@ -13,7 +13,9 @@ for a more robust point, the most natural setting's for a less robust one), neve
 must beat the base method's nearest end, and the row says it lies outside. Taking the envelope of noisy
 points favours the base method, so the gains err against TRAIN. Gains are taken per seed (the point
 against the envelope of the same seed's base runs, which share its teacher and data order), then
-averaged.
+averaged. A point is placed only against base runs scored on as many test images as itself (the
+fixed subsets are nested, so the count names the images): a point scored on the first 500 images is
+left out of a curve scored on 1,000, and the section says so.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, 
     return float(robust), float(part["natural_acc"])
 
 
+def scored_on(run, attack: str, checkpoint: str = "best") -> tuple[Optional[int], Optional[int]]:
+    """How many test images a run's natural and `attack` accuracies were taken on (None: not recorded)."""
+    entry = run.entry
+    part = entry.get("best") if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
+    n = entry.get("n_eval")
+    return n, (part.get("n_by_attack") or {}).get(attack, n)
+
+
 def envelope(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The (robust, natural) points no other point beats in both, by robust accuracy ascending (natural
     accuracy then descends)."""
@@ -127,6 +137,8 @@ class Frontier:
     checkpoint: str
     curves: dict[str, BaseCurve]
     points: list[FrontierPoint]
+    # runs left out because their scores are on other test images than their base curve's
+    left_out: list[str] = field(default_factory=list)
 
 
 def _std(values: Sequence[float]) -> float:
@@ -138,6 +150,8 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
     regularized group of those methods placed against them. None when no method has a curve."""
     curves: dict[str, BaseCurve] = {}
     points: dict[str, FrontierPoint] = {}
+    images_by_seed: dict[str, dict[Optional[int], set]] = {}  # method -> seed -> the curve's image counts
+    left_out: list[str] = []
     groups: dict[str, list] = {}
     for r in runs:
         groups.setdefault(r.group, []).append(r)
@@ -153,12 +167,16 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
         if len({v for v, _ in settings}) < 2:
             continue
         by_seed: dict[Optional[int], list[tuple[float, float]]] = {}
+        images = images_by_seed.setdefault(method, {})
         mean_points: list[tuple[float, float, float, float, float, int]] = []
         for value, g in settings:
             scored = {r.seed: scores(r, attack, checkpoint) for r in base[g]}
             per_seed = {s: v for s, v in scored.items() if v is not None}
             for s, (rob, nat) in per_seed.items():
                 by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
+            for r in base[g]:
+                if r.seed in per_seed:
+                    images.setdefault(r.seed, set()).add(scored_on(r, attack, checkpoint))
             robs = [100 * v[0] for v in per_seed.values()]
             nats = [100 * v[1] for v in per_seed.values()]
             mean_points.append(
@@ -175,6 +193,14 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
             curve = curves[method].by_seed.get(r.seed)
             if s is None or curve is None or len(curve) < 2:
                 continue
+            counts = {c for c in images_by_seed[method][r.seed] if None not in c}  # unrecorded counts match any
+            n_nat, n_attack = scored_on(r, attack, checkpoint)
+            if None not in (n_nat, n_attack) and counts and counts != {(n_nat, n_attack)}:
+                curve_counts = " or ".join(f"{a}/{b}" for a, b in sorted(counts))
+                left_out.append(
+                    f"{r.name}: natural/{attack} on {n_nat}/{n_attack} test images, its base curve on {curve_counts}"
+                )
+                continue
             rob, nat = 100 * s[0], 100 * s[1]
             natural_there, outside_r = frontier_at(curve, rob, "robust")
             robust_there, outside_n = frontier_at(curve, nat, "natural")
@@ -188,7 +214,7 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
             points[g] = point
     if not curves:
         return None
-    return Frontier(attack, checkpoint, curves, list(points.values()))
+    return Frontier(attack, checkpoint, curves, list(points.values()), left_out)
 
 
 def _fmt(values: Sequence[float], signed: bool = False) -> str:
@@ -312,4 +338,10 @@ def frontier_section(f: Frontier) -> str:
             "",
             markdown_table(header, rows),
         ]
+        + (
+            ["", "Left out, scored on other test images than their base curve (no like-for-like gain):"]
+            + [f"- {line}" for line in f.left_out]
+            if f.left_out
+            else []
+        )
     )
