@@ -20,7 +20,7 @@ Forward-equivalents per image: standard 3; PGD-AT 2K + 3; PGD-AT + TRAIN 2K + 3 
 TRADES 2K + 7 (clean forward for the attack target, K attack steps, natural and adversarial
 forward+backward); TRADES + TRAIN adds the teacher forward (1).
 
-Run:  python benchmarks/throughput.py            (CPU: over 20 minutes on 2 AMD EPYC cores; --quick: seconds)
+Run:  python -u benchmarks/throughput.py  (CPU: about 13 minutes with --repeats 3 on 2 AMD EPYC cores; --quick: seconds)
       python benchmarks/throughput.py --device cuda --batch-size 512 --amp bf16 [--compile]
 """
 
@@ -46,6 +46,17 @@ from topoat.topology import TopologyLoss
 from topoat.train import Trainer
 
 MODELS = {"small-cnn": (1, 28, 28), "preact-resnet18": (3, 32, 32)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def sync(device: torch.device) -> None:
@@ -285,7 +296,7 @@ def main(argv=None) -> int:
     report = {
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_model(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": sys.version.split()[0],
