@@ -42,21 +42,11 @@ from torch import nn
 from topoat.checkpoint import model_record, save_atomic
 from topoat.config import TrainConfig, load_config
 from topoat.models import build_model
+from topoat.runtime import cpu_name
 from topoat.topology import TopologyLoss
 from topoat.train import Trainer
 
 MODELS = {"small-cnn": (1, 28, 28), "preact-resnet18": (3, 32, 32)}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() is often empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def sync(device: torch.device) -> None:
@@ -296,7 +286,7 @@ def main(argv=None) -> int:
     report = {
         "machine": {
             "platform": platform.platform(),
-            "processor": cpu_model(),
+            "processor": cpu_name(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": sys.version.split()[0],

@@ -41,7 +41,7 @@ def provenance(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "git_commit": _git_commit(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "command": _command_line(),
@@ -57,7 +57,8 @@ def _command_line() -> str:
     return " ".join(sys.argv)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() is often empty there)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
