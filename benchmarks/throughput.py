@@ -254,7 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--models", default=None, help=f"default: {','.join(MODELS)}")
     p.add_argument("--modes", default="standard,pgd-at,pgd-at+train,trades,trades+train")
-    p.add_argument("--batch-sizes", default=None, help="batch scaling (small-cnn PGD-AT); default 32,64,128,256")
+    p.add_argument("--batch-sizes", default=None, help="batch scaling (PGD-AT, PGD-AT + TRAIN); default 32,64,128,256")
+    p.add_argument("--scaling-models", default="small-cnn", help="the models whose batch scaling is measured")
     p.add_argument("--graph-sizes", default=None, help="topology loss cost; default 128,256,512,1024,2048,4096")
     p.add_argument("--json", default=None, help="write all measurements here")
     p.add_argument(
@@ -350,23 +351,20 @@ def main(argv=None) -> int:
                     entry[f"train_overhead_{base}"] = {"measured": measured, "ideal": ideal}
                     print(f"{arch:16s} TRAIN overhead on {base}: {measured:.3f} (ideal {ideal:.3f})")
             report["models"][arch] = entry
-        if "small-cnn" in report["models"] and args.batch_sizes:
-            scaling = []
-            for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        scaling = []
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+        for arch in [m for m in args.scaling_models.split(",") if m in report["models"]]:
+            for bs in batch_sizes:
                 a = argparse.Namespace(**vars(args))
                 a.batch_size = bs
                 a.steps = 2 if args.quick else (max(2, 768 // bs) if cpu else 20)  # CPU: about 768 images each
-                teacher = tmp / "small-cnn-teacher.pt"
+                teacher = tmp / f"{arch}-teacher.pt"
                 for mode in ("pgd-at", "pgd-at+train"):
-                    ips, _ = time_trainer(
-                        config_for("small-cnn", mode, a, str(teacher)),
-                        tmp / f"bs{bs}-{mode}",
-                        a.warmup,
-                        a.steps,
-                        args.repeats,
-                    )
-                    scaling.append({"batch_size": bs, "mode": mode, "images_per_s": ips})
-                    print(f"batch {bs:5d} {mode:14s} {ips:9.1f} img/s")
+                    cfg = config_for(arch, mode, a, str(teacher))
+                    ips, _ = time_trainer(cfg, tmp / f"{arch}-bs{bs}-{mode}", a.warmup, a.steps, args.repeats)
+                    scaling.append({"model": arch, "batch_size": bs, "mode": mode, "images_per_s": ips})
+                    print(f"{arch:16s} batch {bs:5d} {mode:14s} {ips:9.1f} img/s")
+        if scaling:
             report["batch_scaling"] = scaling
         dim = 512
         graph = topology_cost(device, [int(n) for n in args.graph_sizes.split(",") if n], dim)

@@ -322,6 +322,11 @@ class Trainer:
         """One optimisation step on a batch (the benchmark times exactly this)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.train_model is not self.model:
+            # Under CUDA graphs (compile_mode reduce-overhead) the outputs of one step's graphs are
+            # overwritten by the next: saying where a step begins lets the attack's passes and the
+            # training passes of one step keep their outputs. Without CUDA graphs this does nothing.
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.cfg.runtime.amp):
             out = self.objective(self.train_model, x, y)
         self.optimizer.zero_grad(set_to_none=True)
