@@ -7,12 +7,14 @@
 #   benchmarks/gpu_check.sh                          # needs topoat, pyautoattack and Fashion-MNIST
 #   FMNIST_DIR=carry/fashion-mnist PYTHONPATH=carry:src OUT=/tmp/gpu benchmarks/gpu_check.sh
 #   GPU_CHECK_QUICK=1 benchmarks/gpu_check.sh        # a CPU rehearsal with tiny sizes (a few minutes)
+#   GPU_CHECK_STAGES=study benchmarks/gpu_check.sh   # only some stages (default: eager,compile,study)
 #
 # Frontier points (studies/fashion-mnist-gpu.yaml): all of Fashion-MNIST, preact-resnet18, PGD-10 (eps 0.1,
-# step 0.025), bf16 on CUDA, one seed; a standard teacher, PGD-AT, PGD-AT + TRAIN (the verdict's variant) and
-# PGD-AT + logit distillation (the control), each evaluated on 1,000 test images with natural accuracy and
+# step 0.025), bf16 on CUDA, one seed; a standard teacher, PGD-AT, PGD-AT + TRAIN (the verdict's variant, then
+# lambda 2) and PGD-AT + logit distillation (the control), each evaluated on 1,000 test images with natural accuracy and
 # AutoAttack's APGD-CE + APGD-T. The benchmarks come first, as their time is known; the study gets what is
-# left of the budget and resumes if the script is run again with the same $OUT.
+# left of the budget (the whole study needs about 9 to 10 minutes alone on an H200, so a call that also runs
+# the benchmarks finishes part of it) and resumes if the script is run again with the same $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -23,6 +25,8 @@ mkdir -p "$OUT"
 started=$(date +%s)
 elapsed() { echo $(( $(date +%s) - started )); }
 stage() { echo "[gpu_check $(elapsed)s] $*" | tee -a "$OUT/log.txt"; }
+STAGES=${GPU_CHECK_STAGES:-eager,compile,study}
+wanted() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 if [ -n "${GPU_CHECK_QUICK:-}" ]; then
   DEVICE=cpu
@@ -30,6 +34,7 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
              --set validation.n=64 --set attack.steps=2 --set optim.batch_size=64)
   BENCH=(--device cpu --quick --modes pgd-at,pgd-at+train --graph-sizes 128)
   SCALING=(--batch-sizes 16,32)
+  COMPILE_SCALING=(--batch-sizes 16)
   BUDGET=${GPU_CHECK_BUDGET:-600}; EAGER_LIMIT=120; COMPILE_LIMIT=200
   COMPILE_MODELS=small-cnn
   COMPILE_MODE=${COMPILE_MODE:-default}
@@ -39,6 +44,7 @@ else
   BENCH=(--device cuda --amp bf16 --batch-size 512)
   # batch 128 against 512 for both models: the launch-bound share of a step
   SCALING=(--batch-sizes 128,512 --scaling-models small-cnn,preact-resnet18)
+  COMPILE_SCALING=(--batch-sizes 128 --scaling-models small-cnn,preact-resnet18)  # what CUDA graphs do there
   BUDGET=${GPU_CHECK_BUDGET:-560}; EAGER_LIMIT=120; COMPILE_LIMIT=180
   COMPILE_MODELS=small-cnn,preact-resnet18  # the launch-bound model first: its compile is short
   COMPILE_MODE=${COMPILE_MODE:-reduce-overhead}  # CUDA graphs: every training batch has one shape
@@ -48,21 +54,25 @@ fi
   $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"; } > "$OUT/machine.txt" 2>&1
 
-stage "throughput, eager (limit ${EAGER_LIMIT}s)"
-timeout "$EAGER_LIMIT" $PY benchmarks/throughput.py "${BENCH[@]}" "${SCALING[@]}" --json "$OUT/throughput.json" \
-  > "$OUT/throughput.txt" 2>&1
-stage "throughput exit $?"
+if wanted eager; then
+  stage "throughput, eager (limit ${EAGER_LIMIT}s)"
+  timeout "$EAGER_LIMIT" $PY benchmarks/throughput.py "${BENCH[@]}" "${SCALING[@]}" --json "$OUT/throughput.json" \
+    > "$OUT/throughput.txt" 2>&1
+  stage "throughput exit $?"
+fi
 
-stage "throughput, torch.compile ($COMPILE_MODE), PGD-AT (+ TRAIN) of $COMPILE_MODELS (limit ${COMPILE_LIMIT}s)"
-timeout "$COMPILE_LIMIT" $PY benchmarks/throughput.py "${BENCH[@]}" --compile --compile-mode "$COMPILE_MODE" \
-  --models $COMPILE_MODELS --modes pgd-at,pgd-at+train \
-  --batch-sizes "" --graph-sizes "" --json "$OUT/throughput-compile.json" > "$OUT/throughput-compile.txt" 2>&1
-stage "throughput (compile) exit $?"
+if wanted compile; then
+  stage "throughput, torch.compile ($COMPILE_MODE), PGD-AT (+ TRAIN) of $COMPILE_MODELS (limit ${COMPILE_LIMIT}s)"
+  timeout "$COMPILE_LIMIT" $PY benchmarks/throughput.py "${BENCH[@]}" --compile --compile-mode "$COMPILE_MODE" \
+    --models $COMPILE_MODELS --modes pgd-at,pgd-at+train "${COMPILE_SCALING[@]}" --graph-sizes "" \
+    --json "$OUT/throughput-compile.json" > "$OUT/throughput-compile.txt" 2>&1
+  stage "throughput (compile) exit $?"
+fi
 
 left=$(( BUDGET - $(elapsed) ))
-resume=(); [ -d "$OUT/frontier" ] && resume=(--resume)
-stage "frontier key points (limit ${left}s, what is left of ${BUDGET}s)"
-if [ "$left" -gt 30 ]; then
+if wanted study && [ "$left" -gt 30 ]; then
+  resume=(); [ -d "$OUT/frontier" ] && resume=(--resume)
+  stage "frontier key points (limit ${left}s, what is left of ${BUDGET}s)"
   timeout "$left" $PY -m topoat study studies/fashion-mnist-gpu.yaml --out "$OUT/frontier" "${resume[@]}" \
     --no-progress --set data.root="$FMNIST_DIR" --set runtime.device=$DEVICE "${STUDY_SET[@]}" \
     > "$OUT/frontier.txt" 2>&1

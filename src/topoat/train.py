@@ -323,9 +323,9 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.train_model is not self.model:
-            # Under CUDA graphs (compile_mode reduce-overhead) the outputs of one step's graphs are
-            # overwritten by the next: saying where a step begins lets the attack's passes and the
-            # training passes of one step keep their outputs. Without CUDA graphs this does nothing.
+            # CUDA graphs (compile_mode reduce-overhead) reuse their output memory from one step to the
+            # next; marking where a step begins keeps the attack's passes and the training passes of one
+            # step from overwriting each other's outputs. Without CUDA graphs this does nothing.
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.cfg.runtime.amp):
             out = self.objective(self.train_model, x, y)
