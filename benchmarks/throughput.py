@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from topoat.checkpoint import model_record, save_atomic
 from topoat.config import TrainConfig, load_config
@@ -220,19 +221,49 @@ def _textbook_once(arch: str, args, warmup: int, steps: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_ops(run) -> int:
+    """How many aten operations `run` dispatches to kernels, its backward included: on a GPU, about
+    the kernel launches, whose fixed cost dominates small tensors."""
+    with _OpCounter() as counter:
+        run()
+    return counter.count
+
+
 def topology_cost(device: torch.device, sizes, dim: int, reps: int = 5) -> list[dict]:
+    """Forward + backward of one topology term, and of TRAIN's two terms (natural and adversarial
+    features against one teacher) computed apart and fused (`TopologyLoss.terms`), with the number of
+    aten operations each runs: on a GPU a small graph's cost is these launches, not its arithmetic."""
     loss = TopologyLoss()
     rows = []
     for n in sizes:
-        s = torch.randn(n, dim, device=device, requires_grad=True)
+        nat, adv = (torch.randn(n, dim, device=device, requires_grad=True) for _ in range(2))
         t = torch.randn(n, dim, device=device)
-        loss(s, t).backward()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            loss(s, t).backward()
-        sync(device)
-        rows.append({"n": n, "ms": 1000 * (time.perf_counter() - start) / reps})
+        variants = {
+            "ms": lambda: loss(nat, t).backward(),
+            "ms_two_terms_apart": lambda: (loss(nat, t) + loss(adv, t)).backward(),
+            "ms_two_terms_fused": lambda: loss.terms([nat, adv], t).sum().backward(),
+        }
+        row: dict = {"n": n}
+        for key, run in variants.items():
+            run()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                run()
+            sync(device)
+            row[key] = 1000 * (time.perf_counter() - start) / reps
+            row["aten_ops" + key[len("ms") :]] = aten_ops(run)
+        rows.append(row)
     return rows
 
 
@@ -369,7 +400,11 @@ def main(argv=None) -> int:
         dim = 512
         graph = topology_cost(device, [int(n) for n in args.graph_sizes.split(",") if n], dim)
         for row in graph:
-            print(f"topology loss fwd+bwd n={row['n']:5d} d={dim}: {row['ms']:8.2f} ms")
+            print(
+                f"topology loss fwd+bwd n={row['n']:5d} d={dim}: {row['ms']:8.2f} ms ({row['aten_ops']} aten ops); "
+                f"two terms apart {row['ms_two_terms_apart']:8.2f} ms ({row['aten_ops_two_terms_apart']}), "
+                f"fused {row['ms_two_terms_fused']:8.2f} ms ({row['aten_ops_two_terms_fused']})"
+            )
         report["topology_graph_cost"] = {"dim": dim, "rows": graph}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

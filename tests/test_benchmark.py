@@ -33,3 +33,6 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
         assert row["share_of_peak"] is None or 0 < row["share_of_peak"] <= 1
     assert model["speedup_vs_textbook"] > 0 and "train_overhead_pgd-at" in model
     assert {r["batch_size"] for r in report["batch_scaling"]} == {16, 32}
+    for row in report["topology_graph_cost"]["rows"]:
+        # the fused natural + adversarial terms dispatch far fewer operations than the two apart
+        assert row["aten_ops_two_terms_fused"] < 0.7 * row["aten_ops_two_terms_apart"]

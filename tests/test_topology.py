@@ -255,3 +255,33 @@ def test_knn_overlap_known_cases():
     assert knn_overlap(z, z * 3 + 1, k=10) == pytest.approx(1.0)  # distances scaled: same neighbours
     shuffled = z[torch.randperm(200)]
     assert knn_overlap(z, shuffled, k=10) < 0.1
+
+
+@pytest.mark.parametrize("class_aware", ["off", "within"])
+@pytest.mark.parametrize("kernel,kw", ALL_KERNELS, ids=[k for k, _ in ALL_KERNELS])
+def test_terms_equal_one_loss_per_feature_set_in_value_and_gradient(kernel, kw, class_aware):
+    # TRAIN's natural and adversarial terms in one call (the cosine kernels batched, the others one by one)
+    torch.manual_seed(0)
+    labels = torch.arange(12) % 3
+    teacher = torch.randn(12, 5)
+    nat, adv = (torch.randn(12, 2, 4, requires_grad=True) for _ in range(2))  # flattened inside, as feature maps
+    loss = TopologyLoss(kernel, class_aware, **kw)
+    fused = loss.terms([nat, adv], teacher, labels)
+    fused_grads = torch.autograd.grad((fused * torch.tensor([3.0, 7.0])).sum(), [nat, adv])
+    apart = torch.stack([loss(nat, teacher, labels), loss(adv, teacher, labels)])
+    apart_grads = torch.autograd.grad((apart * torch.tensor([3.0, 7.0])).sum(), [nat, adv])
+    torch.testing.assert_close(fused, apart, rtol=1e-4, atol=1e-6)
+    for f, a in zip(fused_grads, apart_grads):
+        torch.testing.assert_close(f, a, rtol=1e-4, atol=1e-6)
+
+
+def test_terms_mark_only_the_feature_set_that_is_not_finite():
+    teacher = torch.randn(6, 3)
+    bad = torch.randn(6, 4)
+    bad[2, 1] = float("nan")
+    values = TopologyLoss().terms([torch.randn(6, 4), bad], teacher)
+    assert torch.isfinite(values[0]) and torch.isnan(values[1])
+    with pytest.raises(ValueError, match="samples"):
+        TopologyLoss().terms([torch.randn(6, 4), torch.randn(5, 4)], teacher)
+    with pytest.raises(ValueError, match="stacked"):
+        affinity_log_probs(torch.randn(2, 6, 4), "gaussian", stacked=True)

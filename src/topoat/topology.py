@@ -11,7 +11,7 @@ The same graph code serves the analysis metrics (`graph_kl`, `knn_overlap`).
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ from torch import Tensor
 
 Kernel = Literal["cosine", "gaussian", "student-t", "softmax-cosine", "perplexity"]
 KERNELS = ("cosine", "gaussian", "student-t", "softmax-cosine", "perplexity")
+# Kernels whose graphs of several feature sets are one batched computation (TopologyLoss.terms).
+STACKABLE = ("cosine", "softmax-cosine")
 DEFAULT_TEMPERATURE = 0.1
 DEFAULT_PERPLEXITY = 30.0
 # Bisection on log(precision * scale) over [-LOG_RANGE, LOG_RANGE]: 2 * 30 / 2^BISECTION_STEPS is far
@@ -50,13 +52,18 @@ def log_kernel(
     temperature: float = DEFAULT_TEMPERATURE,
     perplexity: float = DEFAULT_PERPLEXITY,
     allowed: Optional[Tensor] = None,
+    stacked: bool = False,
 ) -> Tensor:
     """Log of the kernel matrix k(z_i, z_j), shape (n, n), computed in fp32. `allowed` (the pairs a row
-    may link to) matters to the perplexity kernel only, whose per-row precision depends on them."""
-    z = z.float().flatten(1)
+    may link to) matters to the perplexity kernel only, whose per-row precision depends on them.
+    `stacked`: z is (k, n, d), k feature sets of the same n samples, giving (k, n, n) in one batched pass
+    (the cosine kernels only)."""
+    if stacked and (z.dim() != 3 or kernel not in STACKABLE):
+        raise ValueError(f"stacked graphs take (k, n, d) features and a kernel of {', '.join(STACKABLE)}")
+    z = z.float() if stacked else z.float().flatten(1)
     if kernel in ("cosine", "softmax-cosine"):
-        zn = F.normalize(z, dim=1, eps=1e-12)  # all-zero rows stay zero: cos = 0
-        cos = zn @ zn.t()
+        zn = F.normalize(z, dim=-1, eps=1e-12)  # all-zero rows stay zero: cos = 0
+        cos = zn @ zn.transpose(-1, -2)
         if kernel == "softmax-cosine":
             return cos / temperature
         return torch.log((1.0 + cos) * 0.5 + _COSINE_EPS)
@@ -104,28 +111,38 @@ def affinity_log_probs(
     mask: Optional[Tensor] = None,
     temperature: float = DEFAULT_TEMPERATURE,
     perplexity: float = DEFAULT_PERPLEXITY,
+    stacked: bool = False,
 ) -> Tensor:
-    """Row-normalised log p(j|i) over j != i (and over `mask` if given); excluded entries are -inf."""
-    n = z.shape[0]
+    """Row-normalised log p(j|i) over j != i (and over `mask` if given); excluded entries are -inf.
+    `stacked`: z is (k, n, d), k feature sets of the same n samples, and the result (k, n, n)."""
+    n = z.shape[1 if stacked else 0]
     if n < 2:
         raise ValueError("an affinity graph needs at least 2 samples")
     allowed = ~torch.eye(n, dtype=torch.bool, device=z.device)
     if mask is not None:
         allowed = allowed & mask
-    logk = log_kernel(z, kernel, temperature, perplexity, allowed)
+    logk = log_kernel(z, kernel, temperature, perplexity, allowed, stacked)
     logk = logk.masked_fill(~allowed, float("-inf"))
-    return torch.log_softmax(logk, dim=1)
+    return torch.log_softmax(logk, dim=-1)
 
 
 def graph_kl(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
-    """(1/n) sum_i KL(P_T(.|i) || P_S(.|i)) from two log-probability matrices (-inf = excluded)."""
+    """(1/n) sum_i KL(P_T(.|i) || P_S(.|i)) from two log-probability matrices (-inf = excluded); for a
+    stack of student graphs (k, n, n) against one teacher graph, the k values."""
     valid = torch.isfinite(teacher_logp) & torch.isfinite(student_logp)
     p_t = teacher_logp.exp()
-    terms = torch.where(valid, p_t * (teacher_logp - student_logp), torch.zeros_like(p_t))
+    terms = torch.where(valid, p_t * (teacher_logp - student_logp), torch.zeros_like(student_logp))
     # Rows with no allowed neighbour (possible with class masks) are left out of the mean; counting
     # them on the device avoids a host sync in the training step.
-    rows = valid.any(dim=1)
-    return (terms.sum(dim=1) * rows).sum() / rows.sum().clamp_min(1)
+    rows = valid.any(dim=-1)
+    return (terms.sum(dim=-1) * rows).sum(dim=-1) / rows.sum(dim=-1).clamp_min(1)
+
+
+def _nan_unless_finite(kl: Tensor, finite: Tensor) -> Tensor:
+    # graph_kl leaves out non-finite entries (they mark excluded pairs), so NaN or inf features would score
+    # 0, the perfect loss; NaN instead lets the training loop's divergence check stop the run. Decided on
+    # the device: no host sync in the training step.
+    return torch.where(finite, kl, torch.full_like(kl, float("nan")))
 
 
 def class_mask(labels: Tensor, mode: str) -> Optional[Tensor]:
@@ -192,6 +209,37 @@ class TopologyLoss(torch.nn.Module):
     ) -> Tensor:
         """The loss averaged over the first `n_rows` samples only, the others being extra graph nodes
         (a memory bank of earlier batches)."""
+        mask = self._mask(student, teacher, labels)
+        with torch.autocast(device_type=student.device.type, enabled=False):
+            s = self.graph(student.float(), mask)
+            t = self.graph(teacher.detach().float(), mask)
+            if n_rows is not None:
+                s, t = s[:n_rows], t[:n_rows]
+            return _nan_unless_finite(graph_kl(s, t), student.isfinite().all() & teacher.isfinite().all())
+
+    def terms(self, students: Sequence[Tensor], teacher: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """The loss of each of several feature sets of the same samples (TRAIN's natural and adversarial
+        features) against one teacher, as a tensor of len(students) values, each equal to
+        `self(student, teacher, labels)`. The teacher's graph is built once and, for the cosine kernels,
+        the students' graphs in one batched pass: two terms cost about the kernel launches of one."""
+        flat = [x.float().flatten(1) for x in students]
+        for x in flat[1:]:
+            if x.shape[0] != flat[0].shape[0]:
+                raise ValueError(f"the feature sets have {flat[0].shape[0]} and {x.shape[0]} samples")
+        mask = self._mask(flat[0], teacher, labels)
+        with torch.autocast(device_type=teacher.device.type, enabled=False):
+            t = self.graph(teacher.detach().float(), mask)
+            if self.kernel in STACKABLE and len({x.shape for x in flat}) == 1:
+                z = torch.stack(flat)
+                s = affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity, stacked=True)
+                finite = z.isfinite().flatten(1).all(dim=1)
+            else:
+                s = torch.stack([self.graph(x, mask) for x in flat])
+                finite = torch.stack([x.isfinite().all() for x in flat])
+            return _nan_unless_finite(graph_kl(s, t), finite & teacher.isfinite().all())
+
+    def _mask(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor]) -> Optional[Tensor]:
+        """The class-aware neighbour mask (None when off), after checking that the shapes fit."""
         n = student.shape[0]
         if n != teacher.shape[0]:
             raise ValueError(f"student has {n} samples, teacher {teacher.shape[0]}")
@@ -200,22 +248,11 @@ class TopologyLoss(torch.nn.Module):
                 f"perplexity {self.perplexity:g} needs a graph of more than {self.perplexity + 1:g} "
                 f"samples, got {n} (lower the perplexity or raise the batch size)"
             )
-        mask = None
-        if self.class_aware != "off":
-            if labels is None:
-                raise ValueError("class-aware topology loss needs labels")
-            mask = class_mask(labels, self.class_aware)
-        with torch.autocast(device_type=student.device.type, enabled=False):
-            s = self.graph(student.float(), mask)
-            t = self.graph(teacher.detach().float(), mask)
-            if n_rows is not None:
-                s, t = s[:n_rows], t[:n_rows]
-            kl = graph_kl(s, t)
-            # graph_kl leaves out non-finite entries (they mark excluded pairs), so NaN or inf features would
-            # score 0, the perfect loss; NaN instead lets the training loop's divergence check stop the run.
-            # Decided on the device: no host sync in the training step.
-            finite = torch.isfinite(student).all() & torch.isfinite(teacher).all()
-            return torch.where(finite, kl, torch.full_like(kl, float("nan")))
+        if self.class_aware == "off":
+            return None
+        if labels is None:
+            raise ValueError("class-aware topology loss needs labels")
+        return class_mask(labels, self.class_aware)
 
     def extra_repr(self) -> str:
         extra = {

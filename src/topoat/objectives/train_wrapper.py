@@ -157,16 +157,22 @@ class TopologyRegularized(Wrapper):
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)
         teacher_repr = self._teacher_representation(x)
-        loss = out.loss
+        weights, students = {}, {}
         if self.lambda_nat > 0:
-            s_nat = self._student(model, x, out.logits_nat, out.features_nat)
-            topo_nat = self._term("nat", s_nat, teacher_repr, y)
-            loss = loss + self.lambda_nat * topo_nat
-            out.parts["topo_nat"] = topo_nat.detach()
+            weights["nat"], students["nat"] = self.lambda_nat, self._student(model, x, out.logits_nat, out.features_nat)
         if self.lambda_adv > 0 and out.x_adv is not None:
             s_adv = self._student(model, out.x_adv, out.logits_adv, out.features_adv)
-            topo_adv = self._term("adv", s_adv, teacher_repr, y)
-            loss = loss + self.lambda_adv * topo_adv
-            out.parts["topo_adv"] = topo_adv.detach()
+            weights["adv"], students["adv"] = self.lambda_adv, s_adv
+        loss = out.loss
+        for key, topo in self._terms(students, teacher_repr, y).items():
+            loss = loss + weights[key] * topo
+            out.parts[f"topo_{key}"] = topo.detach()
         out.loss = loss
         return out
+
+    def _terms(self, students: dict[str, Tensor], teacher: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The topology loss of each feature set. Sets that share the batch's graph (no memory bank, no
+        global graph) are one batched computation, with the teacher's graph built once."""
+        if len(students) > 1 and self.banks is None and not self.global_graph:
+            return dict(zip(students, self.topology.terms(list(students.values()), teacher, y).unbind()))
+        return {key: self._term(key, student, teacher, y) for key, student in students.items()}
