@@ -157,12 +157,14 @@ class TopologyRegularized(Wrapper):
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)
         teacher_repr = self._teacher_representation(x)
-        weights, students = {}, {}
+        students: dict[str, Tensor] = {}
+        weights: dict[str, float] = {}
         if self.lambda_nat > 0:
-            weights["nat"], students["nat"] = self.lambda_nat, self._student(model, x, out.logits_nat, out.features_nat)
+            students["nat"] = self._student(model, x, out.logits_nat, out.features_nat)
+            weights["nat"] = self.lambda_nat
         if self.lambda_adv > 0 and out.x_adv is not None:
-            s_adv = self._student(model, out.x_adv, out.logits_adv, out.features_adv)
-            weights["adv"], students["adv"] = self.lambda_adv, s_adv
+            students["adv"] = self._student(model, out.x_adv, out.logits_adv, out.features_adv)
+            weights["adv"] = self.lambda_adv
         loss = out.loss
         for key, topo in self._terms(students, teacher_repr, y).items():
             loss = loss + weights[key] * topo
