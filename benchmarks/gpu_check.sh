@@ -13,7 +13,7 @@
 # step 0.025), bf16 on CUDA, one seed; a standard teacher, PGD-AT, PGD-AT + TRAIN (the verdict's variant, then
 # lambda 2) and PGD-AT + logit distillation (the control), each evaluated on 1,000 test images with natural accuracy and
 # AutoAttack's APGD-CE + APGD-T. The benchmarks come first, as their time is known; the study gets what is
-# left of the budget (the whole study needs about 9 to 10 minutes alone on an H200, so a call that also runs
+# left of the budget (the whole study needs about 8 minutes alone on an H200, so a call that also runs
 # the benchmarks finishes part of it) and resumes if the script is run again with the same $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
