@@ -553,14 +553,19 @@ def test_the_compiled_training_model_gives_the_eager_outputs_and_gradients(tmp_p
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["pgd-at", "trades"])
+@pytest.mark.parametrize("method", ["pgd-at", "trades", "pgd-at+train"])
 def test_a_compiled_training_step_matches_the_eager_one(tmp_path, method):
     # the whole step (attack, loss, update) compiled: the eager loss and weights up to what float32
-    # rounding does to a sign-gradient attack (a near-zero gradient component may flip one pixel's step)
+    # rounding does to a sign-gradient attack (a near-zero gradient component may flip one pixel's step);
+    # with TRAIN, the teacher and the fused topology terms are compiled too
+    overrides = {"method.name": method.removesuffix("+train")}
+    if method.endswith("+train"):
+        overrides["topology.teacher"] = str(train_teacher(tmp_path))
     trainers = {
-        mode: Trainer(tiny_config(**{"method.name": method, "runtime.compile": mode}), tmp_path / mode)
-        for mode in ("off", "on")
+        mode: Trainer(tiny_config(**overrides, **{"runtime.compile": mode}), tmp_path / mode) for mode in ("off", "on")
     }
+    if method.endswith("+train"):
+        assert trainers["on"].objective.teacher is not trainers["on"].parts.teacher  # the objective's is compiled
     x, y = next(trainers["off"].loader.batches())
     losses = {}
     for mode, trainer in trainers.items():

@@ -105,7 +105,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
         teacher=teacher,
         reference=reference,
         distillation_teacher=distillation_teacher,
-        objective=build_objective(cfg, teacher, distillation_teacher),
+        objective=_objective(cfg, device, teacher, distillation_teacher),
         optimizer=_optimizer(model, cfg, device),
         loader=loader,
         data_generator=generator,
@@ -153,6 +153,16 @@ def _training_model(model: nn.Module, cfg: TrainConfig, device: torch.device, di
         ids = [device.index] if device.type == "cuda" else None
         train_model = DistributedDataParallel(train_model, device_ids=ids)
     return train_model
+
+
+def _objective(
+    cfg: TrainConfig, device: torch.device, teacher: Optional[nn.Module], distillation_teacher: Optional[nn.Module]
+) -> Objective:
+    """The objective, with its own parts (teachers, the topology terms) compiled where the training model is."""
+    objective = build_objective(cfg, teacher, distillation_teacher)
+    if use_compile(device, cfg.runtime.compile):
+        objective.compile_parts(lambda part: compiled(part, cfg.runtime.compile_mode))
+    return objective
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import ContextManager, Optional, TypeVar, cast
+from typing import Callable, ContextManager, Optional, TypeVar, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch
 from .errors import TopoatError
 
 M = TypeVar("M", bound=torch.nn.Module)
+C = TypeVar("C", bound=Callable)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -122,11 +123,12 @@ def use_compile(device: torch.device, setting: str) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """`model` under torch.compile, for fixed shapes (the loader drops the last, smaller batch), so a new
-    shape never triggers a dynamic-shape recompile; train and eval mode get one graph each."""
-    graph = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
-    return cast(torch.nn.Module, graph)  # an OptimizedModule: itself a Module wrapping `model`
+def compiled(target: C, mode: str) -> C:
+    """`target` (a module or a function) under torch.compile, for fixed shapes (the loader drops the last,
+    smaller batch), so a new shape never triggers a dynamic-shape recompile; a module's train and eval
+    mode get one graph each."""
+    graph = torch.compile(target, mode=None if mode == "default" else mode, dynamic=False)
+    return cast(C, graph)  # a module comes back as an OptimizedModule: itself a Module wrapping `target`
 
 
 def as_channels_last(model: M) -> M:

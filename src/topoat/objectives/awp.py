@@ -45,6 +45,9 @@ class AdversarialWeightPerturbation(Objective):
     def active(self) -> bool:
         return self.gamma > 0 and self.epoch >= self.warmup_epochs
 
+    def compile_parts(self, compile) -> None:
+        self.inner.compile_parts(compile)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.inner.set_epoch(epoch)

@@ -33,6 +33,10 @@ class Distilled(Wrapper):
         self.weight, self.temperature = weight, temperature
         self.name = f"{base.name}+distillation"
 
+    def compile_parts(self, compile) -> None:
+        super().compile_parts(compile)
+        self.teacher = compile(self.teacher)
+
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)
         if self.weight > 0:

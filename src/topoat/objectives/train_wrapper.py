@@ -82,6 +82,13 @@ class TopologyRegularized(Wrapper):
         self.name = f"{base.name}+train"
         self.banks = {k: MemoryBank(memory_bank) for k in ("nat", "adv")} if memory_bank > 0 else None
         self.global_graph = global_graph
+        self._fused_terms = self.topology.terms
+
+    def compile_parts(self, compile) -> None:
+        super().compile_parts(compile)
+        if self.teacher_layer in ("features", "logits"):  # another layer is read by a hook on the plain module
+            self.teacher = compile(self.teacher)
+        self._fused_terms = compile(self.topology.terms)
 
     def _student(self, model: nn.Module, x: Tensor, logits: Optional[Tensor], feats: Optional[Tensor]) -> Tensor:
         if self.layer == "features" and feats is not None:
@@ -176,5 +183,5 @@ class TopologyRegularized(Wrapper):
         """The topology loss of each feature set. Sets that share the batch's graph (no memory bank, no
         global graph) are one batched computation, with the teacher's graph built once."""
         if len(students) > 1 and self.banks is None and not self.global_graph:
-            return dict(zip(students, self.topology.terms(list(students.values()), teacher, y).unbind()))
+            return dict(zip(students, self._fused_terms(list(students.values()), teacher, y).unbind()))
         return {key: self._term(key, student, teacher, y) for key, student in students.items()}
