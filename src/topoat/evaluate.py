@@ -24,6 +24,7 @@ from .attacks.names import AUTOATTACK_VERSIONS as AUTOATTACK_VERSIONS
 from .attacks.names import AttackSpec as AttackSpec
 from .attacks.names import parse_attack
 from .attacks.pgd import Norm
+from .data import to_float
 from .errors import TopoatError
 from .runtime import bar_disabled
 
@@ -61,8 +62,6 @@ def held_out_subset(
 ) -> tuple[Tensor, Tensor]:
     """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call, as
     floats in [0, 1] on `device`."""
-    from .data import to_float
-
     idx = fixed_subset(dataset.x_test.shape[0], n, seed)
     return to_float(dataset.x_test[idx].to(device)), dataset.y_test[idx].to(device)
 
