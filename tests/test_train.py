@@ -356,6 +356,8 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "standard"]) == 0
     assert not (out / "pgd-at-kd").exists()
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "*-kd"]) == 0
+    # the second process's results.json holds the whole study, the first process's run too
+    assert list(json.loads((out / "results.json").read_text())["runs"]) == ["standard", "pgd-at-kd"]
     entry = json.loads((out / "pgd-at-kd" / "results.json").read_text())["runs"]["pgd-at-kd"]
     assert entry["topology"] is None and entry["distillation"]["lambda"] == 0.5
     assert set(entry["robust_acc"]) == {"pgd-2"}
@@ -377,6 +379,21 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
     entry = json.loads((out / "pgd-at-kd" / "results.json").read_text())["runs"]["pgd-at-kd"]
     assert "pgd-3" in entry["robust_acc"] and "pgd-3" not in entry.get("n_by_attack", {})
     assert main(["study", str(spec), "--out", str(out), "--resume", "--runs", "nothing*"]) == 2
+
+
+def test_processes_sharing_a_study_folder_keep_each_others_failures(tmp_path):
+    write_config(tmp_path, **{"optim.epochs": 1, "validation.attack_steps": 0, "evaluation.attacks": "[]"})
+    spec = tmp_path / "study.yaml"
+    runs = [
+        {"name": "diverges", "config": "cfg.yaml", "set": ["optim.max_loss=0.001"]},
+        {"name": "fine", "config": "cfg.yaml", "set": ["method.name=standard"]},
+    ]
+    spec.write_text(yaml.safe_dump({"runs": runs}))
+    out = tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "diverges"]) == 0
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "fine"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert list(doc["runs"]) == ["fine"] and "diverged" in doc["failed"]["diverges"]
 
 
 @pytest.mark.parametrize("checkpoints", ["[last, best]", "[best]"])

@@ -145,6 +145,7 @@ def run_study(
     it lacks (a study can grow its evaluation after a screening phase without retraining)."""
     path = preset_path(path, "studies")
     spec, planned = load_study(path, extra)
+    whole_study = planned
     if only is not None:
         planned = [p for p in planned if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in only)]
         if not planned:
@@ -194,6 +195,8 @@ def run_study(
         assert entry is not None  # a study runs in one process, which is the main one
         runs[p.name] = rebase_checkpoints(entry, p.name)
     first = configs[planned[0].name]
+    if only is not None:  # processes sharing the folder (--runs) each write the whole study's results.json
+        runs, failed = _with_runs_done_elsewhere(whole_study, runs, failed, study)
     document = results_document(first, runs)
     if failed:
         document["failed"] = failed
@@ -237,6 +240,35 @@ def _complete_finished_run(cfg: TrainConfig, folder: RunFolder, name: str, hint:
     echo(f"[{name}] done; evaluating the attacks it lacks: {', '.join(missing)}")
     with stage(f"during the evaluation of run {name}", hint):
         return evaluate_missing(cfg, folder.root, name, missing, progress=progress)
+
+
+def _with_runs_done_elsewhere(
+    whole_study: list[PlannedRun], runs: dict[str, dict], failed: dict[str, str], study: RunFolder
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """This invocation's runs and failures, joined by the finished runs of the rest of the study (read
+    from their folders, never evaluated here) and the failures the study's results.json already lists,
+    in the study's order."""
+    earlier: dict[str, str] = {}
+    if study.results.is_file() and not _torn(study.results):
+        try:
+            earlier = read_results(study.results).get("failed", {})
+        except TopoatError:
+            pass  # a damaged study results.json is written anew below
+    joined, failures = {}, {}
+    for p in whole_study:
+        folder = study.run(p.name)
+        if p.name in runs:
+            joined[p.name] = runs[p.name]
+        elif p.name in failed:
+            failures[p.name] = failed[p.name]
+        elif folder.results.is_file() and not _torn(folder.results):
+            try:
+                joined[p.name] = rebase_checkpoints(read_results(folder.results, p.name)["runs"][p.name], p.name)
+            except TopoatError:
+                pass  # its own process, or a later --resume, reports it
+        elif p.name in earlier:
+            failures[p.name] = earlier[p.name]
+    return joined, failures
 
 
 def _torn(results: Path) -> bool:
