@@ -16,7 +16,7 @@ No perturbation while fewer than `warmup_epochs` epochs have passed.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -45,8 +45,8 @@ class AdversarialWeightPerturbation(Objective):
     def active(self) -> bool:
         return self.gamma > 0 and self.epoch >= self.warmup_epochs
 
-    def compile_parts(self, compile) -> None:
-        self.inner.compile_parts(compile)
+    def compile_parts(self, compiler: Callable) -> None:
+        self.inner.compile_parts(compiler)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

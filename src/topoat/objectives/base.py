@@ -94,9 +94,9 @@ class Objective:
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop at the start of every epoch (0-based), resumed ones included."""
 
-    def compile_parts(self, compile: Callable) -> None:
+    def compile_parts(self, compiler: Callable) -> None:
         """Pass what the objective runs besides the trained model (a frozen teacher, an extra loss term)
-        through `compile` (torch.compile, where runtime.compile says), so that it too runs as fused
+        through `compiler` (torch.compile, where runtime.compile says), so that it too runs as fused
         kernels and, under CUDA graphs, inside the step's graphs. Nothing to compile by default."""
 
     def state_dict(self) -> dict:
@@ -134,8 +134,8 @@ class Wrapper(Objective):
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
-    def compile_parts(self, compile: Callable) -> None:
-        self.base.compile_parts(compile)
+    def compile_parts(self, compiler: Callable) -> None:
+        self.base.compile_parts(compiler)
 
     def state_dict(self) -> dict:
         return self.base.state_dict()

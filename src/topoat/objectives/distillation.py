@@ -9,6 +9,8 @@ The T^2 keeps the gradient's scale independent of T (Hinton et al. 2015).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,9 +35,9 @@ class Distilled(Wrapper):
         self.weight, self.temperature = weight, temperature
         self.name = f"{base.name}+distillation"
 
-    def compile_parts(self, compile) -> None:
-        super().compile_parts(compile)
-        self.teacher = compile(self.teacher)
+    def compile_parts(self, compiler: Callable) -> None:
+        super().compile_parts(compiler)
+        self.teacher = compiler(self.teacher)
 
     def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)

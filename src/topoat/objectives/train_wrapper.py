@@ -10,7 +10,7 @@ that is exactly the part of the training loss that depends on x'.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -84,11 +84,11 @@ class TopologyRegularized(Wrapper):
         self.global_graph = global_graph
         self._fused_terms = self.topology.terms
 
-    def compile_parts(self, compile) -> None:
-        super().compile_parts(compile)
+    def compile_parts(self, compiler: Callable) -> None:
+        super().compile_parts(compiler)
         if self.teacher_layer in ("features", "logits"):  # another layer is read by a hook on the plain module
-            self.teacher = compile(self.teacher)
-        self._fused_terms = compile(self.topology.terms)
+            self.teacher = compiler(self.teacher)
+        self._fused_terms = compiler(self.topology.terms)
 
     def _student(self, model: nn.Module, x: Tensor, logits: Optional[Tensor], feats: Optional[Tensor]) -> Tensor:
         if self.layer == "features" and feats is not None:
