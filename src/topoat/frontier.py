@@ -67,11 +67,15 @@ def point_label(entry: dict) -> str:
     return " + ".join(parts)
 
 
+def _checkpoint_scores(entry: dict, checkpoint: str) -> dict:
+    """The part of a results entry that scores `checkpoint`: its "best" block, else the entry (the last)."""
+    return entry["best"] if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
+
+
 def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, float]]:
     """(robust, natural) accuracy of one run in [0, 1]: its best-by-validation checkpoint (else the
     last), under `attack`; None if that attack was not run."""
-    entry = run.entry
-    part = entry.get("best") if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
+    part = _checkpoint_scores(run.entry, checkpoint)
     robust = (part.get("robust_acc") or {}).get(attack)
     if robust is None or part.get("natural_acc") is None:
         return None
@@ -80,10 +84,8 @@ def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, 
 
 def scored_on(run, attack: str, checkpoint: str = "best") -> tuple[Optional[int], Optional[int]]:
     """How many test images a run's natural and `attack` accuracies were taken on (None: not recorded)."""
-    entry = run.entry
-    part = entry.get("best") if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
-    n = entry.get("n_eval")
-    return n, (part.get("n_by_attack") or {}).get(attack, n)
+    n = run.entry.get("n_eval")
+    return n, (_checkpoint_scores(run.entry, checkpoint).get("n_by_attack") or {}).get(attack, n)
 
 
 def envelope(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
