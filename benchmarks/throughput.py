@@ -11,6 +11,9 @@ Everything is measured side by side in one run, so the figures are ratios that h
     machine's best);
   * the warm-up seconds of each mode (with --compile: the compilation a run pays once);
   * (c) the TRAIN overhead as a ratio to its base, against the ideal ratio from counting passes;
+  * the modes of a model (and the textbook loop) are timed in rounds, each round all of them in turn,
+    and every ratio is the median of the per-round ratios, with their range: a shared machine's speed
+    drifts over minutes, and a ratio of two timings taken minutes apart carries that drift;
   * how cost grows with the batch size and with the topology graph size n.
 
 FLOP count: forward FLOPs per image are counted analytically from the model's Conv2d and Linear
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -150,60 +154,52 @@ def config_for(arch: str, mode: str, args, teacher: str) -> TrainConfig:
     return load_config(data={}, overrides=sets)
 
 
-def best_of(repeats: int, measure) -> float:
-    """The fastest of several measurements: other load on the machine only ever slows a run down."""
-    return max(measure() for _ in range(repeats))
+class TrainerTimer:
+    """Images per second of Trainer.train_step over the on-device loader, the loop the CLI runs. The
+    warm-up steps run once, at construction (with `--compile`, the compilation a run pays once), and
+    their seconds are kept apart."""
 
-
-def time_trainer(cfg, out: Path, warmup: int, steps: int, repeats: int = 1) -> tuple[float, float]:
-    """Images per second of Trainer.train_step over the on-device loader, the loop the CLI runs, and the
-    seconds of the warm-up steps (with `--compile`, the compilation), which a real run pays once."""
-    trainer = Trainer(cfg, out)
-    device = trainer.device
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        x, y = next(trainer.loader.batches())
-        trainer.train_step(x, y)
-    sync(device)
-    warmup_seconds = time.perf_counter() - start
-
-    def measure() -> float:
-        batches = trainer.loader.batches()
-        sync(device)
+    def __init__(self, cfg: TrainConfig, out: Path, warmup: int):
+        self.trainer = Trainer(cfg, out)
+        self.device = self.trainer.device
+        sync(self.device)
         start = time.perf_counter()
-        n = 0
-        for _ in range(steps):
-            x, y = next(batches)
-            trainer.train_step(x, y)
-            n += y.shape[0]
-        sync(device)
+        for _ in range(warmup):
+            self._step(next(self.trainer.loader.batches()))
+        sync(self.device)
+        self.warmup_seconds = time.perf_counter() - start
+
+    def _step(self, batch) -> int:
+        x, y = batch
+        self.trainer.train_step(x, y)
+        return y.shape[0]
+
+    def measure(self, steps: int) -> float:
+        batches = self.trainer.loader.batches()
+        sync(self.device)
+        start = time.perf_counter()
+        n = sum(self._step(next(batches)) for _ in range(steps))
+        sync(self.device)
         return n / (time.perf_counter() - start)
 
-    return best_of(repeats, measure), warmup_seconds
 
-
-def textbook_pgd_at(arch: str, args, warmup: int, steps: int) -> float:
-    return best_of(args.repeats, lambda: _textbook_once(arch, args, warmup, steps))
-
-
-def _textbook_once(arch: str, args, warmup: int, steps: int) -> float:
+class TextbookTimer:
     """The loop of the reference repositories: DataLoader of CPU tensors, fp32, NCHW, and an attack
     that calls loss.backward() (so every step also computes parameter gradients)."""
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    c, h, w = MODELS[arch]
-    n = args.batch_size * (warmup + steps)
-    data = torch.utils.data.TensorDataset(torch.rand(n, c, h, w), torch.randint(0, 10, (n,)))
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True)
-    model = build_model(arch, 10, c, [0.5] * c, [0.25] * c).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False)
-    eps, alpha = 8 / 255, 2 / 255
-    count, start = 0, None
-    for i, (x, y) in enumerate(loader):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
-        x, y = x.to(device), y.to(device)
+
+    def __init__(self, arch: str, batch_size: int, steps: int, device: torch.device, warmup: int):
+        c, h, w = MODELS[arch]
+        n = batch_size * max(steps, warmup)
+        data = torch.utils.data.TensorDataset(torch.rand(n, c, h, w), torch.randint(0, 10, (n,)))
+        self.loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
+        self.device = device
+        self.model = build_model(arch, 10, c, [0.5] * c, [0.25] * c).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False)
+        self.measure(warmup)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        model, eps, alpha = self.model, 8 / 255, 2 / 255
+        x, y = x.to(self.device), y.to(self.device)
         model.eval()
         delta = torch.empty_like(x).uniform_(-eps, eps)
         for _ in range(10):
@@ -212,13 +208,42 @@ def _textbook_once(arch: str, args, warmup: int, steps: int) -> float:
             loss.backward()
             delta = (delta + alpha * delta.grad.sign()).clamp(-eps, eps).detach()
         model.train()
-        opt.zero_grad()
+        self.opt.zero_grad()
         F.cross_entropy(model((x + delta).clamp(0, 1)), y).backward()
-        opt.step()
-        if start is not None:
+        self.opt.step()
+
+    def measure(self, steps: int) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        count = 0
+        for i, (x, y) in enumerate(self.loader):
+            if i == steps:
+                break
+            self._step(x, y)
             count += y.shape[0]
-    sync(device)
-    return count / (time.perf_counter() - start)
+        sync(self.device)
+        return count / (time.perf_counter() - start)
+
+
+def interleaved(timers: dict, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Every timer measured once per round, in turn. On a shared machine the speed drifts over minutes;
+    within a round all timers see about the same machine, so ratios are taken round by round."""
+    measured: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            measured[name].append(timer.measure(steps))
+    return measured
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """The median of the per-round ratios, and their range (the spread a single run would show)."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "rounds": len(ratios)}
+
+
+def format_ratio(r: dict) -> str:
+    spread = f" (rounds {r['min']:.3f} to {r['max']:.3f})" if r["rounds"] > 1 else ""
+    return f"{r['median']:.3f}{spread}"
 
 
 class _OpCounter(TorchDispatchMode):
@@ -273,7 +298,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 (small-cnn), 32 (preact) on CPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=None, help="best of this many timings per figure (default 2)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="rounds: each round times every mode of a model once, in turn; a throughput is the best round, "
+        "a ratio (speed-up, TRAIN overhead) the median of the per-round ratios (default 3)",
+    )
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the training model (off by default)")
     p.add_argument(
@@ -300,7 +331,7 @@ def main(argv=None) -> int:
         dict(models="small-cnn", batch_size=16, steps=1, repeats=1, batch_sizes="16,32", graph_sizes="64,128")
         if args.quick
         else dict(
-            models=",".join(MODELS), repeats=2, batch_sizes="32,64,128,256", graph_sizes="128,256,512,1024,2048,4096"
+            models=",".join(MODELS), repeats=3, batch_sizes="32,64,128,256", graph_sizes="128,256,512,1024,2048,4096"
         )
     )
     for name, value in defaults.items():
@@ -344,14 +375,22 @@ def main(argv=None) -> int:
             flops = forward_flops(model, (c, h, w))
             teacher = tmp / f"{arch}-teacher.pt"
             save_atomic(model_record(model, arch, {}, 10, c), teacher)
-            rows = {}
+            timers: dict = {}
             for mode in modes:
                 cfg = config_for(arch, mode, a, str(teacher))
-                ips, warmup_seconds = time_trainer(cfg, tmp / f"{arch}-{mode}", a.warmup, a.steps, args.repeats)
+                timers[mode] = TrainerTimer(cfg, tmp / f"{arch}-{mode}", a.warmup)
+            if "pgd-at" in modes:
+                timers["textbook"] = TextbookTimer(arch, a.batch_size, a.steps, device, a.warmup)
+            measured = interleaved(timers, a.steps, args.repeats)
+            rows = {}
+            for mode in modes:
+                ips = max(measured[mode])  # other load on the machine only ever slows a run down
                 fe = forward_equivalents(mode, 10)
                 achieved = ips * fe * flops
+                warmup_seconds = timers[mode].warmup_seconds
                 rows[mode] = {
                     "images_per_s": ips,
+                    "images_per_s_rounds": measured[mode],
                     "forward_equivalents": fe,
                     "flops_per_s": achieved,
                     "share_of_peak": share_of_peak(achieved, peak),
@@ -361,26 +400,28 @@ def main(argv=None) -> int:
                     f"{arch:16s} {mode:14s} {ips:9.1f} img/s  {achieved / 1e9:8.1f} GFLOP/s "
                     f"({format_share(achieved, peak)} of {peak_key} peak; warm-up {warmup_seconds:.1f} s)"
                 )
-            textbook = textbook_pgd_at(arch, a, a.warmup, a.steps) if "pgd-at" in rows else None
             entry = {
                 "input_shape": [c, h, w],
                 "batch_size": a.batch_size,
                 "timed_steps": a.steps,
+                "rounds": args.repeats,
                 "forward_gflops_per_image": flops / 1e9,
                 "modes": rows,
             }
-            if textbook:
+            if "textbook" in measured:
+                textbook = max(measured["textbook"])
+                speedup = paired_ratio(measured["pgd-at"], measured["textbook"])
                 entry["textbook_pgd_at_images_per_s"] = textbook
-                entry["speedup_vs_textbook"] = rows["pgd-at"]["images_per_s"] / textbook
-                print(
-                    f"{arch:16s} textbook PGD-AT {textbook:9.1f} img/s -> speed-up {entry['speedup_vs_textbook']:.2f}x"
-                )
+                entry["textbook_pgd_at_images_per_s_rounds"] = measured["textbook"]
+                entry["speedup_vs_textbook"] = speedup["median"]
+                entry["speedup_vs_textbook_rounds"] = speedup
+                print(f"{arch:16s} textbook PGD-AT {textbook:9.1f} img/s -> speed-up {format_ratio(speedup)}x")
             for base in ("pgd-at", "trades"):
                 if base in rows and base + "+train" in rows:
-                    measured = rows[base]["images_per_s"] / rows[base + "+train"]["images_per_s"]
+                    overhead = paired_ratio(measured[base], measured[base + "+train"])
                     ideal = forward_equivalents(base + "+train", 10) / forward_equivalents(base, 10)
-                    entry[f"train_overhead_{base}"] = {"measured": measured, "ideal": ideal}
-                    print(f"{arch:16s} TRAIN overhead on {base}: {measured:.3f} (ideal {ideal:.3f})")
+                    entry[f"train_overhead_{base}"] = {**overhead, "measured": overhead["median"], "ideal": ideal}
+                    print(f"{arch:16s} TRAIN overhead on {base}: {format_ratio(overhead)} (ideal {ideal:.3f})")
             report["models"][arch] = entry
         scaling = []
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -390,9 +431,12 @@ def main(argv=None) -> int:
                 a.batch_size = bs
                 a.steps = 2 if args.quick else (max(2, 768 // bs) if cpu else 20)  # CPU: about 768 images each
                 teacher = tmp / f"{arch}-teacher.pt"
-                for mode in ("pgd-at", "pgd-at+train"):
-                    cfg = config_for(arch, mode, a, str(teacher))
-                    ips, _ = time_trainer(cfg, tmp / f"{arch}-bs{bs}-{mode}", a.warmup, a.steps, args.repeats)
+                pair = {
+                    mode: TrainerTimer(config_for(arch, mode, a, str(teacher)), tmp / f"{arch}-bs{bs}-{mode}", a.warmup)
+                    for mode in ("pgd-at", "pgd-at+train")
+                }
+                for mode, rounds in interleaved(pair, a.steps, args.repeats).items():
+                    ips = max(rounds)
                     scaling.append({"model": arch, "batch_size": bs, "mode": mode, "images_per_s": ips})
                     print(f"{arch:16s} batch {bs:5d} {mode:14s} {ips:9.1f} img/s")
         if scaling:

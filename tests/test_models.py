@@ -61,3 +61,43 @@ def test_sizes_and_switches_are_checked_when_the_model_is_built(arch, args, mess
     c = 3
     with pytest.raises(TopoatError, match=message):
         build_model(arch, 10, c, [0.5] * c, [0.25] * c, **args)
+
+
+def test_pointwise_shortcut_is_a_strided_1x1_convolution():
+    from topoat.models.base import PointwiseShortcut
+
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(6, 10, 1, 2, bias=False).double()
+    shortcut = PointwiseShortcut(6, 10, 2).double()
+    shortcut.load_state_dict(reference.state_dict())  # the same parameters: old checkpoints load
+    for size in (7, 8):  # odd sizes keep the last row and column, as the stride-2 kernel does
+        x = torch.rand(3, 6, size, size, dtype=torch.float64, requires_grad=True)
+        out, expected = shortcut(x), reference(x)
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        g = torch.rand_like(out)
+        grads = torch.autograd.grad(out, [x, shortcut.weight], g)
+        expected_grads = torch.autograd.grad(expected, [x, reference.weight], g)
+        for a, b in zip(grads, expected_grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_backward_of_few_channel_shortcuts_on_cpu():
+    # A strided 1x1 convolution in channels-last with few channels hangs or corrupts the heap in torch
+    # 2.13's CPU backward; the residual networks' shortcuts avoid that kernel. A subprocess, so a
+    # regression fails this test instead of hanging or killing the suite.
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from topoat import build_model\n"
+        "for arch, args in [('preact-resnet18', dict(width=4)), ('resnet18', dict(width=4)),\n"
+        "                   ('wrn-34-10', dict(depth=10, widen_factor=1))]:\n"
+        "    m = build_model(arch, 10, 3, [0.5] * 3, [0.25] * 3, **args).to(memory_format=torch.channels_last)\n"
+        "    x = torch.rand(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)\n"
+        "    m(x).square().sum().backward()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

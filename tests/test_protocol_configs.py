@@ -136,10 +136,6 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(path, stub_teache
         "runtime.progress=false",
         "runtime.device=cpu",
         "runtime.threads=1",
-        # torch 2.13's CPU backward of a channels-last 1x1 stride-2 convolution with very few channels
-        # on 64x64 inputs corrupts the heap (the shortcut of a width-4 PreAct ResNet on Tiny ImageNet
-        # shapes); the real widths are unaffected, and this test is about the configs, not the layout.
-        "runtime.channels_last='off'",
     ]
     if raw.topology is not None:
         overrides.append(f"topology.teacher={stub_teachers[raw.data.dataset]}")

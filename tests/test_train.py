@@ -10,6 +10,7 @@ import yaml
 from conftest import SignalAfter, tiny_config
 
 from topoat import build_model, load_model
+from topoat.attacks import ascent_step
 from topoat.checkpoint import load_checkpoint, model_record, save_atomic
 from topoat.cli import main
 from topoat.errors import TopoatError
@@ -581,6 +582,7 @@ def test_a_compiled_training_step_matches_the_eager_one(tmp_path, method):
     trainers = {
         mode: Trainer(tiny_config(**overrides, **{"runtime.compile": mode}), tmp_path / mode) for mode in ("off", "on")
     }
+    assert trainers["on"].objective.attack_step is not ascent_step  # the attack's update is compiled too
     if method.endswith("+train"):
         assert trainers["on"].objective.teacher is not trainers["on"].parts.teacher  # the objective's is compiled
     x, y = next(trainers["off"].loader.batches())

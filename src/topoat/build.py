@@ -64,7 +64,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
     if d.x_val is not None and d.y_val is not None:
         n_val = min(cfg.validation.n, d.x_val.shape[0])
         x_val, y_val = to_float(d.x_val[:n_val].to(device)), d.y_val[:n_val].to(device)
-    channels_last = use_channels_last(device, cfg.runtime.channels_last)
+    channels_last = use_channels_last(cfg.runtime.channels_last)
     model = build_model(cfg.model.arch, d.num_classes, d.in_channels, d.mean, d.std, **cfg.model.args).to(device)
     check_takes_images(model, x_train[:1], f"model {cfg.model.arch}", d.name)
     if channels_last:

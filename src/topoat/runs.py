@@ -217,7 +217,7 @@ def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: Opti
     ev = cfg.evaluation
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
-    if use_channels_last(x.device, cfg.runtime.channels_last):
+    if use_channels_last(cfg.runtime.channels_last):
         # the run's own memory format: on a CPU small-cnn, channels-last halves the cost of AutoAttack
         model = as_channels_last(model)
     return evaluate(

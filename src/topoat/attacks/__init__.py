@@ -2,7 +2,7 @@
 
 from .autoattack import AutoAttack
 from .base import Attack, eval_mode
-from .pgd import CW, FGSM, PGD, margin_loss, maximize, project, random_init
+from .pgd import CW, FGSM, PGD, ascent_step, margin_loss, maximize, project, random_init
 
 __all__ = [
     "Attack",
@@ -10,6 +10,7 @@ __all__ = [
     "CW",
     "FGSM",
     "PGD",
+    "ascent_step",
     "eval_mode",
     "margin_loss",
     "maximize",

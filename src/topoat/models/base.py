@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -32,3 +33,24 @@ class ImageClassifier(nn.Module):
         z = self.features(x)
         logits = self.head(z)
         return (logits, z) if return_features else logits
+
+
+class PointwiseShortcut(nn.Conv2d):
+    """The residual shortcut's 1x1 convolution with a stride, computed as subsampling followed by a
+    stride-1 1x1 convolution: the same function and the same parameters (checkpoints are unchanged).
+
+    Why: torch 2.13's CPU backward of a strided 1x1 convolution in channels-last layout hangs or
+    corrupts the heap when it has few channels (a width-4 PreAct ResNet at 64x64); the stride-1 kernel
+    does not, which lets channels-last be the CPU default too.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__(in_planes, planes, 1, 1, bias=False)
+        self.subsample = stride
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, subsample={self.subsample}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.subsample
+        return F.conv2d(x[:, :, ::s, ::s] if s > 1 else x, self.weight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ImageClassifier
+from .base import ImageClassifier, PointwiseShortcut
 
 
 class PreActBlock(nn.Module):
@@ -19,7 +19,7 @@ class PreActBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.shortcut = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+            self.shortcut = PointwiseShortcut(in_planes, planes, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ImageClassifier
+from .base import ImageClassifier, PointwiseShortcut
 
 
 class WideBlock(nn.Module):
@@ -18,7 +18,7 @@ class WideBlock(nn.Module):
         self.dropout = dropout
         self.shortcut = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+            self.shortcut = PointwiseShortcut(in_planes, planes, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))

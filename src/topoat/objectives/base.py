@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import eval_mode, maximize, random_init
+from ..attacks import ascent_step, eval_mode, maximize, random_init
 from ..attacks.base import attack_view
 from ..config import AttackConfig
 
@@ -50,6 +50,8 @@ class Objective:
     name = "objective"
     makes_adversarial = True
     attack: Optional[AttackConfig] = None
+    # the attack's projected ascent step; `compile_parts` puts a compiled copy here
+    attack_step: Callable[..., Tensor] = staticmethod(ascent_step)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         return self.loss(model, x, y, self.adversarial(model, x, y))
@@ -66,7 +68,9 @@ class Objective:
         # eval_mode None (a config not yet validated, which fills in the authors' mode) leaves the mode alone
         with eval_mode(net, bool(a.eval_mode)):
             objective = self.attack_objective(net, x, y)
-            return maximize(objective, x, a.eps, a.step_size, a.steps, a.norm, self.attack_start(x))
+            return maximize(
+                objective, x, a.eps, a.step_size, a.steps, a.norm, self.attack_start(x), step_fn=self.attack_step
+            )
 
     def attack_objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         """x' -> what the attack ascends (`maximize` sums it over the batch)."""
@@ -95,9 +99,11 @@ class Objective:
         """Called by the training loop at the start of every epoch (0-based), resumed ones included."""
 
     def compile_parts(self, compiler: Callable) -> None:
-        """Pass what the objective runs besides the trained model (a frozen teacher, an extra loss term)
-        through `compiler` (torch.compile, where runtime.compile says), so that it too runs as fused
-        kernels and, under CUDA graphs, inside the step's graphs. Nothing to compile by default."""
+        """Pass what the objective runs besides the trained model (the attack's ascent step, a frozen
+        teacher, an extra loss term) through `compiler` (torch.compile, where runtime.compile says), so
+        that it too runs as fused kernels and, under CUDA graphs, inside the step's graphs. Subclasses
+        with parts of their own call this first."""
+        self.attack_step = compiler(ascent_step)
 
     def state_dict(self) -> dict:
         """Tensors the objective carries from step to step (saved in resumable checkpoints)."""
@@ -136,6 +142,7 @@ class Wrapper(Objective):
 
     def compile_parts(self, compiler: Callable) -> None:
         self.base.compile_parts(compiler)
+        self.attack_step = self.base.attack_step  # for a wrapper that runs the attack itself (TRAIN's attack term)
 
     def state_dict(self) -> dict:
         return self.base.state_dict()
