@@ -41,7 +41,7 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
 else
   DEVICE=cuda
   STUDY_SET=()
-  BENCH=(--device cuda --amp bf16 --batch-size 512)
+  BENCH=(--device cuda --amp bf16 --batch-size 512 --repeats 2)  # GPU timings are steady: 2 rounds fit the budget
   # batch 128 against 512 for both models: the launch-bound share of a step
   SCALING=(--batch-sizes 128,512 --scaling-models small-cnn,preact-resnet18)
   COMPILE_SCALING=(--batch-sizes 128 --scaling-models small-cnn,preact-resnet18)  # what CUDA graphs do there
