@@ -31,8 +31,23 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
     for row in model["modes"].values():
         assert row["images_per_s"] > 0 and row["warmup_seconds"] >= 0
         assert row["share_of_peak"] is None or 0 < row["share_of_peak"] <= 1
-    assert model["speedup_vs_textbook"] > 0 and "train_overhead_pgd-at" in model
+    assert model["speedup_vs_textbook"] > 0 and model["speedup_from_passes"] > 0
+    overhead = model["train_overhead_pgd-at"]
+    assert overhead["min"] <= overhead["measured"] <= overhead["max"] and overhead["rounds"] == 1
+    assert overhead["ideal_from_timed_passes"] > 1  # TRAIN adds passes
+    assert all(s > 0 for s in model["pass_seconds"].values())
     assert {r["batch_size"] for r in report["batch_scaling"]} == {16, 32}
     for row in report["topology_graph_cost"]["rows"]:
         # the fused natural + adversarial terms dispatch far fewer operations than the two apart
         assert row["aten_ops_two_terms_fused"] < 0.7 * row["aten_ops_two_terms_apart"]
+
+
+def test_layout_comparison_runs(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("channels_last", BENCHMARK.parent / "channels_last.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(module.SIZES, "small-cnn", (8, 1))
+    out = tmp_path / "layout.json"
+    assert module.main(["--models", "small-cnn", "--rounds", "2", "--json", str(out)]) == 0
+    ratio = json.loads(out.read_text())["models"]["small-cnn"]["ratio"]
+    assert ratio["rounds"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
