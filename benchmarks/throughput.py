@@ -96,7 +96,8 @@ def pass_seconds(arch: str, args, reps: int) -> dict[str, float]:
     """Seconds per batch of each kind of pass the modes are made of, timed on the model itself in the
     modes' layout and precision: a forward with an input-only backward (one attack step), a forward with
     a parameter backward (a training pass), and a no-grad forward in eval mode (a frozen teacher).
-    Each is the fastest of `reps` rounds, every round timing all three in turn."""
+    Each is the fastest of `reps` rounds, every round timing all three in turn. The passes run eager,
+    also under --compile: the prediction is what the uncompiled network costs."""
     device = torch.device(args.device)
     c, h, w = MODELS[arch]
     model = build_model(arch, 10, c, [0.5] * c, [0.25] * c).to(device)
