@@ -24,12 +24,9 @@ from topoat.checkpoint import model_record, save_atomic  # noqa: E402
 from topoat.models import build_model  # noqa: E402
 from topoat.runtime import cpu_name  # noqa: E402
 
-# batch and timed steps per model on a CPU, as in throughput.py
-SIZES = {"small-cnn": (128, 6), "preact-resnet18": (32, 2)}
-
 
 def compare(arch: str, device: str, rounds: int, tmp: Path) -> dict:
-    batch_size, steps = SIZES[arch]
+    batch_size, steps = throughput.CPU_SIZES[arch]
     c = throughput.MODELS[arch][0]
     teacher = tmp / f"{arch}-teacher.pt"
     save_atomic(model_record(build_model(arch, 10, c, [0.5] * c, [0.25] * c), arch, {}, 10, c), teacher)
@@ -65,7 +62,7 @@ def compare(arch: str, device: str, rounds: int, tmp: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--models", default=",".join(SIZES))
+    p.add_argument("--models", default=",".join(throughput.CPU_SIZES))
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

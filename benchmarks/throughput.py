@@ -85,11 +85,16 @@ def forward_flops(model: nn.Module, shape) -> float:
     return total
 
 
-def forward_equivalents(mode: str, k: int, teacher_ratio: float = 1.0) -> float:
-    base = {"standard": 3.0, "pgd-at": 2.0 * k + 3, "trades": 2.0 * k + 7}[mode.split("+")[0]]
-    if mode.endswith("+train"):
-        base += teacher_ratio + (3.0 if mode.startswith("pgd-at") else 0.0)
-    return base
+# Forward-equivalents of each kind of pass: an input-only backward costs 1 forward, a parameter
+# backward 2; a frozen teacher runs one no-grad forward.
+COUNTED_PASSES = {"attack_step": 2.0, "training_pass": 3.0, "teacher_forward": 1.0}
+
+# Batch size and timed steps per model on a CPU (the default of --batch-size and --steps there).
+CPU_SIZES = {"small-cnn": (128, 6), "preact-resnet18": (32, 2)}
+
+
+def forward_equivalents(mode: str, k: int) -> float:
+    return pass_cost(mode, k, COUNTED_PASSES)
 
 
 def pass_seconds(arch: str, args, reps: int) -> dict[str, float]:
@@ -135,8 +140,9 @@ def pass_seconds(arch: str, args, reps: int) -> dict[str, float]:
 
 
 def pass_cost(mode: str, k: int, s: dict[str, float]) -> float:
-    """A mode's seconds per batch predicted from its passes (`pass_seconds`): what the step would cost if
-    nothing but the network's passes took time."""
+    """A mode's cost from the cost of each kind of pass: its seconds per batch from `pass_seconds` (what
+    the step would cost if nothing but the network's passes took time), or its forward-equivalents from
+    `COUNTED_PASSES`."""
     base = {
         "standard": s["training_pass"],
         "pgd-at": k * s["attack_step"] + s["training_pass"],
@@ -423,9 +429,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         for arch in [m for m in args.models.split(",") if m]:
             c, h, w = MODELS[arch]
-            bs_default, steps_default = (128, 6) if arch == "small-cnn" else (32, 2)
-            if not cpu:
-                bs_default, steps_default = (512, 20)
+            bs_default, steps_default = CPU_SIZES[arch] if cpu else (512, 20)
             a = argparse.Namespace(**vars(args))
             a.batch_size = args.batch_size or bs_default
             a.steps = args.steps or steps_default

@@ -46,7 +46,7 @@ def test_layout_comparison_runs(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("channels_last", BENCHMARK.parent / "channels_last.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setitem(module.SIZES, "small-cnn", (8, 1))
+    monkeypatch.setitem(module.throughput.CPU_SIZES, "small-cnn", (8, 1))
     out = tmp_path / "layout.json"
     assert module.main(["--models", "small-cnn", "--rounds", "2", "--json", str(out)]) == 0
     ratio = json.loads(out.read_text())["models"]["small-cnn"]["ratio"]
