@@ -8,6 +8,7 @@
 #   FMNIST_DIR=carry/fashion-mnist PYTHONPATH=carry:src OUT=/tmp/gpu benchmarks/gpu_check.sh
 #   GPU_CHECK_QUICK=1 benchmarks/gpu_check.sh        # a CPU rehearsal with tiny sizes (a few minutes)
 #   GPU_CHECK_STAGES=study benchmarks/gpu_check.sh   # only some stages (default: eager,compile,study)
+#   CIFAR_ROOT=carry/cifar-10-jpg.tar.gz GPU_CHECK_STAGES=cifar benchmarks/gpu_check.sh   # CIFAR-10, its own call
 #
 # Frontier points (studies/fashion-mnist-gpu.yaml): all of Fashion-MNIST, preact-resnet18, PGD-10 (eps 0.1,
 # step 0.025), bf16 on CUDA, one seed; a standard teacher, PGD-AT, PGD-AT + TRAIN (the verdict's variant, then
@@ -15,11 +16,17 @@
 # AutoAttack's APGD-CE + APGD-T. The benchmarks come first, as their time is known; the study gets what is
 # left of the budget (the whole study needs about 8 minutes alone on an H200, so a call that also runs
 # the benchmarks finishes part of it) and resumes if the script is run again with the same $OUT.
+#
+# CIFAR-10 (JPEG copy) stage (studies/cifar10-jpg-gpu.yaml, asked for by name: it needs the whole budget):
+# PreAct ResNet-18 at full width, PGD-10 (8/255, step 2/255), 15 epochs, a standard teacher, PGD-AT and
+# PGD-AT + TRAIN (topology's defaults), natural and APGD-CE + APGD-T on 1,000 test images. Carry the
+# 19 MB tarball (../shared/datasets/cifar-10-jpg.tar.gz) and point CIFAR_ROOT at it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
 PY=${PYTHON:-python}
 FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+CIFAR_ROOT=${CIFAR_ROOT:-../shared/datasets/cifar-10-jpg.tar.gz}
 export PYTHONUNBUFFERED=1  # a stage stopped at its limit keeps every line it printed
 mkdir -p "$OUT"
 started=$(date +%s)
@@ -32,6 +39,8 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
   DEVICE=cpu
   STUDY_SET=(--set data.train_subset=512 --set optim.epochs=1 --set model.arch=small-cnn --set evaluation.n=64
              --set validation.n=64 --set attack.steps=2 --set optim.batch_size=64)
+  CIFAR_SET=(--set data.train_subset=256 --set optim.epochs=1 --set 'model.args={width: 4}' --set evaluation.n=32
+             --set validation.n=32 --set attack.steps=2 --set optim.batch_size=64)
   BENCH=(--device cpu --quick --modes pgd-at,pgd-at+train --graph-sizes 128)
   SCALING=(--batch-sizes 16,32)
   COMPILE_SCALING=(--batch-sizes 16)
@@ -41,6 +50,7 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
 else
   DEVICE=cuda
   STUDY_SET=()
+  CIFAR_SET=()
   BENCH=(--device cuda --amp bf16 --batch-size 512 --repeats 2)  # GPU timings are steady: 2 rounds fit the budget
   # batch 128 against 512 for both models: the launch-bound share of a step
   SCALING=(--batch-sizes 128,512 --scaling-models small-cnn,preact-resnet18)
@@ -77,5 +87,14 @@ if wanted study && [ "$left" -gt 30 ]; then
     --no-progress --set data.root="$FMNIST_DIR" --set runtime.device=$DEVICE "${STUDY_SET[@]}" \
     > "$OUT/frontier.txt" 2>&1
   stage "frontier exit $? ($(tail -n 1 "$OUT/frontier.txt"))"
+fi
+left=$(( BUDGET - $(elapsed) ))
+if wanted cifar && [ "$left" -gt 30 ]; then
+  resume=(); [ -d "$OUT/cifar10-jpg" ] && resume=(--resume)
+  stage "CIFAR-10 (JPEG copy): standard, PGD-AT, PGD-AT + TRAIN (limit ${left}s)"
+  timeout "$left" $PY -m topoat study studies/cifar10-jpg-gpu.yaml --out "$OUT/cifar10-jpg" "${resume[@]}" \
+    --no-progress --set data.root="$CIFAR_ROOT" --set runtime.device=$DEVICE "${CIFAR_SET[@]}" \
+    > "$OUT/cifar10-jpg.txt" 2>&1
+  stage "cifar exit $? ($(tail -n 1 "$OUT/cifar10-jpg.txt"))"
 fi
 stage "done: $OUT"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from topoat.checkpoint import model_record, save_atomic
-from topoat.config import load_config
+from topoat.config import load_config, to_dict
 from topoat.evaluate import parse_attack
 from topoat.models import build_model
 from topoat.study import load_study, teacher_links
@@ -42,6 +42,11 @@ def config_id(path: Path) -> str:
     return str(path.relative_to(REPO / "configs"))
 
 
+def protocol_dataset(path: Path, cfg) -> str:
+    """The dataset whose protocol and image shape a config has: cifar10-jpg/ runs CIFAR-10's on its JPEG copy."""
+    return "cifar10" if "cifar10-jpg" in path.parts else cfg.data.dataset
+
+
 @pytest.fixture(scope="module", autouse=True)
 def restore_threads():
     """The runs below use one thread (models this small only lose time to thread hand-offs, a lot on a
@@ -68,6 +73,19 @@ def test_every_dataset_has_the_full_protocol_set():
     names = {"standard"} | {m + s for m in ("pgd-at", "trades", "mart", "awp-pgd-at") for s in ("", "-train")}
     for folder in ("cifar10", "cifar100", "tiny-imagenet", "cifar10/wrn-34-10"):
         assert {p.stem for p in (REPO / "configs" / folder).glob("*.yaml")} == names, folder
+    jpg = {"standard", "pgd-at", "pgd-at-train", "trades", "trades-train"}
+    assert {p.stem for p in (REPO / "configs" / "cifar10-jpg").glob("*.yaml")} == jpg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "cifar10-jpg").glob("*.yaml")), ids=config_id)
+def test_cifar10_jpg_configs_are_the_cifar10_protocol_on_the_jpeg_copy(path):
+    jpg = to_dict(load_config(path))
+    official = to_dict(load_config(REPO / "configs" / "cifar10" / path.name))
+    assert (jpg["data"].pop("dataset"), official["data"].pop("dataset")) == ("image-folder", "cifar10")
+    assert (jpg["data"].pop("name"), official["data"].pop("name")) == ("CIFAR-10 (JPEG copy)", None)
+    assert jpg["data"].pop("root") == "../shared/datasets/cifar-10-jpg.tar.gz"
+    official["data"].pop("root")
+    assert jpg == official
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=config_id)
@@ -77,7 +95,8 @@ def test_config_states_the_protocol(path):
     assert (cfg.topology is not None) == stem.endswith("-train")
     if cfg.topology is not None:
         assert cfg.topology.teacher is None and cfg.topology.layer == "features"
-    if cfg.data.dataset not in PROTOCOL_DATASETS:
+    dataset = protocol_dataset(path, cfg)
+    if dataset not in PROTOCOL_DATASETS:
         return
     assert cfg.attack.norm == "Linf" and cfg.attack.eps == 8 / 255 and cfg.attack.step_size == 2 / 255
     assert cfg.attack.steps == 10 and cfg.data.augment.crop_padding == 4 and cfg.data.augment.flip
@@ -87,7 +106,7 @@ def test_config_states_the_protocol(path):
     # the shared protocol, except where a method's authors published their own CIFAR-10 schedule
     lr, wd, epochs, milestones, beta = (
         AUTHORS_CIFAR10.get((base, arch), (0.1, 5e-4, 110, [100, 105], 6.0))
-        if cfg.data.dataset == "cifar10"
+        if dataset == "cifar10"
         else (0.1, 5e-4, 110, [100, 105], 6.0)
     )
     assert (o.batch_size, o.lr, o.momentum, o.weight_decay, o.epochs) == (128, lr, 0.9, wd, epochs)
@@ -115,7 +134,8 @@ def test_config_states_the_protocol(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=config_id)
 def test_config_trains_one_step_on_synthetic_data_of_its_shape(path, stub_teachers, tmp_path):
     raw = load_config(path)
-    shape, classes = SHAPES[raw.data.dataset]
+    dataset = protocol_dataset(path, raw)
+    shape, classes = SHAPES[dataset]
     overrides = [
         "data.dataset=synthetic",
         f"data.synthetic_shape={list(shape)}",
@@ -138,7 +158,7 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(path, stub_teache
         "runtime.threads=1",
     ]
     if raw.topology is not None:
-        overrides.append(f"topology.teacher={stub_teachers[raw.data.dataset]}")
+        overrides.append(f"topology.teacher={stub_teachers[dataset]}")
     cfg = load_config(path, overrides)
     summary = Trainer(cfg, tmp_path / "run").run()
     assert summary["epochs"] == 1

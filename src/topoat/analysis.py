@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .errors import TopoatError
 from .evaluate import build_attack, predicted_class
 from .models import representation
-from .topology import Kernel, TopologyLoss, knn_overlap
+from .topology import Kernel, TopologyLoss, affinity_log_probs, knn_overlap, row_entropy
 
 TOPOLOGY_METRICS = ("graph_kl", "graph_kl_adv", "knn_overlap", "trustworthiness")
 
@@ -42,12 +42,15 @@ def extract(model: nn.Module, x: Tensor, layer: str = "features", batch_size: in
         model.train(was_training)
 
 
-def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Kernel = "cosine") -> float:
-    """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale).
+def batched_graph_kl(
+    student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Union[Kernel, TopologyLoss] = "cosine"
+) -> float:
+    """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale), under a
+    kernel's default settings or a configured TopologyLoss.
 
     A graph's KL depends on its size, so a remainder smaller than `graph_size` is left out rather than
     averaged in as a smaller graph."""
-    loss = TopologyLoss(kernel)
+    loss = kernel if isinstance(kernel, TopologyLoss) else TopologyLoss(kernel)
     values = [
         loss(student[i : i + graph_size], teacher[i : i + graph_size])
         for i in range(0, student.shape[0] - graph_size + 1, graph_size)
@@ -55,6 +58,20 @@ def batched_graph_kl(student: Tensor, teacher: Tensor, graph_size: int = 128, ke
     if not values:
         values = [loss(student, teacher)]
     return float(torch.stack(values).mean())
+
+
+def graph_shape(z: Tensor, graph_size: int = 128, temperature: float = 0.1) -> dict[str, float]:
+    """How sharp a representation's graphs are, over consecutive graphs of `graph_size` samples: the mean
+    row entropy of the softmax-cosine graph at `temperature` (nats; ln(graph_size - 1) is uniform) and the
+    mean pairwise cosine (features drifting toward one direction raise it)."""
+    entropies, cosines = [], []
+    for i in range(0, max(z.shape[0] - graph_size, 0) + 1, graph_size):
+        zb = z[i : i + graph_size].float().flatten(1)
+        n = zb.shape[0]
+        entropies.append(row_entropy(affinity_log_probs(zb, "softmax-cosine", temperature=temperature)).mean())
+        zn = torch.nn.functional.normalize(zb, dim=1)
+        cosines.append(((zn @ zn.t()).sum() - n) / (n * (n - 1)))
+    return {"graph_entropy": float(torch.stack(entropies).mean()), "mean_cosine": float(torch.stack(cosines).mean())}
 
 
 def trustworthiness(embedded: Tensor, original: Tensor, k: int = 10) -> float:
@@ -72,7 +89,7 @@ def topology_metrics(
     teacher: Tensor,
     k: int = 10,
     graph_size: int = 128,
-    kernel: Kernel = "cosine",
+    kernel: Union[Kernel, TopologyLoss] = "cosine",
     student_adv: Optional[Tensor] = None,
     with_trustworthiness: bool = False,
 ) -> dict[str, float]:

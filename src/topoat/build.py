@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from .distributed import SINGLE, DistContext, device_for
 from .errors import TopoatError
-from .models import build_model, check_layer
+from .models import build_model, check_layer, representation
 from .objectives import Objective, build_objective
 from .runtime import (
     as_channels_last,
@@ -92,6 +92,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
         raise TopoatError(
             f"optim.batch_size {cfg.optim.batch_size} is larger than the training set ({x_train.shape[0]} images)"
         )
+    objective = _objective(cfg, device, teacher, distillation_teacher, _student_width(cfg, model, x_train[:2]))
     return RunParts(
         data=d,
         device=device,
@@ -105,8 +106,8 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
         teacher=teacher,
         reference=reference,
         distillation_teacher=distillation_teacher,
-        objective=_objective(cfg, device, teacher, distillation_teacher),
-        optimizer=_optimizer(model, cfg, device),
+        objective=objective,
+        optimizer=_optimizer([*model.parameters(), *objective.parameters()], cfg, device),
         loader=loader,
         data_generator=generator,
     )
@@ -155,21 +156,40 @@ def _training_model(model: nn.Module, cfg: TrainConfig, device: torch.device, di
     return train_model
 
 
+def _student_width(cfg: TrainConfig, model: nn.Module, example: Tensor) -> Optional[int]:
+    """The width of the student's representation at topology.layer, when a projection head needs it."""
+    if cfg.topology is None or cfg.topology.projection <= 0:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return representation(model, to_float(example), cfg.topology.layer)[1].shape[1]
+    finally:
+        model.train(was_training)
+
+
 def _objective(
-    cfg: TrainConfig, device: torch.device, teacher: Optional[nn.Module], distillation_teacher: Optional[nn.Module]
+    cfg: TrainConfig,
+    device: torch.device,
+    teacher: Optional[nn.Module],
+    distillation_teacher: Optional[nn.Module],
+    student_width: Optional[int] = None,
 ) -> Objective:
     """The objective, with its own parts (teachers, the topology terms) compiled where the training model is."""
-    objective = build_objective(cfg, teacher, distillation_teacher)
+    objective = build_objective(cfg, teacher, distillation_teacher, student_width)
+    for parameter in objective.parameters():  # a projection head is made on the CPU, as models are
+        parameter.data = parameter.data.to(device)
     if use_compile(device, cfg.runtime.compile):
         objective.compile_parts(lambda part: compiled(part, cfg.runtime.compile_mode))
     return objective
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(parameters: list[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     o = cfg.optim
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}  # one kernel for all parameters
     return torch.optim.SGD(
-        model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov, **fused
+        parameters, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov, **fused
     )
 
 

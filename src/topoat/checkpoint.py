@@ -26,9 +26,11 @@ def model_record(
     num_classes: int,
     in_channels: int,
     image_size: Optional[Sequence[int]] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> dict:
     """Everything needed to rebuild `model` without its code path: architecture, arguments, normalisation;
-    and the (height, width) of the images it was trained on, when known, so other data can be refused."""
+    and the (height, width) of the images it was trained on, when known, so other data can be refused,
+    and the name of each class (output k is `class_names[k]`), when the data set names them."""
     plain = cast(ImageClassifier, unwrap(model))  # a topoat model: it holds its normalisation
     record = {
         "format": FORMAT,
@@ -42,6 +44,8 @@ def model_record(
     }
     if image_size is not None:
         record["image_size"] = [int(v) for v in image_size]
+    if class_names is not None:
+        record["class_names"] = [str(v) for v in class_names]
     return record
 
 
@@ -114,6 +118,7 @@ def _check_record(ckpt: dict, path: Path) -> None:
 
     norm = ckpt.get("normalization")
     size = ckpt.get("image_size")
+    names = ckpt.get("class_names")
     checks = [
         ("arch", isinstance(ckpt.get("arch"), str), "a string"),
         ("arch_args", isinstance(ckpt.get("arch_args", {}), dict), "a mapping"),
@@ -134,6 +139,16 @@ def _check_record(ckpt: dict, path: Path) -> None:
             "image_size",
             size is None or (isinstance(size, (list, tuple)) and len(size) == 2 and all(positive_int(v) for v in size)),
             "[height, width]",
+        ),
+        (
+            "class_names",
+            names is None
+            or (
+                isinstance(names, list)
+                and all(isinstance(v, str) for v in names)
+                and len(names) == ckpt.get("num_classes")
+            ),
+            "a list of one name per class",
         ),
     ]
     for key, ok, what in checks:

@@ -25,6 +25,9 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     dataset: str = "fashion-mnist"
+    # What checkpoints, results.json and reports call the data set; null: the loader's own name (e.g.
+    # "cifar10", "image-folder"). A copy of a known set says so: "CIFAR-10 (JPEG copy)".
+    name: Optional[str] = None
     root: Optional[str] = None
     # cifar10/cifar100/tiny-imagenet: fetch the official archive into `root` (default ./data) when it
     # is not there, verifying its MD5. Off by default so nothing reaches the network unasked.
@@ -38,6 +41,12 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_train: int = 512
     synthetic_test: int = 256
+
+    @property
+    def display_name(self) -> str:
+        """The data set's name in results.json, as `load_configured` names the data set it loads (for
+        every loader but npz, which names a data set after its file)."""
+        return self.name or self.dataset
 
 
 @dataclass
@@ -94,6 +103,19 @@ class TopologyConfig:
     memory_bank: int = 0  # number of past teacher/student feature pairs kept as extra graph nodes
     global_graph: bool = False  # under DDP: one graph over the global batch, not one per process
     attack_uses_topology: bool = False  # the attack also ascends lambda_adv * L_topo(h_f(x'), h_g(x))
+    # forward KL(P_teacher || P_student), reverse KL(P_student || P_teacher), or their mean
+    divergence: Literal["forward", "reverse", "symmetric"] = "forward"
+    entropy_weight: float = 0.0  # adds weight * mean_i max(0, H(student row i) - H(teacher row i))
+    center: Literal["none", "batch", "sample"] = "none"  # features centred before the kernel
+    # BatchNorm in TRAIN's own clean forward: train (batch statistics, running ones updated), frozen (batch
+    # statistics, running ones untouched) or eval (running statistics)
+    clean_batchnorm: Literal["train", "frozen", "eval"] = "train"
+    warmup_epochs: float = 0.0  # the lambdas rise linearly from 0 over these epochs
+    balance: bool = False  # lambda = each term's gradient norm at the features relative to the base loss's
+    # softmax-cosine: the temperature set on the first batch so that the teacher's rows have this perplexity
+    teacher_perplexity: Optional[float] = None
+    diagnose_every: int = 0  # > 0: log the base and topology parameter-gradient norms every that many steps
+    projection: int = 0  # > 0: the student's graph is built on a learnable 2-layer head of this width
 
 
 @dataclass
@@ -120,6 +142,7 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     max_loss: float = 1e4  # a larger (or non-finite) training loss stops the run
+    grad_clip: Optional[float] = None  # clip the gradient's global norm to this before each step
 
 
 @dataclass
@@ -191,6 +214,7 @@ class TrainConfig:
             (o.epochs >= 1, "optim.epochs must be >= 1"),
             (o.batch_size >= 2, "optim.batch_size must be >= 2"),
             (_finite(o.lr) and o.lr > 0, "optim.lr must be > 0 and finite"),
+            (o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0), "optim.grad_clip must be > 0"),
             (_finite(o.momentum) and o.momentum >= 0, "optim.momentum must be >= 0 and finite"),
             (_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay must be >= 0 and finite"),
             (not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
@@ -230,6 +254,22 @@ class TrainConfig:
                     "topology.lambda_nat and lambda_adv must be >= 0 and finite",
                 ),
                 (t.memory_bank >= 0, "topology.memory_bank must be >= 0"),
+                (
+                    _finite(t.entropy_weight) and t.entropy_weight >= 0,
+                    "topology.entropy_weight must be >= 0 and finite",
+                ),
+                (_finite(t.warmup_epochs) and t.warmup_epochs >= 0, "topology.warmup_epochs must be >= 0 and finite"),
+                (t.diagnose_every >= 0, "topology.diagnose_every must be >= 0"),
+                (t.projection >= 0, "topology.projection must be >= 0 (0: no head)"),
+                (
+                    t.teacher_perplexity is None
+                    or (_finite(t.teacher_perplexity) and 1 < t.teacher_perplexity < o.batch_size - 1),
+                    f"topology.teacher_perplexity must lie between 1 and optim.batch_size - 1 = {o.batch_size - 1}",
+                ),
+                (
+                    t.teacher_perplexity is None or t.kernel == "softmax-cosine",
+                    "topology.teacher_perplexity sets the softmax-cosine temperature: use kernel softmax-cosine",
+                ),
                 (_finite(t.temperature) and t.temperature > 0, "topology.temperature must be > 0 and finite"),
                 (_finite(t.perplexity) and t.perplexity > 1, "topology.perplexity must be > 1 and finite"),
                 # checked in every training step otherwise, where it ended the run with a traceback

@@ -61,10 +61,32 @@ def point_label(entry: dict) -> str:
         }.get(kernel, "")
         nat, adv = topo.get("lambda_nat", 0), topo.get("lambda_adv", 0)
         lam = f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
-        parts.append(f"TRAIN {kernel}{extra}, {lam}")
+        parts.append(f"TRAIN {kernel}{extra}, {lam}{_option_labels(topo)}")
     if kd:
         parts.append(f"distillation T={kd.get('temperature', 4):g}, λ={kd.get('lambda', 1):g}")
     return " + ".join(parts)
+
+
+# TRAIN options that name a variant when they differ from these defaults
+_OPTION_DEFAULTS = {
+    "layer": "features",
+    "divergence": "forward",
+    "entropy_weight": 0.0,
+    "center": "none",
+    "clean_batchnorm": "train",
+    "warmup_epochs": 0.0,
+    "balance": False,
+    "teacher_perplexity": None,
+    "projection": 0,
+}
+
+
+def _option_labels(topo: dict) -> str:
+    return "".join(
+        f", {key}={value:g}" if isinstance(value, float) else f", {key}={value}"
+        for key, default in _OPTION_DEFAULTS.items()
+        if (value := topo.get(key, default)) != default
+    )
 
 
 def _checkpoint_scores(entry: dict, checkpoint: str) -> dict:

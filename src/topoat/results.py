@@ -82,7 +82,7 @@ def _entry_problem(entry: Any, prefix: str = "") -> Optional[str]:
 
 def results_document(cfg: TrainConfig, runs: dict[str, dict]) -> dict:
     return {
-        "dataset": cfg.data.dataset,
+        "dataset": cfg.data.display_name,
         "threat": {"norm": cfg.attack.norm, "eps": cfg.attack.eps},
         "runs": runs,
         "provenance": provenance(resolve_device(cfg.runtime.device)),

@@ -111,7 +111,9 @@ def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[s
             continue
         path = (run_dir / checkpoint).resolve()
         res = _evaluate_model(cfg, load_model(path, device), x, y, progress, wanted)
-        merge_evaluation(results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps, dataset=cfg.data.dataset)
+        merge_evaluation(
+            results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps, dataset=cfg.data.display_name
+        )
     entry = read_json(results)["runs"][name]
     if (
         isinstance(entry.get("best"), dict)

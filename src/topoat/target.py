@@ -14,7 +14,7 @@ from torch import nn
 
 from .checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
 from .config import TrainConfig, from_dict
-from .data import ImageDataset, load_dataset, to_float
+from .data import ImageDataset, load_configured, load_dataset, to_float
 from .errors import TopoatError
 
 
@@ -56,26 +56,21 @@ def recorded_dataset(
     record: dict, dataset: Optional[str] = None, root: Optional[str] = None, command: str = "eval"
 ) -> ImageDataset:
     """The test data for a checkpoint: `dataset` (default: the one it records), read with the checkpoint's
-    own data settings (root, synthetic shape) when it names the same dataset; `root` overrides the root."""
-    name = dataset or record.get("dataset")
-    if not name:
-        raise TopoatError(f"{command}: --dataset is required (the checkpoint does not name its dataset)")
+    own data settings (root, synthetic shape, name) when it names the same dataset; `root` overrides the root.
+    The recorded name may be a display name (`data.name`): the recorded config says which loader it is."""
+    recorded = record.get("dataset")
     data = None
     if isinstance(record.get("config"), dict):
         try:
             data = from_dict(TrainConfig, record["config"]).data
         except TopoatError:
             data = None  # a config from another topoat version: use the dataset name alone
-    if data is None or data.dataset != name:
-        return load_dataset(name, root)
-    return load_dataset(
-        name,
-        root or data.root,
-        synthetic_shape=data.synthetic_shape,
-        synthetic_classes=data.synthetic_classes,
-        synthetic_train=data.synthetic_train,
-        synthetic_test=data.synthetic_test,
-    )
+    if data is not None and dataset in (None, data.dataset, recorded):
+        return load_configured(data, root, download=False)
+    name = dataset or recorded
+    if not name:
+        raise TopoatError(f"{command}: --dataset is required (the checkpoint does not name its dataset)")
+    return load_dataset(name, root)
 
 
 def recorded_threat(

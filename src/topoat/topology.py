@@ -19,6 +19,14 @@ from torch import Tensor
 
 Kernel = Literal["cosine", "gaussian", "student-t", "softmax-cosine", "perplexity"]
 KERNELS = ("cosine", "gaussian", "student-t", "softmax-cosine", "perplexity")
+# forward: KL(P_teacher || P_student), mode-covering (a student can lower it by flattening its own graph);
+# reverse: KL(P_student || P_teacher), mode-seeking; symmetric: their mean.
+Divergence = Literal["forward", "reverse", "symmetric"]
+DIVERGENCES = ("forward", "reverse", "symmetric")
+# Features centred before the kernel: over the batch (removes the common direction of non-negative
+# features) or within each sample (Pearson correlation for the cosine kernels).
+Centering = Literal["none", "batch", "sample"]
+CENTERINGS = ("none", "batch", "sample")
 # Kernels whose graphs of several feature sets are one batched computation (TopologyLoss.terms).
 STACKABLE = ("cosine", "softmax-cosine")
 DEFAULT_TEMPERATURE = 0.1
@@ -53,14 +61,21 @@ def log_kernel(
     perplexity: float = DEFAULT_PERPLEXITY,
     allowed: Optional[Tensor] = None,
     stacked: bool = False,
+    center: Centering = "none",
 ) -> Tensor:
     """Log of the kernel matrix k(z_i, z_j), shape (n, n), computed in fp32. `allowed` (the pairs a row
     may link to) matters to the perplexity kernel only, whose per-row precision depends on them.
     `stacked`: z is (k, n, d), k feature sets of the same n samples, giving (k, n, n) in one batched pass
-    (the cosine kernels only)."""
+    (the cosine kernels only). `center`: subtract the batch mean or each sample's own mean first."""
     if stacked and (z.dim() != 3 or kernel not in STACKABLE):
         raise ValueError(f"stacked graphs take (k, n, d) features and a kernel of {', '.join(STACKABLE)}")
     z = z.float() if stacked else z.float().flatten(1)
+    if center == "batch":
+        z = z - z.mean(dim=-2, keepdim=True)
+    elif center == "sample":
+        z = z - z.mean(dim=-1, keepdim=True)
+    elif center != "none":
+        raise ValueError(f"unknown centering {center!r}; choose from {', '.join(CENTERINGS)}")
     if kernel in ("cosine", "softmax-cosine"):
         zn = F.normalize(z, dim=-1, eps=1e-12)  # all-zero rows stay zero: cos = 0
         cos = zn @ zn.transpose(-1, -2)
@@ -112,6 +127,7 @@ def affinity_log_probs(
     temperature: float = DEFAULT_TEMPERATURE,
     perplexity: float = DEFAULT_PERPLEXITY,
     stacked: bool = False,
+    center: Centering = "none",
 ) -> Tensor:
     """Row-normalised log p(j|i) over j != i (and over `mask` if given); excluded entries are -inf.
     `stacked`: z is (k, n, d), k feature sets of the same n samples, and the result (k, n, n)."""
@@ -121,7 +137,7 @@ def affinity_log_probs(
     allowed = ~torch.eye(n, dtype=torch.bool, device=z.device)
     if mask is not None:
         allowed = allowed & mask
-    logk = log_kernel(z, kernel, temperature, perplexity, allowed, stacked)
+    logk = log_kernel(z, kernel, temperature, perplexity, allowed, stacked, center)
     logk = logk.masked_fill(~allowed, float("-inf"))
     return torch.log_softmax(logk, dim=-1)
 
@@ -130,12 +146,61 @@ def graph_kl(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
     """(1/n) sum_i KL(P_T(.|i) || P_S(.|i)) from two log-probability matrices (-inf = excluded); for a
     stack of student graphs (k, n, n) against one teacher graph, the k values."""
     valid = torch.isfinite(teacher_logp) & torch.isfinite(student_logp)
-    p_t = teacher_logp.exp()
-    terms = torch.where(valid, p_t * (teacher_logp - student_logp), torch.zeros_like(student_logp))
+    # Excluded entries become 0 before any arithmetic: -inf - -inf is NaN, and a NaN behind torch.where
+    # still poisons the gradient (0 * NaN) whichever side needs it.
+    zero = torch.zeros_like(student_logp)
+    t, s = torch.where(valid, teacher_logp, zero), torch.where(valid, student_logp, zero)
+    terms = torch.where(valid, t.exp() * (t - s), zero)
     # Rows with no allowed neighbour (possible with class masks) are left out of the mean; counting
     # them on the device avoids a host sync in the training step.
     rows = valid.any(dim=-1)
     return (terms.sum(dim=-1) * rows).sum(dim=-1) / rows.sum(dim=-1).clamp_min(1)
+
+
+def graph_divergence(student_logp: Tensor, teacher_logp: Tensor, divergence: Divergence = "forward") -> Tensor:
+    """`graph_kl` in the chosen direction: forward KL(P_T || P_S), reverse KL(P_S || P_T), or their mean."""
+    if divergence == "forward":
+        return graph_kl(student_logp, teacher_logp)
+    reverse = graph_kl(teacher_logp, student_logp)  # the same formula with the roles swapped
+    if divergence == "reverse":
+        return reverse
+    if divergence == "symmetric":
+        return 0.5 * (graph_kl(student_logp, teacher_logp) + reverse)
+    raise ValueError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
+
+
+def row_entropy(logp: Tensor) -> Tensor:
+    """Entropy in nats of every row p(.|i) of a log-probability matrix (-inf = excluded); (..., n)."""
+    finite = torch.isfinite(logp)
+    safe = torch.where(finite, logp, torch.zeros_like(logp))  # exp(-inf) * -inf would make the gradient NaN
+    return -torch.where(finite, safe.exp() * safe, torch.zeros_like(logp)).sum(dim=-1)
+
+
+def entropy_excess(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+    """Mean over rows of max(0, H(P_S(.|i)) - H(P_T(.|i))): how much flatter the student's rows are than
+    the teacher's (a student that lowers the forward KL by flattening its own graph pays for it)."""
+    rows = (torch.isfinite(teacher_logp) & torch.isfinite(student_logp)).any(dim=-1)
+    excess = (row_entropy(student_logp) - row_entropy(teacher_logp)).clamp_min(0.0)
+    return (excess * rows).sum(dim=-1) / rows.sum(dim=-1).clamp_min(1)
+
+
+def temperature_for_perplexity(teacher: Tensor, perplexity: float, center: Centering = "none") -> float:
+    """The softmax-cosine temperature at which the teacher's rows have a mean entropy of ln(perplexity)
+    nats (bisection on log T; the entropy rises with T)."""
+    n = teacher.shape[0]
+    if not 1 < perplexity < n - 1:
+        raise ValueError(f"a target perplexity must lie between 1 and {n - 1} for a graph of {n} samples")
+    target = math.log(perplexity)
+    lo, hi = math.log(1e-4), math.log(1e4)
+    z = teacher.detach().float().flatten(1)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        logp = affinity_log_probs(z, "softmax-cosine", temperature=math.exp(mid), center=center)
+        if float(row_entropy(logp).mean()) > target:
+            hi = mid
+        else:
+            lo = mid
+    return math.exp(0.5 * (lo + hi))
 
 
 def _nan_unless_finite(kl: Tensor, finite: Tensor) -> Tensor:
@@ -175,6 +240,14 @@ class TopologyLoss(torch.nn.Module):
       (docs/TRAIN-METHOD.md): the student's own precision grows without bound as its features cluster.
     - "gaussian": exp(-|z_i - z_j|^2 / (2 s^2)), s^2 the median squared distance (detached).
     - "student-t": 1 / (1 + |z_i - z_j|^2).
+
+    Options (measured in docs/RESULTS.md, "Why TRAIN failed on a PreAct ResNet"):
+    - `divergence`: "forward" KL(P_T || P_S) (the paper's reading), "reverse" KL(P_S || P_T), or
+      "symmetric", their mean. The forward KL is mode-covering: a student that cannot follow the
+      teacher lowers it by flattening its own graph.
+    - `entropy_weight`: adds weight * mean_i max(0, H(P_S(.|i)) - H(P_T(.|i))), a price on that flattening.
+    - `center`: "batch" subtracts the batch's mean feature before the kernel (the common direction of
+      non-negative features), "sample" each sample's own mean (Pearson correlation for the cosines).
     """
 
     def __init__(
@@ -183,6 +256,10 @@ class TopologyLoss(torch.nn.Module):
         class_aware: str = "off",
         temperature: float = DEFAULT_TEMPERATURE,
         perplexity: float = DEFAULT_PERPLEXITY,
+        *,
+        divergence: Divergence = "forward",
+        entropy_weight: float = 0.0,
+        center: Centering = "none",
     ):
         super().__init__()
         if kernel not in KERNELS:
@@ -191,18 +268,34 @@ class TopologyLoss(torch.nn.Module):
             raise ValueError(f"temperature must be a positive number, got {temperature}")
         if not (math.isfinite(perplexity) and perplexity > 1):
             raise ValueError(f"perplexity must be a number above 1, got {perplexity}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
+        if not (math.isfinite(entropy_weight) and entropy_weight >= 0):
+            raise ValueError(f"entropy_weight must be a number >= 0, got {entropy_weight}")
+        if center not in CENTERINGS:
+            raise ValueError(f"unknown centering {center!r}; choose from {', '.join(CENTERINGS)}")
         class_mask(torch.zeros(1, dtype=torch.long), class_aware)  # validate the mode early
         self.kernel = kernel
         self.class_aware = class_aware
         self.temperature = temperature
         self.perplexity = perplexity
+        self.divergence = divergence
+        self.entropy_weight = entropy_weight
+        self.center = center
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         return self.rows(student, teacher, labels)
 
     def graph(self, z: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """log p(j|i) of one set of features under this loss's kernel."""
-        return affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity)
+        return affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity, center=self.center)
+
+    def score(self, student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+        """The loss between two graphs (or a stack of student graphs and one teacher graph)."""
+        loss = graph_divergence(student_logp, teacher_logp, self.divergence)
+        if self.entropy_weight > 0:
+            loss = loss + self.entropy_weight * entropy_excess(student_logp, teacher_logp)
+        return loss
 
     def rows(
         self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None, n_rows: Optional[int] = None
@@ -215,7 +308,7 @@ class TopologyLoss(torch.nn.Module):
             t = self.graph(teacher.detach().float(), mask)
             if n_rows is not None:
                 s, t = s[:n_rows], t[:n_rows]
-            return _nan_unless_finite(graph_kl(s, t), student.isfinite().all() & teacher.isfinite().all())
+            return _nan_unless_finite(self.score(s, t), student.isfinite().all() & teacher.isfinite().all())
 
     def terms(self, students: Sequence[Tensor], teacher: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         """The loss of each of several feature sets of the same samples (TRAIN's natural and adversarial
@@ -231,12 +324,14 @@ class TopologyLoss(torch.nn.Module):
             t = self.graph(teacher.detach().float(), mask)
             if self.kernel in STACKABLE and len({x.shape for x in flat}) == 1:
                 z = torch.stack(flat)
-                s = affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity, stacked=True)
+                s = affinity_log_probs(
+                    z, self.kernel, mask, self.temperature, self.perplexity, stacked=True, center=self.center
+                )
                 finite = z.isfinite().flatten(1).all(dim=1)
             else:
                 s = torch.stack([self.graph(x, mask) for x in flat])
                 finite = torch.stack([x.isfinite().all() for x in flat])
-            return _nan_unless_finite(graph_kl(s, t), finite & teacher.isfinite().all())
+            return _nan_unless_finite(self.score(s, t), finite & teacher.isfinite().all())
 
     def _mask(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor]) -> Optional[Tensor]:
         """The class-aware neighbour mask (None when off), after checking that the shapes fit."""
@@ -259,7 +354,16 @@ class TopologyLoss(torch.nn.Module):
             "softmax-cosine": f", temperature={self.temperature:g}",
             "perplexity": f", perplexity={self.perplexity:g}",
         }.get(self.kernel, "")
-        return f"kernel={self.kernel!r}{extra}, class_aware={self.class_aware!r}"
+        options = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("divergence", self.divergence, "forward"),
+                ("entropy_weight", self.entropy_weight, 0.0),
+                ("center", self.center, "none"),
+            )
+            if value != default
+        )
+        return f"kernel={self.kernel!r}{extra}, class_aware={self.class_aware!r}{options}"
 
 
 def knn_indices(z: Tensor, k: int) -> Tensor:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .analysis import extract, topology_metrics
+from .analysis import extract, graph_shape, topology_metrics
 from .board import EpochBoard
 from .build import build_run
 from .checkpoint import load_checkpoint, model_record, save_atomic
@@ -25,8 +25,10 @@ from .errors import Interrupted, TopoatError, TrainingDiverged
 from .evaluate import evaluate
 from .files import write_text_atomic
 from .folder import RunFolder
+from .objectives import Objective, TopologyRegularized
 from .runtime import autocast, bar_disabled, provenance, rng_state, set_rng_state
 from .signals import handling_signals
+from .topology import TopologyLoss
 
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 
@@ -154,6 +156,7 @@ class Trainer:
         self.model, self.train_model, self.reference = parts.model, parts.train_model, parts.reference
         self.objective, self.optimizer, self.loader = parts.objective, parts.optimizer, parts.loader
         self.reference_features: Optional[Tensor] = None  # frozen model, fixed split: computed once
+        self.reference_shape: dict[str, float] = {}
         self.board: Optional[EpochBoard] = None
         self.epoch, self.step_in_epoch = 0, 0
         self.perm: Optional[Tensor] = None  # the epoch's shuffle, kept so a resume continues it
@@ -168,7 +171,13 @@ class Trainer:
     def _record(self) -> dict:
         d = self.data
         return model_record(
-            self.model, self.cfg.model.arch, self.cfg.model.args, d.num_classes, d.in_channels, d.image_size
+            self.model,
+            self.cfg.model.arch,
+            self.cfg.model.args,
+            d.num_classes,
+            d.in_channels,
+            d.image_size,
+            class_names=d.class_names,
         )
 
     def _save_state(self, perm: Optional[Tensor], totals: Optional[EpochTotals] = None) -> None:
@@ -268,6 +277,7 @@ class Trainer:
         lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
         for x, y in self.loader.batches(self.step_in_epoch, perm):
             lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
+            self.objective.set_progress(self.epoch + self.step_in_epoch / steps)
             out = self.train_step(x, y)
             loss = out.loss
             self.step_in_epoch += 1
@@ -331,6 +341,8 @@ class Trainer:
             out = self.objective(self.train_model, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         if out.after_step is not None:  # e.g. AWP takes its weight perturbation back
             out.after_step()
@@ -401,19 +413,7 @@ class Trainer:
         if attacks:
             record["val_robust_acc"] = counts[1] / counts[-1]
         if self.rank == 0 and self.reference is not None and cfg.validation.topology and self.x_val.shape[0] > 10:
-            topo = cfg.topology
-            layer = topo.layer if topo is not None else "features"
-            if self.reference_features is None:
-                reference_layer = (topo.teacher_layer or layer) if topo is not None else "features"
-                self.reference_features = extract(self.reference, self.x_val, reference_layer)
-            s = extract(model, self.x_val, layer)
-            m = topology_metrics(
-                s,
-                self.reference_features,
-                graph_size=cfg.optim.batch_size,
-                kernel=topo.kernel if topo is not None else "cosine",
-            )
-            record.update({f"val_{k}": v for k, v in m.items()})
+            record.update(self._validate_topology(self.reference, self.x_val))
         metric = record.get("val_robust_acc", record["val_natural_acc"])
         if metric > self.best["metric"]:
             self.best = {"metric": metric, "epoch": self.epoch}
@@ -424,6 +424,33 @@ class Trainer:
                 )
                 save_atomic(best, self.folder.best)
         return record
+
+    def _validate_topology(self, reference: nn.Module, x_val: Tensor) -> dict[str, float]:
+        """Graph KL (under the run's own topology loss; the default one for runs without TRAIN) and kNN
+        overlap against the reference at the run's layer, and the shape of the penultimate features' graphs
+        (entropy, mean cosine) of the model and, once, of the reference, comparable across all runs."""
+        topo = self.cfg.topology
+        layer = topo.layer if topo is not None else "features"
+        if self.reference_features is None:
+            reference_layer = (topo.teacher_layer or layer) if topo is not None else "features"
+            self.reference_features = extract(reference, x_val, reference_layer)
+            penultimate = self.reference_features if reference_layer == "features" else extract(reference, x_val)
+            self.reference_shape = graph_shape(penultimate, self.cfg.optim.batch_size)
+        s = extract(self.model, x_val, layer)
+        loss = _topology_loss(self.objective) or TopologyLoss()
+        m = topology_metrics(s, self.reference_features, graph_size=self.cfg.optim.batch_size, kernel=loss)
+        shape = graph_shape(s if layer == "features" else extract(self.model, x_val), self.cfg.optim.batch_size)
+        m.update(shape)
+        m["reference_graph_entropy"] = self.reference_shape["graph_entropy"]
+        return {f"val_{k}": v for k, v in m.items()}
+
+
+def _topology_loss(objective: Objective) -> Optional[TopologyLoss]:
+    """The topology loss of the TRAIN wrapper inside an objective (under AWP or distillation), or None."""
+    inner: Optional[Objective] = objective
+    while inner is not None and not isinstance(inner, TopologyRegularized):
+        inner = getattr(inner, "base", None) or getattr(inner, "inner", None)
+    return inner.topology if inner is not None else None
 
 
 def epoch_line(name: str, record: dict, epochs: int) -> str:

@@ -8,12 +8,13 @@ from ..errors import TopoatError
 from .base import ImageDataset
 from .cifar import load_cifar
 from .fashion_mnist import load_fashion_mnist
+from .image_folder import load_image_folder
 from .loader import DeviceLoader, random_crop_flip, to_float
 from .npz import load_npz
 from .synthetic import make_synthetic
 from .tiny_imagenet import load_tiny_imagenet
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "npz", "synthetic")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "image-folder", "npz", "synthetic")
 
 
 def load_dataset(
@@ -34,6 +35,8 @@ def load_dataset(
         return load_cifar(name, root, download=download)
     if name == "tiny-imagenet":
         return load_tiny_imagenet(root, download=download)
+    if name == "image-folder":
+        return load_image_folder(root)
     if name == "npz":
         return load_npz(root)
     if name == "synthetic":
@@ -41,17 +44,26 @@ def load_dataset(
     raise TopoatError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
-def dataset_from_config(data_cfg) -> ImageDataset:
-    """Load, split off validation and subset the training split, as a DataConfig says."""
+def load_configured(data_cfg, root: Optional[str] = None, *, download: Optional[bool] = None) -> ImageDataset:
+    """The whole data set a DataConfig names, called by its `name` when it gives one; `root` and
+    `download` replace the config's when given."""
     ds = load_dataset(
         data_cfg.dataset,
-        data_cfg.root,
+        root or data_cfg.root,
         synthetic_shape=data_cfg.synthetic_shape,
         synthetic_classes=data_cfg.synthetic_classes,
         synthetic_train=data_cfg.synthetic_train,
         synthetic_test=data_cfg.synthetic_test,
-        download=data_cfg.download,
+        download=data_cfg.download if download is None else download,
     )
+    if data_cfg.name:
+        ds.name = data_cfg.name
+    return ds
+
+
+def dataset_from_config(data_cfg) -> ImageDataset:
+    """Load, split off validation and subset the training split, as a DataConfig says."""
+    ds = load_configured(data_cfg)
     ds = ds.split_validation(data_cfg.val_size, data_cfg.val_seed)
     return ds.subset_train(data_cfg.train_subset, data_cfg.val_seed)
 
@@ -61,6 +73,7 @@ __all__ = [
     "DeviceLoader",
     "ImageDataset",
     "dataset_from_config",
+    "load_configured",
     "load_dataset",
     "random_crop_flip",
     "to_float",

@@ -9,6 +9,7 @@ the disk. Corrupt or truncated archives end in a one-line `TopoatError`.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import shutil
 import stat
@@ -19,7 +20,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator, Optional
+from typing import IO, Callable, Iterator, Optional, cast
 
 from tqdm.auto import tqdm
 
@@ -30,7 +31,7 @@ MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: the largest real member (CIFAR-100 train.bi
 MAX_TOTAL_BYTES = 8 << 30  # 8 GiB: the largest real archive (Tiny ImageNet) unpacks to about 0.5 GB
 CHUNK = 1 << 20
 # Errors a damaged gzip/tar/zip stream raises somewhere in the standard library.
-CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
+CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 # -- checksums and downloads ------------------------------------------------------------------------
@@ -173,25 +174,55 @@ def read_tar_members(
 ) -> dict[str, bytes]:
     """Read the regular-file members whose checked name satisfies `wanted`, in one streaming pass.
 
-    Every member is checked, wanted or not: an archive with one hostile entry is refused whole.
+    Every member is checked, wanted or not: an archive with one hostile entry is refused whole. The
+    stream is read to its end, so a compressed archive's own checksum (gzip's CRC) is verified too.
     """
+    return read_tar_tree(archive, wanted, max_member_bytes=max_member_bytes, max_total_bytes=max_total_bytes)[0]
+
+
+def read_tar_tree(
+    archive: str | Path,
+    wanted: Callable[[str], bool],
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> tuple[dict[str, bytes], set[str]]:
+    """`read_tar_members`'s files, and the name of every folder the archive holds: those it lists
+    (an empty one included) and those its files imply."""
     found: dict[str, bytes] = {}
+    folders: set[str] = set()
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             for info, name in _checked_tar_members(tar, archive, max_member_bytes, max_total_bytes):
-                if info.isreg() and wanted(name):
+                if info.isdir():
+                    folders.add(name)
+                    continue
+                folders.update(_parents(name))
+                if wanted(name):
                     f = tar.extractfile(info)
                     assert f is not None  # a regular member always has a file object
                     found[name] = _read_limited(f, info.name, archive, info.size)
                     if len(found[name]) != info.size:
                         raise EOFError(f"member {info.name} is cut short")
+            # tar stops at its end-of-archive blocks; what follows (padding, then gzip's CRC and
+            # length) is only checked when read
+            stream = cast(IO[bytes], tar.fileobj)
+            while stream.read(CHUNK):
+                pass
     except FileNotFoundError:
         raise TopoatError(f"archive not found: {archive}") from None
     except TopoatError:
         raise
     except CORRUPT as e:
         raise _corrupt(archive, e) from None
-    return found
+    folders.discard("")
+    return found, folders
+
+
+def _parents(name: str) -> list[str]:
+    """The folders above a member: "a/b/c.png" -> ["a", "a/b"]."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 # -- zip --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..errors import TopoatError
 from ..runtime import bar_disabled
 from .archive import SafeZip
 from .archive import download as download_file
-from .base import ImageDataset
+from .base import ImageDataset, exact_channel_stats
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -150,24 +150,6 @@ def decode_jpeg(raw: bytes, name: str) -> np.ndarray:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise TopoatError(f"Tiny ImageNet: cannot decode {name} ({e.__class__.__name__})") from None
-
-
-def exact_channel_stats(x: torch.Tensor, chunk: int = 2048) -> tuple[list[float], list[float]]:
-    """Mean and std per channel over every image (in [0, 1] units), in float64 chunks.
-
-    Tiny ImageNet's train split is ordered by class, so the first-10k sample `channel_stats` takes
-    would see only 20 classes.
-    """
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    total_sq = torch.zeros(x.shape[1], dtype=torch.float64)
-    for start in range(0, x.shape[0], chunk):
-        block = x[start : start + chunk].to(torch.float64).div_(255.0)
-        total += block.sum(dim=(0, 2, 3))
-        total_sq += block.square().sum(dim=(0, 2, 3))
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(1e-6).sqrt()
-    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
 
 
 def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:

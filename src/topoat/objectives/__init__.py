@@ -35,16 +35,30 @@ def build_base_objective(cfg: TrainConfig) -> Objective:
     raise TopoatError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 
+def projection_head(in_features: int, width: int) -> nn.Module:
+    """TRAIN's optional learnable head: the student's graph is built on its output."""
+    return nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(), nn.Linear(in_features, width))
+
+
 def build_objective(
-    cfg: TrainConfig, teacher: Optional[nn.Module] = None, distillation_teacher: Optional[nn.Module] = None
+    cfg: TrainConfig,
+    teacher: Optional[nn.Module] = None,
+    distillation_teacher: Optional[nn.Module] = None,
+    student_width: Optional[int] = None,
 ) -> Objective:
     """The base method, + TRAIN if the config has a topology section, + logit distillation if it has a
-    distillation section, + AWP (outermost) if method.awp."""
+    distillation section, + AWP (outermost) if method.awp. `student_width`: the width of the student's
+    representation at topology.layer, needed for a projection head."""
     objective = build_base_objective(cfg)
     t = cfg.topology
     if t is not None:
         if teacher is None:
             raise TopoatError("topology: a teacher model is required (topology.teacher)")
+        head = None
+        if t.projection > 0:
+            if student_width is None:
+                raise TopoatError("topology.projection: the student's representation width is needed for the head")
+            head = projection_head(student_width, t.projection)
         objective = TopologyRegularized(
             objective,
             teacher,
@@ -59,6 +73,15 @@ def build_objective(
             attack_uses_topology=t.attack_uses_topology,
             temperature=t.temperature,
             perplexity=t.perplexity,
+            divergence=t.divergence,
+            entropy_weight=t.entropy_weight,
+            center=t.center,
+            clean_batchnorm=t.clean_batchnorm,
+            warmup_epochs=t.warmup_epochs,
+            balance=t.balance,
+            teacher_perplexity=t.teacher_perplexity,
+            diagnose_every=t.diagnose_every,
+            projection_head=head,
         )
     d = cfg.distillation
     if d is not None:
@@ -87,5 +110,6 @@ __all__ = [
     "build_base_objective",
     "build_objective",
     "distillation_loss",
+    "projection_head",
     "representation",
 ]

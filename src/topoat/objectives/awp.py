@@ -52,6 +52,12 @@ class AdversarialWeightPerturbation(Objective):
         self.epoch = epoch
         self.inner.set_epoch(epoch)
 
+    def set_progress(self, epoch: float) -> None:
+        self.inner.set_progress(epoch)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.inner.parameters()
+
     def state_dict(self) -> dict:
         return self.inner.state_dict()
 

@@ -98,6 +98,13 @@ class Objective:
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop at the start of every epoch (0-based), resumed ones included."""
 
+    def set_progress(self, epoch: float) -> None:
+        """Called by the training loop before every step with the epochs done so far (fractional)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the objective's own (a projection head), optimised with the model's."""
+        return []
+
     def compile_parts(self, compiler: Callable) -> None:
         """Pass what the objective runs besides the trained model (the attack's ascent step, a frozen
         teacher, an extra loss term) through `compiler` (torch.compile, where runtime.compile says), so
@@ -139,6 +146,12 @@ class Wrapper(Objective):
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
+
+    def set_progress(self, epoch: float) -> None:
+        self.base.set_progress(epoch)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.base.parameters()
 
     def compile_parts(self, compiler: Callable) -> None:
         self.base.compile_parts(compiler)

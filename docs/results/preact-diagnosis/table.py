@@ -1,0 +1,80 @@
+"""The PreAct diagnosis as one table: each candidate's accuracy (best-by-validation checkpoint, the same
+1,000 test images), its difference from PGD-AT, and what its training logs say per epoch.
+
+    .venv/bin/python docs/results/preact-diagnosis/table.py [STUDY_FOLDER]   # default: this folder
+
+Reads the study's results.json and each run's metrics.jsonl (in STUDY_FOLDER/<run>/ or per-run/<run>/).
+Columns per run: natural and PGD-20 accuracy (%) and their difference from PGD-AT (points); from the last
+epoch: the natural and adversarial topology terms (first -> last epoch), the kNN overlap (k = 10) with the
+teacher at the run's layer, the row entropy of the penultimate features' softmax-cosine graph at T 0.1
+(nats; 4.84 is uniform for graphs of 128) and their mean pairwise cosine, the training adversarial
+accuracy, and the epoch means of the parameter-gradient norms of the base loss and of the weighted
+topology terms with the cosine between the two gradients.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ATTACK = "pgd-20"
+
+
+def epochs(folder: Path, run: str) -> list[dict]:
+    for path in (folder / run / "metrics.jsonl", folder / "per-run" / run / "metrics.jsonl"):
+        if path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []
+
+
+def fmt(value, spec=".2f", missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+def main(folder: Path) -> None:
+    runs = json.loads((folder / "results.json").read_text())["runs"]
+    base = runs.get("pgd-at-s0")
+    base_scores = (base["best"]["natural_acc"], base["best"]["robust_acc"][ATTACK]) if base else None
+    header = (
+        "| run | natural | PGD-20 | Δ nat | Δ PGD-20 | topo nat (1st → last) | topo adv | kNN overlap | "
+        "entropy | mean cos | train adv acc | ‖∇ base‖ | ‖∇ topo‖ | cos(∇) |"
+    )
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name, entry in runs.items():
+        log = epochs(folder, name)
+        last = log[-1] if log else {}
+        first = log[0] if log else {}
+        best = entry.get("best") or entry
+        nat, rob = best.get("natural_acc"), (best.get("robust_acc") or {}).get(ATTACK)
+        if base_scores and nat is not None and rob is not None and entry.get("method") == "pgd-at":
+            d_nat, d_rob = f"{100 * (nat - base_scores[0]):+.1f}", f"{100 * (rob - base_scores[1]):+.1f}"
+        else:
+            d_nat = d_rob = "-"
+        topo_nat = (
+            f"{first['topo_nat']:.2f} → {last['topo_nat']:.2f}" if "topo_nat" in last and "topo_nat" in first else "-"
+        )
+        row = [
+            name,
+            fmt(None if nat is None else 100 * nat, ".1f"),
+            fmt(None if rob is None else 100 * rob, ".1f"),
+            d_nat,
+            d_rob,
+            topo_nat,
+            fmt(last.get("topo_adv")),
+            fmt(last.get("val_knn_overlap"), ".3f"),
+            fmt(last.get("val_graph_entropy")),
+            fmt(last.get("val_mean_cosine")),
+            fmt(None if "train_adv_acc" not in last else 100 * last["train_adv_acc"], ".1f"),
+            fmt(last.get("grad_norm_base")),
+            fmt(last.get("grad_norm_topo")),
+            fmt(last.get("grad_cosine")),
+        ]
+        print("| " + " | ".join(row) + " |")
+    reference = next((r.get("val_reference_graph_entropy") for n in runs for r in epochs(folder, n)[-1:]), None)
+    if reference is not None:
+        print(f"\nThe teacher's graph entropy on the same validation images: {reference:.2f} nats.")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
