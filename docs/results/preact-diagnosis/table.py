@@ -4,7 +4,8 @@
     .venv/bin/python docs/results/preact-diagnosis/table.py [STUDY_FOLDER]   # default: this folder
 
 Reads the study's results.json and each run's metrics.jsonl (in STUDY_FOLDER/<run>/ or per-run/<run>/).
-Columns per run: natural and PGD-20 accuracy (%) and their difference from PGD-AT (points); from the last
+Columns per run: natural and PGD-20 accuracy (%) and their difference from PGD-AT of the same network
+(points; cnn-* runs are the small CNN's); from the last
 epoch: the natural and adversarial topology terms (first -> last epoch), the kNN overlap (k = 10) with the
 teacher at the run's layer, the row entropy of the penultimate features' softmax-cosine graph at T 0.1
 (nats; 4.84 is uniform for graphs of 128) and their mean pairwise cosine, the training adversarial
@@ -13,6 +14,7 @@ topology terms with the cosine between the two gradients.
 """
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,8 +35,13 @@ def fmt(value, spec=".2f", missing="-"):
 
 def main(folder: Path) -> None:
     runs = json.loads((folder / "results.json").read_text())["runs"]
-    base = runs.get("pgd-at-s0")
-    base_scores = (base["best"]["natural_acc"], base["best"]["robust_acc"][ATTACK]) if base else None
+
+    def base_scores(name: str):
+        """PGD-AT's scores for the run's network and seed: cnn-* runs are the small CNN's."""
+        seed = name.rsplit("-", 1)[-1]
+        base = runs.get(f"cnn-pgd-at-{seed}" if name.startswith("cnn-") else f"pgd-at-{seed}")
+        return (base["best"]["natural_acc"], base["best"]["robust_acc"][ATTACK]) if base else None
+
     header = (
         "| run | natural | PGD-20 | Δ nat | Δ PGD-20 | topo nat (1st → last) | topo adv | kNN overlap | "
         "entropy | mean cos | train adv acc | ‖∇ base‖ | ‖∇ topo‖ | cos(∇) |"
@@ -42,13 +49,16 @@ def main(folder: Path) -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name, entry in runs.items():
+        if not name.endswith("-s0"):
+            continue
         log = epochs(folder, name)
         last = log[-1] if log else {}
         first = log[0] if log else {}
         best = entry.get("best") or entry
         nat, rob = best.get("natural_acc"), (best.get("robust_acc") or {}).get(ATTACK)
-        if base_scores and nat is not None and rob is not None and entry.get("method") == "pgd-at":
-            d_nat, d_rob = f"{100 * (nat - base_scores[0]):+.1f}", f"{100 * (rob - base_scores[1]):+.1f}"
+        reference = base_scores(name)
+        if reference and nat is not None and rob is not None and entry.get("method") == "pgd-at":
+            d_nat, d_rob = f"{100 * (nat - reference[0]):+.1f}", f"{100 * (rob - reference[1]):+.1f}"
         else:
             d_nat = d_rob = "-"
         topo_nat = (
@@ -71,9 +81,42 @@ def main(folder: Path) -> None:
             fmt(last.get("grad_cosine")),
         ]
         print("| " + " | ".join(row) + " |")
+    seeded_table(runs, base_scores)
     reference = next((r.get("val_reference_graph_entropy") for n in runs for r in epochs(folder, n)[-1:]), None)
     if reference is not None:
         print(f"\nThe teacher's graph entropy on the same validation images: {reference:.2f} nats.")
+
+
+def seeded_table(runs: dict, base_scores) -> None:
+    """Runs with more than one seed: per seed and mean ± sample std, and the paired difference from PGD-AT."""
+    groups: dict[str, list[str]] = {}
+    for name in runs:
+        groups.setdefault(name.rsplit("-", 1)[0], []).append(name)
+    groups = {k: v for k, v in groups.items() if len(v) > 1 and not k.startswith("standard")}
+    if not groups:
+        return
+    print("\n| run | seeds | natural | PGD-20 | Δ natural per seed | Δ PGD-20 per seed | Δ natural | Δ PGD-20 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for group, names in groups.items():
+        nat = [100 * runs[n]["best"]["natural_acc"] for n in names]
+        rob = [100 * runs[n]["best"]["robust_acc"][ATTACK] for n in names]
+        pairs = [(n, base_scores(n)) for n in names]
+        d_nat = [100 * (runs[n]["best"]["natural_acc"] - b[0]) for n, b in pairs if b]
+        d_rob = [100 * (runs[n]["best"]["robust_acc"][ATTACK] - b[1]) for n, b in pairs if b]
+        seeds = ", ".join(n.rsplit("-s", 1)[-1] for n in names)
+        row = [group, seeds, spread(nat), spread(rob)]
+        if group.endswith("pgd-at"):
+            row += ["-", "-", "-", "-"]
+        else:
+            row += [", ".join(f"{d:+.1f}" for d in d_nat), ", ".join(f"{d:+.1f}" for d in d_rob)]
+            row += [spread(d_nat, "+.2f"), spread(d_rob, "+.2f")]
+        print("| " + " | ".join(row) + " |")
+
+
+def spread(values: list[float], spec: str = ".2f") -> str:
+    if len(values) < 2:
+        return format(values[0], spec) if values else "-"
+    return f"{format(statistics.mean(values), spec)} ± {statistics.stdev(values):.2f}"
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ class TopologyRegularized(Wrapper):
         # a learnable map from the student's representation to where its graph is built (teacher's: none)
         self.head = projection_head
         self._ramp = 1.0 if warmup_epochs <= 0 else 0.0
+        self._temperature_fitted = False
         self._calls = 0
         self._diagnosis: dict[str, Tensor] = {}
         self.layer = layer
@@ -202,7 +203,7 @@ class TopologyRegularized(Wrapper):
 
     def state_dict(self) -> dict:
         state = {f"base.{k}": v for k, v in self.base.state_dict().items()}
-        if self.teacher_perplexity is not None and self._fitted_temperature:
+        if self.teacher_perplexity is not None and self._temperature_fitted:
             state["temperature"] = torch.tensor(self.topology.temperature, dtype=torch.float64)
         if self.head is not None:
             state.update({f"head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()})
@@ -252,13 +253,9 @@ class TopologyRegularized(Wrapper):
 
         return objective
 
-    @property
-    def _fitted_temperature(self) -> bool:
-        return getattr(self, "_temperature_fitted", False)
-
     def _fit_temperature(self, teacher_repr: Tensor) -> None:
         """Once, on the first batch: the temperature at which the teacher's rows have the target perplexity."""
-        if self.teacher_perplexity is None or self._fitted_temperature:
+        if self.teacher_perplexity is None or self._temperature_fitted:
             return
         self.topology.temperature = temperature_for_perplexity(
             teacher_repr, self.teacher_perplexity, self.topology.center
