@@ -79,22 +79,24 @@ if wanted compile; then
   stage "throughput (compile) exit $?"
 fi
 
-left=$(( BUDGET - $(elapsed) ))
-if wanted study && [ "$left" -gt 30 ]; then
-  resume=(); [ -d "$OUT/frontier" ] && resume=(--resume)
-  stage "frontier key points (limit ${left}s, what is left of ${BUDGET}s)"
-  timeout "$left" $PY -m topoat study studies/fashion-mnist-gpu.yaml --out "$OUT/frontier" "${resume[@]}" \
-    --no-progress --set data.root="$FMNIST_DIR" --set runtime.device=$DEVICE "${STUDY_SET[@]}" \
-    > "$OUT/frontier.txt" 2>&1
-  stage "frontier exit $? ($(tail -n 1 "$OUT/frontier.txt"))"
+# study_stage NAME SPEC DESCRIPTION ROOT [--set ...]: a study in what is left of the budget, resumed
+# if an earlier call of the script left its folder.
+study_stage() {
+  local name=$1 spec=$2 what=$3 root=$4; shift 4
+  local left=$(( BUDGET - $(elapsed) ))
+  [ "$left" -gt 30 ] || { stage "$name skipped: ${left}s left"; return; }
+  local resume=(); [ -d "$OUT/$name" ] && resume=(--resume)
+  stage "$what (limit ${left}s, what is left of ${BUDGET}s)"
+  timeout "$left" $PY -m topoat study "$spec" --out "$OUT/$name" "${resume[@]}" \
+    --no-progress --set data.root="$root" --set runtime.device=$DEVICE "$@" > "$OUT/$name.txt" 2>&1
+  stage "$name exit $? ($(tail -n 1 "$OUT/$name.txt"))"
+}
+
+if wanted study; then
+  study_stage frontier studies/fashion-mnist-gpu.yaml "frontier key points" "$FMNIST_DIR" "${STUDY_SET[@]}"
 fi
-left=$(( BUDGET - $(elapsed) ))
-if wanted cifar && [ "$left" -gt 30 ]; then
-  resume=(); [ -d "$OUT/cifar10-jpg" ] && resume=(--resume)
-  stage "CIFAR-10 (JPEG copy): standard, PGD-AT, PGD-AT + TRAIN (limit ${left}s)"
-  timeout "$left" $PY -m topoat study studies/cifar10-jpg-gpu.yaml --out "$OUT/cifar10-jpg" "${resume[@]}" \
-    --no-progress --set data.root="$CIFAR_ROOT" --set runtime.device=$DEVICE "${CIFAR_SET[@]}" \
-    > "$OUT/cifar10-jpg.txt" 2>&1
-  stage "cifar exit $? ($(tail -n 1 "$OUT/cifar10-jpg.txt"))"
+if wanted cifar; then
+  study_stage cifar10-jpg studies/cifar10-jpg-gpu.yaml "CIFAR-10 (JPEG copy): standard, PGD-AT, PGD-AT + TRAIN" \
+    "$CIFAR_ROOT" "${CIFAR_SET[@]}"
 fi
 stage "done: $OUT"

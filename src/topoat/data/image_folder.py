@@ -38,6 +38,7 @@ from ..files import write_atomic
 from ..runtime import bar_disabled
 from .archive import SafeZip, file_digest, read_tar_tree
 from .base import ImageDataset, exact_channel_stats
+from .cache import read_array_cache
 
 NAME = "image-folder"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -335,18 +336,7 @@ CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes", "mean", "std"
 
 def _read_cache(path: Path, fingerprint: str) -> Optional[dict[str, np.ndarray]]:
     """The cached arrays, or None if there is no cache or it is stale, damaged or of another version."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not all(k in f.files for k in CACHE_KEYS):
-                return None
-            if f["version"].shape != () or int(f["version"]) != CACHE_VERSION or str(f["source"]) != fingerprint:
-                return None
-            arrays = {k: f[k] for k in CACHE_KEYS}
-    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile):
-        return None
-    return arrays if _cache_is_sound(arrays) else None
+    return read_array_cache(path, fingerprint, CACHE_KEYS, CACHE_VERSION, _cache_is_sound)
 
 
 def _cache_is_sound(a: dict[str, np.ndarray]) -> bool:

@@ -14,7 +14,6 @@ import io
 import os
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +26,7 @@ from ..runtime import bar_disabled
 from .archive import SafeZip
 from .archive import download as download_file
 from .base import ImageDataset, exact_channel_stats
+from .cache import read_array_cache
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -195,19 +195,8 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
 
 def _read_cache(path: Path, fingerprint: str) -> Optional[dict[str, np.ndarray]]:
     """The cached arrays, or None if there is no cache or it is stale, damaged or of another version."""
-    if not path.is_file():
-        return None
     keys = ("x_train", "y_train", "x_test", "y_test", "wnids", "names", "mean", "std", "source", "version")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not all(k in f.files for k in keys):
-                return None
-            if f["version"].shape != () or int(f["version"]) != CACHE_VERSION or str(f["source"]) != fingerprint:
-                return None
-            arrays = {k: f[k] for k in keys}
-    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile):
-        return None
-    return arrays if _cache_is_sound(arrays) else None
+    return read_array_cache(path, fingerprint, keys, CACHE_VERSION, _cache_is_sound)
 
 
 def _cache_is_sound(a: dict[str, np.ndarray]) -> bool:
