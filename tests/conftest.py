@@ -59,6 +59,34 @@ def train_undefended(num_classes=10, seed=0, epochs=10, shape=(1, 12, 12), n_tes
     return model.eval(), to_float(ds.x_test), ds.y_test
 
 
+def fp32_neighbour_slack(spaces, k=10, rel=1e-5):
+    """How far below 1 `knn_overlap` and `trustworthiness` may fall, on any CPU, between fp32 copies of
+    one geometry (the same points scaled, shifted, rotated, padded or with permuted dimensions).
+
+    In exact arithmetic such copies have the same k nearest neighbours. In fp32 the library computes
+    squared distances as |a|^2 + |b|^2 - 2ab, whose rounding is a few 1e-7 of those terms (at most about
+    1e-6 with 16 dimensions) and differs between CPUs (summation order, FMA, vector width). Two neighbours
+    whose distances from a sample straddle the k-th place within `rel` of the terms (10 times that bound)
+    may therefore swap on some CPU. From float64 distances, count for each sample m, the swaps its
+    near-ties allow; each costs its Jaccard overlap (k - m) / (k + m) instead of 1, and its
+    trustworthiness term at most m * m ranks. Data without such near-ties get no slack at all."""
+    worst = None
+    for z in spaces:
+        z = torch.as_tensor(z).double().flatten(1)
+        sq = (z * z).sum(1)
+        d2 = (z[:, None, :] - z[None, :, :]).square().sum(-1)
+        d2.fill_diagonal_(float("inf"))
+        d2, order = d2.sort(dim=1)
+        edge = 0.5 * (d2[:, k - 1] + d2[:, k])
+        near = (d2 - edge[:, None]).abs() <= rel * (sq[:, None] + sq[order])
+        swaps = torch.minimum(near[:, :k].sum(1), near[:, k:].sum(1))
+        worst = swaps if worst is None else torch.maximum(worst, swaps)
+    n = worst.numel()
+    overlap = float((1.0 - (k - worst) / (k + worst)).mean())
+    trust = float(2.0 / (n * k * (2 * n - 3 * k - 1)) * (worst * worst).sum())
+    return overlap, trust
+
+
 class SignalAfter(Wrapper):
     """Wraps an objective and sends SIGINT to this process after `n` calls, like a user's Ctrl-C."""
 
