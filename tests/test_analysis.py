@@ -197,15 +197,16 @@ def test_cli_report_of_single_run_folders_and_analyze_json(tiny_study, tmp_path,
                 "64",
                 "--attack-steps",
                 "3",
-                "--json",
-                str(tmp_path / "a.json"),
+                "--json",  # no FILE: topology.json beside the checkpoint, never in the current folder
             ]
         )
         == 0
     )
     printed = capsys.readouterr().out
     assert "kNN overlap@10" in printed and "trustworthiness@10" in printed
-    doc = json.loads((tmp_path / "a.json").read_text())
+    written = tiny_study / "pgd-at-s0" / "topology.json"
+    assert f"wrote {written}" in printed
+    doc = json.loads(written.read_text())
     assert doc["eps"] == 0.1 and doc["n"] == 64 and len(doc["models"]) == 2
 
 

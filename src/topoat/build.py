@@ -4,9 +4,10 @@ loops over them; the benchmark builds the same parts to time one step."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,8 @@ from .runtime import (
     use_channels_last,
     use_compile,
 )
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -75,7 +78,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
 
     teacher, reference, distillation_teacher = _frozen_models(cfg, model, frozen)
     if dist.enabled and cfg.runtime.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = _sync_batchnorm(model, device, dist)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = DeviceLoader(
         x_train,
@@ -167,6 +170,20 @@ def _student_width(cfg: TrainConfig, model: nn.Module, example: Tensor) -> Optio
             return representation(model, to_float(example), cfg.topology.layer)[1].shape[1]
     finally:
         model.train(was_training)
+
+
+def _sync_batchnorm(model: M, device: torch.device, dist: DistContext) -> M:
+    """runtime.sync_bn: BatchNorm statistics over the global batch. PyTorch synchronises them on CUDA only;
+    elsewhere each process keeps its own statistics (as without sync_bn), which is said once, not a traceback."""
+    if device.type == "cuda":
+        return cast(M, nn.SyncBatchNorm.convert_sync_batchnorm(model))
+    if dist.is_main:
+        print(
+            f"topoat: warning: runtime.sync_bn needs CUDA; on {device.type} each process keeps its own "
+            "BatchNorm statistics",
+            file=sys.stderr,
+        )
+    return model
 
 
 def _objective(

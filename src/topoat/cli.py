@@ -61,6 +61,7 @@ def _train(args) -> int:
         shutdown()
     if entry is not None:  # rank 0
         print(format_table({cfg.name: entry}))
+        print(f"wrote {out} (config.yaml, metrics.jsonl, last.pt, best.pt, results.json)")
     return 0
 
 
@@ -273,6 +274,8 @@ def _analyze(args) -> int:
 
     if args.n <= 2 * args.k:
         raise TopoatError(f"analyze: --n must be more than twice --k (got n={args.n}, k={args.k})")
+    if args.json == "":
+        args.json = str(_common_folder(args.checkpoints) / "topology.json")
     _check_output_file("--json", args.json)
     reference = load_checkpoint(args.reference)
     checkpoints = {path: load_checkpoint(path) for path in args.checkpoints}  # bad paths fail before any attack
@@ -316,7 +319,15 @@ def _analyze(args) -> int:
             "models": metrics,
         }
         _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
+
+
+def _common_folder(paths: Sequence[str]) -> Path:
+    """The deepest folder holding all `paths`: a run's folder for one checkpoint, the study's for several runs."""
+    import os
+
+    return Path(os.path.commonpath([Path(p).resolve().parent for p in paths]))
 
 
 def _report(args) -> int:
@@ -392,6 +403,9 @@ def _version() -> str:
     return f"topoat {__version__} (torch {torch.__version__})"
 
 
+DEVICE_HELP = "auto (CUDA if there is one, else CPU), cpu, cuda or cuda:N"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="topoat", description="Topology-preserving adversarial training (TRAIN).")
     parser.add_argument("--version", action="version", version=_version())
@@ -420,7 +434,7 @@ def _add_train_command(sub) -> None:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved, validated config (defaults filled in) and exit"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.set_defaults(func=_train)
 
 
@@ -443,7 +457,7 @@ def _add_study_command(sub) -> None:
         help="train only the runs whose names match (shell-style, e.g. 'trades-*-s1'); two processes "
         "with disjoint --runs can share one study folder, each with --resume",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.set_defaults(func=_study)
 
 
@@ -468,7 +482,7 @@ def _add_eval_command(sub) -> None:
         help="any importable model: FACTORY() returns an nn.Module taking [0, 1] images, giving logits",
     )
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
-    p.add_argument("--data-root")
+    p.add_argument("--data-root", help="where the dataset lives (default: the checkpoint's, else the dataset's own)")
     p.add_argument(
         "--attacks",
         default="pgd-20",
@@ -487,8 +501,8 @@ def _add_eval_command(sub) -> None:
         help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)",
     )
     p.add_argument("--seed", type=int, default=0, help="chooses the images and the attacks' random starts")
-    p.add_argument("--batch-size", type=_count, default=500)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_count, default=500, help="images per attack batch (default 500)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", help="also write the results here")
     p.add_argument(
         "--results", metavar="RESULTS_JSON", help="merge the robust accuracies into this results.json (with --run)"
@@ -503,7 +517,7 @@ def _add_eval_command(sub) -> None:
         "--reference", metavar="STANDARD_CKPT", help="standard model for --sanity's transfer check (skipped without it)"
     )
     p.add_argument("--sanity-steps", type=_count, default=20, help="PGD steps of the sanity checks (default 20)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.set_defaults(func=_eval)
 
 
@@ -519,17 +533,24 @@ def _add_analyze_command(sub) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     p.add_argument("--reference", required=True, metavar="TEACHER", help="the standard model's checkpoint")
     p.add_argument("--dataset", help="dataset name (default: the reference checkpoint's data config)")
-    p.add_argument("--data-root")
+    p.add_argument("--data-root", help="where the dataset lives (default: the checkpoint's, else the dataset's own)")
     p.add_argument("--n", type=_count, default=1000, help="held-out test images (a fixed seeded choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="chooses the images and the attack's random starts")
     p.add_argument("--k", type=_count, default=10, help="neighbours for kNN overlap and trustworthiness")
     p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the reference's config")
     p.add_argument("--eps", type=_radius, default=None, help="default: the reference's config")
     p.add_argument("--attack-steps", type=_count, default=20, help="PGD steps for the adversarial representations")
     p.add_argument("--step-size", type=_step, default=None, help="PGD step (default eps / 4)")
     p.add_argument("--layer", default="features", help="features (penultimate), logits, or a module name")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", help="also write the metrics here")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="also write the metrics as JSON: to FILE, or with no FILE to topology.json in the checkpoints' "
+        "common folder (the run or study folder)",
+    )
     p.set_defaults(func=_analyze)
 
 
@@ -538,9 +559,13 @@ def _add_report_command(sub) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a study folder or single run folders")
     p.add_argument("--out", help="where report.md and figures/ go (default: the only RUN_DIR)")
     p.add_argument("--reference", help="checkpoint every run is compared with (default: each run's standard model)")
-    p.add_argument("--n", type=_count, default=1000, help="held-out test images for the topology metrics")
-    p.add_argument("--k", type=_count, default=10)
-    p.add_argument("--attack-steps", type=_count, default=20)
+    p.add_argument(
+        "--n", type=_count, default=1000, help="held-out test images for the topology metrics (default 1000)"
+    )
+    p.add_argument("--k", type=_count, default=10, help="neighbours for kNN overlap and trustworthiness (default 10)")
+    p.add_argument(
+        "--attack-steps", type=_count, default=20, help="PGD steps for the adversarial representations (default 20)"
+    )
     p.add_argument("--tsne-points", type=_count, default=1000, help="natural images per t-SNE map")
     p.add_argument(
         "--tsne-models",
@@ -548,7 +573,7 @@ def _add_report_command(sub) -> None:
         help="runs (or groups of seeds) drawn as t-SNE columns, in order (default: the reference, "
         "each TRAIN run beside its base method, then the rest, up to 6)",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_report)
 
 
@@ -571,6 +596,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("topoat: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `topoat configs | head`: the reader has gone, which is no error of ours
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a tool killed by the signal reports
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of the dead pipe raises nothing."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ from .errors import TopoatError
 TEMP_SUFFIX = ".tmp"  # temporary files are ".NAME.XXXXXXXX.tmp" next to NAME
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set it and put it straight back
+    os.umask(mask)
+    return mask
+
+
+_CREATE_MODE = 0o666 & ~_umask()  # what open() would give a new file; read once, as threads may write
+
+
 def write_atomic(path: str | Path, data: bytes | bytearray | memoryview) -> None:
     """Write `data` to a temporary file in the same folder, fsync it, then rename it over `path`: a crash
     or a full disk leaves the old file (or none), never a half-written one, and no temporary file."""
@@ -22,6 +31,7 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview) -> None
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         try:
             _write_all(fd, memoryview(data).cast("B"))
+            os.fchmod(fd, _CREATE_MODE)  # mkstemp makes 0600; a file topoat writes is as readable as any other
             os.fsync(fd)
         finally:
             os.close(fd)

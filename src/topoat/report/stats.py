@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .collect import Run, base_group, groups_of
@@ -42,10 +42,17 @@ class PairedGroups:
     group: str
     base: str
     pairs: list[tuple[Run, Run]]  # (TRAIN run, base run of the same seed)
+    skipped: list[tuple[Run, Run, str]] = field(default_factory=list)  # same seed, trained differently: why
+
+
+# What must match for "TRAIN minus its base method" to measure the added term alone: the data (and its
+# subset), the model, the base method, the training attack, the schedule, the seed and the test images.
+COMPARED_SECTIONS = ("seed", "data", "model", "method", "attack", "optim")
 
 
 def paired_with_base(runs: Sequence[Run]) -> list[PairedGroups]:
-    """Every TRAIN group that has a base-method group sharing at least one seed with it."""
+    """Every TRAIN group that has a base-method group sharing at least one seed with it; a pair of the same
+    seed that was trained differently (other data, epochs, model, attack...) is skipped, with the reason."""
     groups = groups_of(runs)
     paired = []
     for group, members in groups.items():
@@ -55,10 +62,48 @@ def paired_with_base(runs: Sequence[Run]) -> list[PairedGroups]:
         if base is None:
             continue
         base_by_seed = {r.seed: r for r in groups[base]}
-        pairs = [(r, base_by_seed[r.seed]) for r in members if r.seed in base_by_seed]
-        if pairs:
-            paired.append(PairedGroups(group, base, pairs))
+        pairs, skipped = [], []
+        for r in members:
+            if r.seed not in base_by_seed:
+                continue
+            why = incomparable(r, base_by_seed[r.seed])
+            if why is None:
+                pairs.append((r, base_by_seed[r.seed]))
+            else:
+                skipped.append((r, base_by_seed[r.seed], why))
+        if pairs or skipped:
+            paired.append(PairedGroups(group, base, pairs, skipped))
     return paired
+
+
+def incomparable(run: Run, base: Run) -> Optional[str]:
+    """Why `run` minus `base` would not measure `run`'s added term alone (None: it would): the settings
+    they differ in, read from their configs and results. Runs without a readable config are taken as
+    comparable on what their results say."""
+    differences = _differences(run.threat, base.threat, "threat")
+    differences += _differences(run.entry.get("n_eval"), base.entry.get("n_eval"), "test images")
+    if run.config is not None and base.config is not None:
+        from ..config import to_dict
+
+        mine, theirs = to_dict(run.config), to_dict(base.config)
+        differences += _differences(
+            {k: mine.get(k) for k in COMPARED_SECTIONS}, {k: theirs.get(k) for k in COMPARED_SECTIONS}, ""
+        )
+        differences += _differences(run.config.evaluation.seed, base.config.evaluation.seed, "evaluation.seed")
+    if not differences:
+        return None
+    shown = differences[:4] + ([f"{len(differences) - 4} more"] if len(differences) > 4 else [])
+    return ", ".join(shown)
+
+
+def _differences(a: object, b: object, key: str) -> list[str]:
+    """'key: a vs b' for every leaf where two config-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for k in dict.fromkeys([*a, *b]):
+            found += _differences(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        return found
+    return [] if a == b else [f"{key} {a!r} vs {b!r}"]
 
 
 def accuracy(run: Run, attack: Optional[str]) -> float:

@@ -88,10 +88,19 @@ def fewer_images_notes(runs: Sequence[Run]) -> list[str]:
     return list(notes.values())
 
 
+def skipped_pairs_notes(runs: Sequence[Run]) -> list[str]:
+    """One line per TRAIN run left out of "TRAIN minus its base method", saying what differs."""
+    return [
+        f"`{r.name}` is not compared with `{b.name}`: they were not trained alike ({why})."
+        for p in paired_with_base(runs)
+        for r, b, why in p.skipped
+    ]
+
+
 def paired_section(runs: Sequence[Run]) -> str:
     """TRAIN minus its base method, per seed, then mean ± std over seeds: one column per accuracy that
-    either run of a pair reports ('-' where the other lacks it); '' when no TRAIN run has a base."""
-    paired = paired_with_base(runs)
+    either run of a pair reports ('-' where the other lacks it); '' when no TRAIN run has a comparable base."""
+    paired = [p for p in paired_with_base(runs) if p.pairs]
     if not paired:
         return ""
     attacks = robust_attacks(r.entry for p in paired for r, _ in p.pairs)

@@ -11,7 +11,7 @@ from ..errors import TopoatError
 from .analyse import Analysis, ReportSettings, analyse_runs
 from .collect import Run, assign_references, collect_runs
 from .figures import plot_accuracy_curves, plot_lambda_ablation, plot_topology_curves, plot_tradeoff, plot_tsne
-from .tables import fewer_images_notes, paired_section, results_section, topology_section
+from .tables import fewer_images_notes, paired_section, results_section, skipped_pairs_notes, topology_section
 
 Picture = tuple[str, Path, str]  # heading, file, caption
 
@@ -223,6 +223,7 @@ def _results_part(runs: Sequence[Run], failed: dict[str, str]) -> list[str]:
             "",
             paired,
         ]
+    parts += [line for note in skipped_pairs_notes(runs) for line in ("", f"- {note}")]
     for name, why in failed.items():
         parts += ["", f"- **{name} failed**: {why}"]
     return parts

@@ -1,0 +1,119 @@
+"""What a new user meets in the first hour: where things were written, files others can read, pipes into
+`head`, a report that compares only what is comparable, and options that explain themselves."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import tiny_config
+
+from topoat.cli import build_parser, main
+from topoat.config import dump_config
+from topoat.files import write_text_atomic
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_written_files_honour_the_umask_like_any_other_tool(tmp_path):
+    write_text_atomic(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    script = "from topoat.files import write_text_atomic; import sys; write_text_atomic(sys.argv[1], 'x')"
+    path = tmp_path / "b.txt"
+    subprocess.run(
+        [sys.executable, "-c", script, str(path)], check=True, timeout=120, preexec_fn=lambda: os.umask(0o027)
+    )
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_train_says_where_it_wrote_and_its_files_are_readable(tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(dump_config(tiny_config(**{"optim.epochs": 1, "evaluation.n": 16})))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert f"wrote {out} (config.yaml, metrics.jsonl, last.pt" in capsys.readouterr().out
+    for name in ("results.json", "last.pt", "config.yaml", "metrics.jsonl"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`topoat configs | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "topoat", "configs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    proc.stdout.close()  # before the first line is written
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""
+
+
+def test_sync_bn_on_a_cpu_is_a_warning_not_a_traceback(capsys):
+    from topoat.build import _sync_batchnorm
+    from topoat.distributed import DistContext
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    kept = _sync_batchnorm(model, torch.device("cpu"), DistContext(rank=0, world=2))
+    assert kept is model and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in kept.modules())
+    assert "warning: runtime.sync_bn needs CUDA" in capsys.readouterr().err
+    _sync_batchnorm(model, torch.device("cpu"), DistContext(rank=1, world=2))
+    assert capsys.readouterr().err == ""  # said once, by rank 0
+
+
+def _run(name, cfg, natural, folder: Path, n_eval=64):
+    from topoat.report import Run
+
+    entry = {
+        "method": cfg.method.name,
+        "natural_acc": natural,
+        "robust_acc": {"pgd-3": natural / 2},
+        "topology": {"lambda_nat": 5.0, "lambda_adv": 5.0} if cfg.topology is not None else None,
+        "n_eval": n_eval,
+    }
+    return Run(name, entry, folder / name, folder / name / "last.pt", {"norm": "Linf", "eps": 0.1}, cfg)
+
+
+def test_report_pairs_train_only_with_a_base_run_trained_alike(tmp_path):
+    from topoat.report import paired_section
+    from topoat.report.tables import skipped_pairs_notes
+
+    train = {"topology.teacher": "t.pt", "topology.lambda_nat": 5, "topology.lambda_adv": 5}
+    base = _run("pgd-at", tiny_config(), 0.70, tmp_path)
+    alike = _run("pgd-at-train", tiny_config(**train), 0.72, tmp_path)
+    assert "| pgd-at-train − pgd-at | - (one run each) | +2.00 | +1.00 |" in paired_section([base, alike])
+    assert skipped_pairs_notes([base, alike]) == []
+
+    # single run folders: a TRAIN run on 300 images for 2 epochs against PGD-AT on all of them for 1 epoch
+    other = _run("pgd-at-train", tiny_config(**train, **{"data.train_subset": 150, "optim.epochs": 1}), 0.72, tmp_path)
+    assert paired_section([base, other]) == ""
+    (note,) = skipped_pairs_notes([base, other])
+    assert note.startswith("`pgd-at-train` is not compared with `pgd-at`: they were not trained alike")
+    assert "data.train_subset 150 vs None" in note and "optim.epochs 1 vs 2" in note
+    fewer = _run("pgd-at-train", tiny_config(**train), 0.72, tmp_path, n_eval=32)
+    assert "test images 32 vs 64" in skipped_pairs_notes([base, fewer])[0]
+
+
+def test_report_md_names_a_skipped_pair(tmp_path):
+    from topoat.report.write import _results_part
+
+    base = _run("pgd-at", tiny_config(), 0.70, tmp_path)
+    other = _run("pgd-at-train", tiny_config(**{"topology.teacher": "t.pt", "seed": 3}), 0.72, tmp_path)
+    text = "\n".join(_results_part([base, other], {}))
+    assert "TRAIN minus its base method" not in text and "seed 3 vs 0" in text
+
+
+def test_every_option_of_every_command_has_help():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    missing = [
+        f"{name} {a.option_strings[0]}"
+        for name, parser in sub.choices.items()
+        for a in parser._actions
+        if a.option_strings and a.help is None and a.dest != "help"
+    ]
+    assert missing == []
