@@ -117,3 +117,37 @@ def test_every_option_of_every_command_has_help():
         if a.option_strings and a.help is None and a.dest != "help"
     ]
     assert missing == []
+
+
+TINY_DATA = [
+    "data.dataset=synthetic",
+    "data.synthetic_shape=[1, 12, 12]",
+    "data.synthetic_train=128",
+    "data.synthetic_test=32",
+    "data.val_size=32",
+    "model.args={width: 4, feature_dim: 16}",
+    "optim.epochs=1",
+    "optim.batch_size=32",
+    "validation.n=32",
+    "evaluation.n=32",
+    "evaluation.attacks=[pgd-2]",
+]
+
+
+def test_teacher_trains_the_packaged_standard_model_in_one_command(tmp_path, capsys):
+    from topoat import load_model
+    from topoat.checkpoint import load_checkpoint
+
+    out = tmp_path / "teacher"
+    sets = [arg for item in TINY_DATA for arg in ("--set", item)]
+    assert main(["teacher", "--dataset", "fashion-mnist", *sets, "--out", str(out), "--no-progress"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    record = load_checkpoint(out / "last.pt")
+    assert record["config"]["method"]["name"] == "standard" and record["config"]["name"] == "standard"
+    assert record["config"]["topology"] is None and record["config"]["attack"]["eps"] == 0.1
+    load_model(out / "last.pt")  # what the README's training loop loads
+    assert main(["teacher", "--dataset", "mnist", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        "no packaged standard config for 'mnist'; choose from cifar10, cifar10-jpg, cifar10/wrn-34-10, cifar100, "
+        "fashion-mnist, tiny-imagenet" in capsys.readouterr().err
+    )

@@ -65,6 +65,20 @@ def _train(args) -> int:
     return 0
 
 
+def _teacher(args) -> int:
+    """`train` with the dataset's packaged standard config: the frozen model TRAIN and the reports compare with."""
+    from .config import preset_names
+
+    datasets = sorted(name.rpartition("/")[0] for name in preset_names("configs") if name.endswith("/standard"))
+    if args.dataset not in datasets:
+        raise TopoatError(
+            f"teacher: no packaged standard config for {args.dataset!r}; choose from {', '.join(datasets)}"
+        )
+    overrides = ([f"data.root={args.data_root}"] if args.data_root else []) + args.set
+    config = None if args.resume else f"{args.dataset}/standard"
+    return _train(argparse.Namespace(**{**vars(args), "config": config, "set": overrides, "print_config": False}))
+
+
 def _study(args) -> int:
     from .study import run_study
 
@@ -412,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_configs_command(sub)
     _add_train_command(sub)
+    _add_teacher_command(sub)
     _add_study_command(sub)
     _add_eval_command(sub)
     _add_export_command(sub)
@@ -436,6 +451,27 @@ def _add_train_command(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.set_defaults(func=_train)
+
+
+def _add_teacher_command(sub) -> None:
+    p = sub.add_parser(
+        "teacher",
+        help="train the standard model of a dataset (TRAIN's frozen teacher), as `topoat train` with its packaged "
+        "standard config",
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="fashion-mnist, cifar10, cifar10-jpg, cifar100, tiny-imagenet (or cifar10/wrn-34-10: WRN-34-10)",
+    )
+    p.add_argument(
+        "--out", required=True, help="run folder (must not exist, unless --resume); the teacher is OUT/last.pt"
+    )
+    p.add_argument("--data-root", help="where the dataset lives (default: the config's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.set_defaults(func=_teacher)
 
 
 def _add_study_command(sub) -> None:
