@@ -5,6 +5,7 @@ checkpoints are fresh (untrained) models of the same shapes in a temporary worki
 Fashion-MNIST is not installed, synthetic images of its shape stand in for it; the snippets' code itself runs verbatim.
 """
 
+import importlib
 import re
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def make_run_folder(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True)
         save_atomic(model_record(model, "small-cnn", {}, data.num_classes, data.in_channels), path)
     if not _fashion_mnist_installed():
-        monkeypatch.setattr(topoat, "load_dataset", lambda name, *args, **kwargs: data)
+        for module in (topoat, importlib.import_module("topoat.evaluate")):  # benchmark() reads its data itself
+            monkeypatch.setattr(module, "load_dataset", lambda name, *args, **kwargs: data)
     monkeypatch.chdir(tmp_path)
 
 

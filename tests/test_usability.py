@@ -1,16 +1,19 @@
 """What a new user meets in the first hour: where things were written, files others can read, pipes into
 `head`, a report that compares only what is comparable, and options that explain themselves."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_config
 
 from topoat.cli import build_parser, main
 from topoat.config import dump_config
+from topoat.errors import TopoatError
 from topoat.files import write_text_atomic
 
 
@@ -151,3 +154,55 @@ def test_teacher_trains_the_packaged_standard_model_in_one_command(tmp_path, cap
         "no packaged standard config for 'mnist'; choose from cifar10, cifar10-jpg, cifar10/wrn-34-10, cifar100, "
         "fashion-mnist, tiny-imagenet" in capsys.readouterr().err
     )
+    # the teacher as a plain state_dict: `eval` reads back the JSON `export` wrote beside it
+    weights = tmp_path / "exported" / "teacher.pt"
+    weights.parent.mkdir()
+    assert main(["export", str(out / "last.pt"), str(weights)]) == 0
+    scores = []
+    for model in (out / "last.pt", weights):
+        report = tmp_path / f"{model.stem}-{model.parent.name}.json"
+        argv = ["eval", str(model), "--n", "16", "--attacks", "pgd-2", "--json", str(report), "--no-progress"]
+        assert main(argv) == 0, capsys.readouterr().err
+        document = json.loads(report.read_text())
+        scores.append((document["dataset"], document["eps"], document["natural_acc"], document["robust_acc"]))
+    assert scores[0] == scores[1]
+    assert "note: small-cnn rebuilt as " in capsys.readouterr().out
+    # without its JSON, a plain state_dict is an error that says what to give
+    weights.with_suffix(".json").unlink()
+    assert main(["eval", str(weights), "--n", "16"]) == 2
+    assert "is a plain state_dict, not a topoat checkpoint: give its architecture" in capsys.readouterr().err
+
+
+MODULE = """
+import torch
+from topoat import build_model
+
+
+def build():
+    return build_model("small-cnn", 10, 1, [0.5], [0.25], width=8, feature_dim=32)
+"""
+
+
+def test_benchmark_gives_the_numbers_topoat_eval_prints(tmp_path, monkeypatch, capsys):
+    """One call on any [0, 1] -> logits module: the CLI's seeded subset, attacks and random starts."""
+    from conftest import train_undefended
+
+    from topoat import benchmark
+
+    model, _, _ = train_undefended(epochs=3, shape=(1, 28, 28))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "mymodels.py").write_text(MODULE)
+    monkeypatch.chdir(tmp_path)  # the module is found in the current folder, as `python -m` would find it
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    argv = ["eval", "weights.pt", "--model", "mymodels:build", "--dataset", "synthetic", "--eps", "0.1"]
+    argv += ["--n", "100", "--attacks", "pgd-3,fgsm", "--json", "cli.json", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    cli = json.loads((tmp_path / "cli.json").read_text())
+
+    res = benchmark(model, "synthetic", eps=0.1, attacks=["pgd-3", "fgsm"], n=100)
+    assert res.natural_acc == cli["natural_acc"] and res.robust_acc == cli["robust_acc"]
+    assert res.natural_acc > 0.5 and res.robust_acc["pgd-3"] < res.natural_acc  # the numbers mean something
+    # the dataset's own threat model by default; a subset of another seed gives other images
+    with pytest.raises(TopoatError, match="benchmark: give eps"):
+        benchmark(model, "synthetic")
+    assert benchmark(model, "synthetic", eps=0.1, n=100, seed=1).natural_acc != res.natural_acc

@@ -99,12 +99,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise TopoatError(
             f"cannot read checkpoint {path}: corrupt or not a torch file ({e.__class__.__name__})"
         ) from None
+    if _is_plain_state_dict(ckpt):
+        raise TopoatError(
+            f"{path} is a plain state_dict, not a topoat checkpoint: give its architecture "
+            "(topoat eval: --arch NAME --num-classes K, or --model MODULE:FACTORY)"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TopoatError(f"{path} is not a topoat checkpoint")
     if ckpt.get("version") != VERSION:
         raise TopoatError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (need {VERSION})")
     _check_record(ckpt, path)
     return ckpt
+
+
+def _is_plain_state_dict(obj: Any) -> bool:
+    """Weights without a model record: names to tensors, bare or wrapped as {"state_dict": ...}."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def _check_record(ckpt: dict, path: Path) -> None:

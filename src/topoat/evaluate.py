@@ -24,7 +24,7 @@ from .attacks.names import AUTOATTACK_VERSIONS as AUTOATTACK_VERSIONS
 from .attacks.names import AttackSpec as AttackSpec
 from .attacks.names import parse_attack
 from .attacks.pgd import Norm
-from .data import to_float
+from .data import ImageDataset, load_dataset, to_float
 from .errors import TopoatError
 from .runtime import bar_disabled
 
@@ -64,6 +64,59 @@ def held_out_subset(
     floats in [0, 1] on `device`."""
     idx = fixed_subset(dataset.x_test.shape[0], n, seed)
     return to_float(dataset.x_test[idx].to(device)), dataset.y_test[idx].to(device)
+
+
+def benchmark(
+    model: nn.Module,
+    dataset: str | ImageDataset = "fashion-mnist",
+    *,
+    threat_model: str = "Linf",
+    eps: Optional[float] = None,
+    attacks: Sequence[str] = ("pgd-20",),
+    n: Optional[int] = 1000,
+    seed: int = 0,
+    root: Optional[str] = None,
+    step_size: Optional[float] = None,
+    batch_size: int = 500,
+    autoattack_n: Optional[int] = None,
+    device: Optional[str | torch.device] = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Natural and robust accuracy of any `model` (images in [0, 1] -> logits) on a dataset's fixed test
+    subset: the same `n` images, attacks and random starts as `topoat eval --n N --seed SEED`, so the numbers
+    are the ones the command prints. `dataset` is a name (read from `root`, else its default place) or a
+    loaded ImageDataset; `eps` defaults to the radius of the dataset's packaged configs (0.1 for
+    Fashion-MNIST, 8/255 for CIFAR and Tiny ImageNet); `device` to the model's."""
+    data = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root)
+    if eps is None:
+        eps = _packaged_radius(dataset if isinstance(dataset, str) else data.name, threat_model)
+    if device is None:
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+    x, y = held_out_subset(data, n, seed, device)
+    return evaluate(
+        model.eval(),
+        x,
+        y,
+        list(attacks),
+        norm=threat_model,
+        eps=eps,
+        step_size=step_size,
+        batch_size=batch_size,
+        progress=progress,
+        autoattack_n=autoattack_n,
+        seed=seed,
+    )
+
+
+def _packaged_radius(dataset: str, norm: str) -> float:
+    """The eps topoat's packaged configs train and evaluate `dataset` under, for that norm."""
+    from .config import PRESETS, load_config
+
+    standard = PRESETS / "configs" / dataset / "standard.yaml"
+    attack = load_config(standard).attack if standard.is_file() else None
+    if attack is None or attack.norm != norm:
+        raise TopoatError(f"benchmark: give eps (no packaged {norm} threat model for {dataset!r})")
+    return attack.eps
 
 
 @dataclass

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -72,10 +74,19 @@ def model_from_factory(spec: str, weights: Optional[str | Path] = None) -> nn.Mo
     module_name, _, factory_name = spec.partition(":")
     if not module_name or not factory_name:
         raise TopoatError(f"--model must be MODULE:FACTORY (e.g. mymodels:build), got {spec!r}")
+    # as `python -m` would: a module in the current folder is found without PYTHONPATH=. (the `topoat`
+    # script's own folder is first on sys.path, not the current one)
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise TopoatError(f"--model: cannot import {module_name} ({e})") from None
+    finally:
+        if added:
+            sys.path.remove(here)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise TopoatError(f"--model: {module_name} has no callable {factory_name}")
@@ -89,6 +100,23 @@ def model_from_factory(spec: str, weights: Optional[str | Path] = None) -> nn.Mo
             raise TopoatError(f"--model: {weights} does not fit {spec}(): {mismatch}")
         model.load_state_dict(state)
     return model
+
+
+def exported_description(weights: str | Path) -> Optional[dict]:
+    """What `export_checkpoint` wrote beside a state_dict (its .json), or None when there is none."""
+    meta = Path(weights).with_suffix(".json")
+    if Path(weights).suffix == ".json" or not meta.is_file():
+        return None
+    try:
+        description = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TopoatError(f"cannot read {meta} (the description of {weights}): {e}") from None
+    if not isinstance(description, dict) or "rebuild" not in description:
+        return None  # some other JSON that happens to share the name
+    arch, classes, args = description.get("arch"), description.get("num_classes"), description.get("arch_args")
+    if not isinstance(arch, str) or not isinstance(classes, int) or not isinstance(args or {}, dict):
+        raise TopoatError(f"{meta} is damaged: it must give 'arch', 'num_classes' and 'arch_args'")
+    return description
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
@@ -107,6 +135,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Pa
     raw_attack = config.get("attack")
     attack = raw_attack if isinstance(raw_attack, dict) else {}
     description["threat"] = {"norm": attack.get("norm"), "eps": attack.get("eps")}
+    description["data"] = config.get("data")  # how `topoat eval` reads the same test set again
     description["rebuild"] = (
         f"topoat.build_model({ckpt['arch']!r}, {ckpt['num_classes']}, {ckpt['in_channels']}, "
         f"mean, std, **arch_args).load_state_dict(torch.load(PATH, weights_only=True))"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -45,6 +46,11 @@ def load_target(
         return _foreign(checkpoint, device, dataset, root, arch, num_classes, arch_args, factory, command)
     if checkpoint is None:
         raise TopoatError(f"{command}: give a checkpoint (or a model with --arch or --model)")
+    from .external import exported_description
+
+    description = exported_description(checkpoint)
+    if description is not None:
+        return _exported(checkpoint, description, device, dataset, root, command, role)
     record = load_checkpoint(checkpoint)
     data = recorded_dataset(record, dataset, root, command)
     model = model_from_record(record, device).eval()
@@ -105,6 +111,46 @@ def check_fits(
     """A model built for other images or classes fails here with one line, not deep inside an attack."""
     check_fits_data(record, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
     check_takes_images(model, data.x_test[:1].to(device), str(path), data.name)
+
+
+def _exported(
+    weights: str,
+    description: dict,
+    device: torch.device,
+    dataset: Optional[str],
+    root: Optional[str],
+    command: str,
+    role: str,
+) -> Target:
+    """A state_dict written by `topoat export`, rebuilt from the JSON beside it: its architecture, classes,
+    test data and threat model, as its checkpoint had them."""
+    from .external import model_from_state_dict
+
+    sections = {"data": description.get("data"), "attack": description.get("threat")}
+    config = {
+        key: {k: v for k, v in value.items() if v is not None}
+        for key, value in sections.items()
+        if isinstance(value, dict)
+    }
+    record: dict = {
+        key: description.get(key) for key in ("arch", "arch_args", "num_classes", "in_channels", "image_size")
+    }
+    record.update(dataset=description.get("dataset"), config=config, notes=[])
+    data = recorded_dataset(record, dataset, root, command)
+    model, notes = model_from_state_dict(
+        weights,
+        record["arch"],
+        record["num_classes"],
+        record["in_channels"] or data.in_channels,
+        data.mean,
+        data.std,
+        record["arch_args"],
+    )
+    record["in_channels"] = record["in_channels"] or data.in_channels
+    record["notes"] = [f"{record['arch']} rebuilt as {Path(weights).with_suffix('.json')} describes it", *notes]
+    model = model.to(device).eval()
+    check_fits(model, record, data, weights, device, role)
+    return Target(model, record, data, str(weights))
 
 
 def _foreign(
