@@ -206,3 +206,49 @@ def test_benchmark_gives_the_numbers_topoat_eval_prints(tmp_path, monkeypatch, c
     with pytest.raises(TopoatError, match="benchmark: give eps"):
         benchmark(model, "synthetic")
     assert benchmark(model, "synthetic", eps=0.1, n=100, seed=1).natural_acc != res.natural_acc
+
+
+class _Writer:
+    """Stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is an optional extra)."""
+
+    scalars: list = []
+
+    def __init__(self, log_dir):
+        pass
+
+    def add_text(self, tag, text):
+        pass
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_tensorboard_gets_per_step_scalars_as_well_as_per_epoch(tmp_path, monkeypatch):
+    import types
+
+    from topoat.train import Trainer
+
+    _Writer.scalars = []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_Writer))
+    monkeypatch.setattr("topoat.train.GUARD_EVERY", 3)  # flushes inside the epoch as well as at its end
+    trainer = Trainer(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run")
+    trainer.run()
+    steps = 2 * len(trainer.loader)
+    by_tag: dict = {}
+    for tag, value, step in _Writer.scalars:
+        by_tag.setdefault(tag, []).append((step, value))
+    for tag in ("step/loss", "step/lr", "step/seconds"):
+        assert [s for s, _ in by_tag[tag]] == list(range(1, steps + 1)), tag
+    assert all(v > 0 for _, v in by_tag["step/seconds"])
+    lrs = [v for _, v in by_tag["step/lr"]]
+    assert lrs[0] == pytest.approx(0.05) and lrs[-1] < lrs[0]  # the cosine schedule, step by step
+    assert all(isinstance(v, float) for _, v in by_tag["step/loss"])
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in by_tag["loss"]] == [1, 2]  # the epoch's scalars keep their names and epochs
+    assert by_tag["loss"][1][1] == pytest.approx(lines[1]["loss"])

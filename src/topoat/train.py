@@ -275,18 +275,24 @@ class Trainer:
         self.model.train()
         self.objective.set_epoch(self.epoch)  # e.g. AWP's warm-up
         lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
+        if self.board is not None:
+            self.board.start_steps()
         for x, y in self.loader.batches(self.step_in_epoch, perm):
             lr = self._set_lr(self.epoch * steps + self.step_in_epoch)
             self.objective.set_progress(self.epoch + self.step_in_epoch / steps)
             out = self.train_step(x, y)
             loss = out.loss
             self.step_in_epoch += 1
+            if self.board is not None:
+                self.board.step(self.epoch * steps + self.step_in_epoch, lr, loss, out.parts)
             bad |= ~torch.isfinite(loss) | (loss.detach() > cfg.optim.max_loss)
             self._accumulate(totals.sums, out, loss, y)
             totals.n_seen += y.shape[0]
             bar.update(1)
             if self.step_in_epoch % GUARD_EVERY == 0 or self.step_in_epoch == steps:
                 self._check_divergence(bad)
+                if self.board is not None:  # the check has just synchronised: the queued steps cost nothing
+                    self.board.flush_steps()
                 bar.set_postfix(loss=f"{float(totals.sums['loss'] / totals.n_seen):.4f}", lr=f"{lr:.3g}")
             if self._should_stop(stop):
                 bar.close()
