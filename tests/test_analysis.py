@@ -175,6 +175,9 @@ def test_report_of_a_study_writes_markdown_and_pictures(tiny_study, tmp_path):
     assert " ± " in text  # two seeds: mean ± std
     assert "pgd-at-train − pgd-at" in text  # paired differences per seed
     assert "## Topology against the standard model" in text
+    page = (tmp_path / "rep" / "report.html").read_text()  # the same report for a browser, pictures inline
+    assert page.count('<img src="data:image/png;base64,') == text.count("](figures/") >= 4
+    assert "pgd-at-train − pgd-at" in page and "figures/" not in page
     analysis = json.loads((tmp_path / "rep" / "analysis.json").read_text())
     assert set(analysis["runs"]) == {f"{r}-s{s}" for r in ("standard", "pgd-at", "pgd-at-train") for s in (0, 1)}
     assert analysis["runs"]["standard-s1"]["knn_overlap"] == 1.0

@@ -3,6 +3,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +254,145 @@ def test_tensorboard_gets_per_step_scalars_as_well_as_per_epoch(tmp_path, monkey
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [s for s, _ in by_tag["loss"]] == [1, 2]  # the epoch's scalars keep their names and epochs
     assert by_tag["loss"][1][1] == pytest.approx(lines[1]["loss"])
+
+
+REPORT_MD = """# topoat report: synthetic, Linf eps=0.1
+
+Runs from `runs/x`. Accuracies in **percent**; see [the docs](https://example.org/docs) & <more>.
+
+## Results
+
+| run | natural | pgd-20 |
+|---|---|---|
+| pgd-at | 75.70 | 58.90 |
+| **pgd-at-train − pgd-at** | +4.30 | - |
+
+- `pgd-at-train` is not compared with `pgd-at`: seed 3 vs 0.
+
+## Pictures
+
+### Accuracy per epoch
+
+![Accuracy per epoch](figures/accuracy.png)
+
+Mean over seeds.
+"""
+
+
+def _report_folder(folder: Path) -> Path:
+    """report.md and report.html as `topoat report` writes them, with a real (matplotlib) picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from topoat.report.html import markdown_to_html
+
+    (folder / "figures").mkdir(parents=True)
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([1, 2, 3], [0.5, 0.7, 0.8])
+    fig.savefig(folder / "figures" / "accuracy.png")
+    plt.close(fig)
+    (folder / "report.md").write_text(REPORT_MD)
+    page = folder / "report.html"
+    page.write_text(markdown_to_html(REPORT_MD, folder))
+    return page
+
+
+class _Page:
+    """What an HTML parser sees of a page: its tags, images, references and text."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.tags: list = []
+        self.text: list = []
+        page = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                page.tags.append((tag, dict(attrs)))
+
+            def handle_data(self, data):
+                page.text.append(data)
+
+        parser = Parser()
+        parser.feed(text)
+        parser.close()
+
+
+def test_report_html_is_one_self_contained_page(tmp_path):
+    import base64
+
+    page = _report_folder(tmp_path / "rep")
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    parsed = _Page(text)
+    images = [attrs for tag, attrs in parsed.tags if tag == "img"]
+    assert len(images) == 1 and images[0]["alt"] == "Accuracy per epoch"
+    prefix = "data:image/png;base64,"
+    assert images[0]["src"].startswith(prefix)
+    png = base64.b64decode(images[0]["src"][len(prefix) :])
+    assert png == (tmp_path / "rep" / "figures" / "accuracy.png").read_bytes()
+    # nothing refers outside the page: no links, scripts, style sheets or frames; links keep their text
+    references = [(tag, k, v) for tag, attrs in parsed.tags for k, v in attrs.items() if k in ("src", "href")]
+    assert all(v.startswith("data:") for _, _, v in references)
+    assert not {tag for tag, _ in parsed.tags} & {"script", "link", "iframe", "a", "object", "embed"}
+    assert "http" not in re.sub(r'"data:[^"]*"', "", text)
+    words = " ".join(parsed.text)
+    assert "see the docs & <more>" in words and "topoat report: synthetic, Linf eps=0.1" in words
+    assert [tag for tag, _ in parsed.tags].count("tr") == 3 and ("strong", {}) in parsed.tags
+    assert ("li", {}) in parsed.tags and ("code", {}) in parsed.tags
+    # a picture that is missing is said so, never a broken image
+    (tmp_path / "rep" / "figures" / "accuracy.png").unlink()
+    from topoat.report.html import markdown_to_html
+
+    assert "picture accuracy.png is missing" in markdown_to_html(REPORT_MD, tmp_path / "rep")
+
+
+# Loads report.html in a frame of the same folder and writes what the browser made of it into its own DOM,
+# which `chromium --dump-dom` prints: the page's title, and each picture's decoded width (0: it did not render).
+BROWSER_CHECK = """<!DOCTYPE html>
+<html><body>
+<iframe id="page" src="report.html"></iframe>
+<script>
+const frame = document.getElementById("page");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument;
+  document.body.dataset.result = JSON.stringify({
+    title: doc.title,
+    widths: Array.from(doc.images).map((img) => (img.complete ? img.naturalWidth : -1)),
+    tables: doc.querySelectorAll("table").length,
+  });
+});
+</script>
+</body></html>
+"""
+
+
+def _chromium():
+    found = [shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")]
+    return next((path for path in found if path), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium installed (apt-get install chromium)")
+def test_report_html_renders_in_a_headless_browser(tmp_path):
+    import html
+
+    folder = tmp_path / "rep"
+    _report_folder(folder)
+    (folder / "check.html").write_text(BROWSER_CHECK)
+    argv = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    argv += ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", f"--user-data-dir={tmp_path / 'p'}"]
+    env = dict(os.environ, HOME=str(tmp_path))
+    shown = subprocess.run(
+        [*argv, "--dump-dom", (folder / "check.html").as_uri()], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    found = re.search(r'data-result="([^"]*)"', shown.stdout)
+    assert found, f"the page did not load: {shown.stdout[-1000:]}"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["title"] == "topoat report: synthetic, Linf eps=0.1" and result["tables"] == 1
+    assert result["widths"] == [300]  # the picture decoded at its size (3 inches at 100 dpi)
+    console = [line for line in shown.stderr.splitlines() if ":CONSOLE" in line and "report.html" in line]
+    assert console == []  # the browser reported nothing from the page: no error, no warning

@@ -5,6 +5,7 @@ several runs, or a single run's), analyses every run's last checkpoint against i
 model on a fixed held-out test set (see `topoat.analysis`) and writes into `out`:
   report.md                    results (mean ± std over seeds), paired TRAIN - base differences per
                                seed, the natural/robust frontier, topology metrics, the pictures
+  report.html                  the same page for a browser, self-contained (pictures inline, base64)
   analysis.json                the topology metrics, per run
   figures/tsne.png             natural and adversarial t-SNE maps, one column per model
   figures/accuracy.png         validation natural and robust accuracy per epoch
@@ -19,6 +20,7 @@ The modules, in the order write_report uses them:
   stats     mean ± std over seeds, TRAIN runs paired with their base method by seed
   tables    the markdown tables of report.md, and the text topology table of `topoat analyze`
   figures   the pictures
+  html      report.md as one self-contained HTML page
   write     write_report: assembles report.md and writes the files
 """
 

@@ -1,4 +1,4 @@
-"""`write_report`: report.md, analysis.json and figures/*.png for the runs of study or run folders."""
+"""`write_report`: report.md, report.html, analysis.json and figures/*.png for the runs of study or run folders."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import TopoatError
+from ..files import write_text_atomic
 from .analyse import Analysis, ReportSettings, analyse_runs
 from .collect import Run, assign_references, collect_runs
 from .figures import plot_accuracy_curves, plot_lambda_ablation, plot_topology_curves, plot_tradeoff, plot_tsne
+from .html import markdown_to_html
 from .tables import fewer_images_notes, paired_section, results_section, skipped_pairs_notes, topology_section
 
 Picture = tuple[str, Path, str]  # heading, file, caption
@@ -24,8 +26,9 @@ def write_report(
     settings: Optional[ReportSettings] = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Write report.md, analysis.json and figures/*.png for the runs in `run_dirs` into `out`
-    (default: the only run folder given). Returns the path of report.md."""
+    """Write report.md, report.html (the same page with its pictures inline), analysis.json and
+    figures/*.png for the runs in `run_dirs` into `out` (default: the only run folder given). Returns the
+    path of report.md."""
     from ..folder import write_json_atomic
 
     settings = settings or ReportSettings()
@@ -61,8 +64,10 @@ def write_report(
     write_json_atomic(document, out / "analysis.json")
     text = _markdown(runs, info, analysis, pictures, settings, out, dataset, threat_text, frontiers)
     report = out / "report.md"
-    report.write_text(text)
-    echo(f"report: {report}")
+    write_text_atomic(report, text)
+    page = out / "report.html"  # the same, self-contained, for a browser
+    write_text_atomic(page, markdown_to_html(text, out))
+    echo(f"report: {report} (and {page.name}, for a browser)")
     return report
 
 
