@@ -29,6 +29,22 @@ def test_written_files_honour_the_umask_like_any_other_tool(tmp_path):
     write_text_atomic(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~_umask()
     script = "from topoat.files import write_text_atomic; import sys; write_text_atomic(sys.argv[1], 'x')"
+    # downloads and extracted archives too (a shared data folder is read by others)
+    import hashlib
+    import tarfile
+
+    from topoat.data.archive import download, safe_extract
+
+    (tmp_path / "src" / "inner").mkdir(parents=True)
+    (tmp_path / "src" / "inner" / "x.txt").write_text("x")
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "inner", arcname="inner")
+    md5 = hashlib.md5((tmp_path / "a.tar.gz").read_bytes()).hexdigest()
+    fetched = tmp_path / "data" / "a.tar.gz"
+    download((tmp_path / "a.tar.gz").as_uri(), fetched, md5=md5, progress=False)
+    assert fetched.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    extracted = safe_extract(fetched, tmp_path / "data" / "a")
+    assert extracted.stat().st_mode & 0o777 == 0o777 & ~_umask()
     path = tmp_path / "b.txt"
     subprocess.run(
         [sys.executable, "-c", script, str(path)], check=True, timeout=120, preexec_fn=lambda: os.umask(0o027)

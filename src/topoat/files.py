@@ -18,7 +18,10 @@ def _umask() -> int:
     return mask
 
 
-_CREATE_MODE = 0o666 & ~_umask()  # what open() would give a new file; read once, as threads may write
+# What open() gives a new file. Read once, at import: reading the umask sets it for a moment, which a file
+# created meanwhile by another thread (a TensorBoard writer) must not see.
+_UMASK = _umask()
+_CREATE_MODE = 0o666 & ~_UMASK
 
 
 def write_atomic(path: str | Path, data: bytes | bytearray | memoryview) -> None:
@@ -31,7 +34,7 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview) -> None
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         try:
             _write_all(fd, memoryview(data).cast("B"))
-            os.fchmod(fd, _CREATE_MODE)  # mkstemp makes 0600; a file topoat writes is as readable as any other
+            honour_umask(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -57,6 +60,19 @@ def is_temp_name(name: str) -> bool:
 def _write_all(fd: int, data: memoryview) -> None:
     while data:  # os.write may write less than asked (a signal, a nearly full disk)
         data = data[os.write(fd, data) :]
+
+
+def honour_umask(target: int | str | Path) -> None:
+    """mkstemp makes its file 0600 and mkdtemp its folder 0700; what they become is as readable as any new
+    file or folder (0666 or 0777 less the umask). `target` is an open file's descriptor or a folder. A file
+    system that cannot change modes (some network mounts) keeps theirs: a private file, not a failed write."""
+    try:
+        if isinstance(target, int):
+            os.fchmod(target, _CREATE_MODE)
+        else:
+            os.chmod(target, _CREATE_MODE | (0o111 & ~_UMASK))
+    except OSError:
+        pass
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -25,6 +25,7 @@ from typing import IO, Callable, Iterator, Optional, cast
 from tqdm.auto import tqdm
 
 from ..errors import TopoatError
+from ..files import honour_umask
 from ..runtime import bar_disabled
 
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: the largest real member (CIFAR-100 train.bin) is 154 MB
@@ -76,6 +77,7 @@ def download(
     except OSError as e:
         raise TopoatError(f"cannot create {dest.parent}: {e.strerror or e}") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    honour_umask(fd)
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -308,6 +310,7 @@ def safe_extract(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        honour_umask(tmp)
     except OSError as e:
         raise TopoatError(f"cannot create {dest.parent}: {e.strerror or e}") from None
     try:

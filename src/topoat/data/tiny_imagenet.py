@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TopoatError
+from ..files import honour_umask
 from ..runtime import bar_disabled
 from .archive import SafeZip
 from .archive import download as download_file
@@ -230,6 +231,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
     try:
         # Any: numpy's stub would match a ** mapping of arrays against savez's allow_pickle flag
         payload: dict[str, Any] = {**arrays, "source": np.array(fingerprint), "version": np.array(CACHE_VERSION)}
+        honour_umask(fd)  # a shared data folder's cache is readable by all who read the data
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
         os.replace(tmp, path)

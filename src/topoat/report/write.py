@@ -43,6 +43,8 @@ def write_report(
     except OSError as e:
         raise TopoatError(f"report: cannot create {out}: {e.strerror}") from None
 
+    for note in skipped_pairs_notes(runs):  # said now as well as in the report: a pairing the user may expect
+        echo(f"report: note: {note}")
     analysis = analyse_runs(runs, settings, echo)
     dataset = info["datasets"][0]
     threat = runs[0].threat
