@@ -57,7 +57,8 @@ def test_train_says_where_it_wrote_and_its_files_are_readable(tmp_path, capsys):
     config.write_text(dump_config(tiny_config(**{"optim.epochs": 1, "evaluation.n": 16})))
     out = tmp_path / "run"
     assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
-    assert f"wrote {out} (config.yaml, metrics.jsonl, last.pt" in capsys.readouterr().out
+    (said,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"wrote {out} (")]
+    assert all(name in said for name in ("best.pt", "config.yaml", "last.pt", "metrics.jsonl", "results.json"))
     for name in ("results.json", "last.pt", "config.yaml", "metrics.jsonl"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
 

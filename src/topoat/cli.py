@@ -61,7 +61,8 @@ def _train(args) -> int:
         shutdown()
     if entry is not None:  # rank 0
         print(format_table({cfg.name: entry}))
-        print(f"wrote {out} (config.yaml, metrics.jsonl, last.pt, best.pt, results.json)")
+        written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"wrote {out} ({', '.join(written)})")
     return 0
 
 
@@ -418,6 +419,7 @@ def _version() -> str:
 
 
 DEVICE_HELP = "auto (CUDA if there is one, else CPU), cpu, cuda or cuda:N"
+NO_PROGRESS_HELP = "no progress bars (log lines only)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,7 +451,7 @@ def _add_train_command(sub) -> None:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved, validated config (defaults filled in) and exit"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_train)
 
 
@@ -470,7 +472,7 @@ def _add_teacher_command(sub) -> None:
     p.add_argument("--data-root", help="where the dataset lives (default: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_teacher)
 
 
@@ -493,7 +495,7 @@ def _add_study_command(sub) -> None:
         help="train only the runs whose names match (shell-style, e.g. 'trades-*-s1'); two processes "
         "with disjoint --runs can share one study folder, each with --resume",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_study)
 
 
@@ -553,7 +555,7 @@ def _add_eval_command(sub) -> None:
         "--reference", metavar="STANDARD_CKPT", help="standard model for --sanity's transfer check (skipped without it)"
     )
     p.add_argument("--sanity-steps", type=_count, default=20, help="PGD steps of the sanity checks (default 20)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_eval)
 
 
