@@ -224,6 +224,9 @@ def test_benchmark_gives_the_numbers_topoat_eval_prints(tmp_path, monkeypatch, c
     # the dataset's own threat model by default; a subset of another seed gives other images
     with pytest.raises(TopoatError, match="benchmark: give eps"):
         benchmark(model, "synthetic")
+    from topoat.evaluate import _packaged_radius
+
+    assert _packaged_radius("fashion-mnist", "Linf") == 0.1 and _packaged_radius("cifar10", "Linf") == 8 / 255
     assert benchmark(model, "synthetic", eps=0.1, n=100, seed=1).natural_acc != res.natural_acc
 
 
