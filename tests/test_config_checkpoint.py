@@ -210,3 +210,45 @@ def test_every_train_config_is_its_base_config_plus_the_topology_term():
         assert {k: v for k, v in with_term.items() if k not in ("name", "topology")} == {
             k: v for k, v in without.items() if k not in ("name", "topology")
         }, train
+
+
+def test_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    # YAML 1.1 reads 5e-4 as a string: `must be a number, got '5e-4'`
+    cfg = load_config(data={}, overrides=["optim.weight_decay=5e-4", "optim.lr=1e-3", "attack.eps=8e-2"])
+    assert (cfg.optim.weight_decay, cfg.optim.lr, cfg.attack.eps) == (5e-4, 1e-3, 8e-2)
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 2E-3\n  weight_decay: +1e-5\nname: 1e3x\n")
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.name) == (2e-3, 1e-5, "1e3x")
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  epochs: 3\n  lr: 0.01\n")
+    with pytest.raises(TopoatError, match=r"c.yaml: key 'lr' appears twice \(the second at line 4\)"):
+        load_config(path)
+    path.write_text("optim: {lr: 0.1}\nseed: 1\noptim: {epochs: 2}\n")
+    with pytest.raises(TopoatError, match="key 'optim' appears twice"):
+        load_config(path)
+    with pytest.raises(TopoatError, match="--set: key 'lr' appears twice"):
+        load_config(data={}, overrides=["optim={lr: 0.1, lr: 0.2}"])
+
+
+@pytest.mark.parametrize("section", ["optim", "topology"])
+def test_an_empty_section_in_a_child_config_is_refused(tmp_path, section):
+    (tmp_path / "base.yaml").write_text("optim: {epochs: 3, lr: 0.05}\ntopology: {lambda_nat: 5}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: base.yaml\n{section}:\nseed: 2\n")  # its keys lost: it dropped TRAIN or the optimiser
+    with pytest.raises(TopoatError, match=f"child.yaml: '{section}:' is empty, which would drop the {section} section"):
+        load_config(child)
+    child.write_text("base: base.yaml\nseed: 2\n")
+    assert load_config(child).optim.epochs == 3
+    assert load_config(child, ["topology=null"]).topology is None  # dropping it on purpose
+
+
+def test_damaged_pickle_bytes_give_one_line_and_no_torch_warning(tmp_path, recwarn):
+    path = tmp_path / "r.pt"
+    path.write_bytes(b"\x80" + bytes(range(256)) * 2)  # a pickle's first byte, then garbage
+    with pytest.raises(TopoatError, match="r.pt"):
+        load_checkpoint(path)
+    assert not recwarn.list

@@ -11,13 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
-from topoat.data import cifar, load_dataset, tiny_imagenet
+from topoat.data import archive, cifar, load_dataset, tiny_imagenet
 from topoat.data.archive import SafeZip, download, read_tar_members, safe_extract, verify_checksum
 from topoat.data.cifar import CIFAR10, CIFAR100, load_cifar
-from topoat.data.tiny_imagenet import load_tiny_imagenet
+from topoat.data.tiny_imagenet import decode_jpeg, load_tiny_imagenet
 from topoat.errors import TopoatError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(autouse=True)
+def fakes_under_official_names(monkeypatch):
+    """The tiny archives here carry the official names (tiny-imagenet-200.zip, ...), not their bytes."""
+    monkeypatch.setattr(archive, "OFFICIAL_MD5", {})
 
 
 def one_line(excinfo) -> str:
@@ -317,7 +323,7 @@ def test_tiny_imagenet_from_zip_then_cache_then_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_imagenet, "decode_jpeg", no_decoding)
     again = load_tiny_imagenet(str(tmp_path), full_size=False, progress=False)
     assert torch.equal(again.x_train, ds.x_train) and again.class_names == ds.class_names
-    monkeypatch.undo()
+    monkeypatch.setattr(tiny_imagenet, "decode_jpeg", decode_jpeg)
 
     extracted = safe_extract(archive, tmp_path / "extracted")
     from_folder = load_tiny_imagenet(str(extracted), full_size=False, progress=False)
@@ -371,3 +377,33 @@ def test_tiny_imagenet_download(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_imagenet, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     ds = load_tiny_imagenet(str(tmp_path / "dl"), download=True, full_size=False, progress=False)
     assert ds.x_train.shape[0] == 6 and (tmp_path / "dl" / "tiny-imagenet-200.zip").is_file()
+
+
+def test_an_archive_named_as_an_official_one_must_match_its_published_md5(tmp_path, monkeypatch):
+    members, _ = cifar_members(CIFAR10)
+    good = write_tar(tmp_path / "cifar-10-binary.tar.gz", members, CIFAR10.folder)
+    monkeypatch.setitem(archive.OFFICIAL_MD5, good.name, hashlib.md5(good.read_bytes()).hexdigest())
+    assert load_cifar("cifar10", str(good), full_size=False).x_train.shape[0] == 15
+    raw = bytearray(good.read_bytes())
+    raw[5] ^= 1  # the gzip header's time stamp: no CRC covers it, the MD5 does
+    good.write_bytes(raw)
+    for read in (lambda: load_cifar("cifar10", str(good), full_size=False), lambda: safe_extract(good, tmp_path / "x")):
+        with pytest.raises(TopoatError, match="md5 checksum mismatch .* not the official one") as e:
+            read()
+        one_line(e)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_flipped_byte_in_a_tar_gz_is_refused_by_extraction_too(tmp_path):
+    source = tmp_path / "a.tar.gz"
+    with tarfile.open(source, "w:gz") as tar:
+        add_file(tar, "d/a.bin", np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    raw = source.read_bytes()
+    for position in (len(raw) // 2, len(raw) - 6):  # inside the deflated member, and in gzip's CRC
+        bad = tmp_path / f"bad{position}.tar.gz"
+        bad.write_bytes(raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1 :])
+        for read in (lambda: read_tar_members(bad, lambda name: True), lambda: safe_extract(bad, tmp_path / "x")):
+            with pytest.raises(TopoatError, match="corrupt or truncated") as e:
+                read()
+            one_line(e)
+        assert not (tmp_path / "x").exists()

@@ -173,7 +173,8 @@ def test_a_real_full_disk_is_one_line_and_the_folder_can_be_rerun(tmp_path, smal
     cfg, run = write_config(tmp_path, **{"optim.epochs": 1}), small_disk / "run"
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2
     assert "no space left on device" in one_line(capsys.readouterr().err)
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    # a folder it made and trained nothing in goes again; anything left holds no temporary file
+    assert not run.exists() or not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     filler.unlink()
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
 
@@ -424,3 +425,213 @@ def test_study_resume_evaluates_a_run_again_when_its_results_json_is_corrupt(tmp
     again = json.loads(results.read_text())["runs"]["r"]
     assert again["natural_acc"] == good["runs"]["r"]["natural_acc"]
     assert again["robust_acc"] == good["runs"]["r"]["robust_acc"]
+
+
+# -- 6. two processes on one folder, and a teacher another process has not finished ---------------------
+
+
+def started_topoat(argv, patch=""):
+    """`topoat ARGV` in a second process that is stopped inside Trainer.run (its folder locked) until its
+    stdin is closed; it prints "training" when it gets there."""
+    pause = """
+        import sys, topoat.train
+        _run = topoat.train.Trainer.run
+        def paused(self):
+            print("training", flush=True)
+            sys.stdin.read()
+            return _run(self)
+        topoat.train.Trainer.run = paused
+    """
+    code = "import sys\n" + textwrap.dedent(pause) + textwrap.dedent(patch)
+    code += f"\nfrom topoat.cli import main\nsys.exit(main({[str(a) for a in argv]!r}))\n"
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    line = proc.stdout.readline()
+    assert line == "training\n", line + proc.stderr.read()
+    return proc
+
+
+def test_a_second_process_on_a_run_folder_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path, **{"optim.epochs": 1})
+    out = tmp_path / "run"
+    first = started_topoat(["train", "--config", cfg, "--out", out, "--no-progress"])
+    try:
+        for argv in (["--config", str(cfg)], ["--resume"]):
+            assert main(["train", *argv, "--out", str(out), "--no-progress"]) == 2
+            assert f"run folder {out} is in use by another topoat process" in one_line(capsys.readouterr().err)
+    finally:
+        first.stdin.close()
+    assert first.wait(120) == 0, first.stderr.read()
+    assert json.loads((out / "results.json").read_text())["runs"]["tiny"]
+
+
+def test_a_killed_process_leaves_no_lock(tmp_path, capsys):
+    cfg = write_config(tmp_path, **{"optim.epochs": 1})
+    out = tmp_path / "run"
+    first = started_topoat(["train", "--config", cfg, "--out", out, "--no-progress"])
+    first.kill()  # flock dies with its process: nothing stale to remove
+    first.wait(30)
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # its config.yaml was written
+
+
+def teacher_study(tmp_path):
+    write_config(tmp_path, **{"optim.epochs": 2})
+    spec = tmp_path / "study.yaml"
+    standard = {"name": "standard", "config": "cfg.yaml", "set": ["method.name=standard", "validation.attack_steps=0"]}
+    student = {"name": "student", "config": "cfg.yaml", "teacher": "standard", "set": ["topology.lambda_nat=5"]}
+    spec.write_text(yaml.safe_dump({"runs": [standard, student]}))
+    return spec
+
+
+def test_a_student_refuses_a_teacher_that_was_interrupted(tmp_path, capsys):
+    spec, out = teacher_study(tmp_path), tmp_path / "study"
+    interrupted_in_epoch_two(out / "standard", **{"method.name": "standard", "validation.attack_steps": 0})
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "student"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "run student needs run standard, which is not finished" in err and "--runs standard" in err
+    assert not (out / "student").exists()
+    # the library refuses such a checkpoint as a teacher wherever it comes from
+    with pytest.raises(TopoatError, match="unfinished run .stopped after epoch 1 of 2, step 3 of epoch 2"):
+        Trainer(tiny_config(**{"topology.teacher": str(out / "standard" / "last.pt")}), tmp_path / "s")
+
+
+def test_a_student_waits_for_its_teacher_trained_by_another_process(tmp_path, capsys, monkeypatch):
+    spec, out = teacher_study(tmp_path), tmp_path / "study"
+    done = tmp_path / "done"
+    assert main(["study", str(spec), "--out", str(done), "--no-progress", "--runs", "standard"]) == 0
+    (out / "standard").mkdir(parents=True)
+    # another process holds the teacher's folder, finishes it a moment later (copies a finished run in), exits
+    finisher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, shutil, time\n"
+            f"fd = os.open({str(out / 'standard' / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(1)\n"
+            f"shutil.copytree({str(done / 'standard')!r}, {str(out / 'standard')!r}, dirs_exist_ok=True)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert finisher.stdout.readline() == "locked\n"
+    monkeypatch.setattr("topoat.study.POLL_SECONDS", 0.05)
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "student"]) == 0
+    assert finisher.wait(30) == 0
+    said = capsys.readouterr().out
+    assert said.count("waiting for run standard to finish (trained by another process)") == 1
+    assert list(json.loads((out / "results.json").read_text())["runs"]) == ["standard", "student"]
+
+
+# -- 7. commands that would replace a run's files ------------------------------------------------------
+
+
+def test_export_onto_an_existing_file_needs_force(tmp_path, capsys):
+    cfg, run = write_config(tmp_path, **{"optim.epochs": 1}), tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for target in ("last.pt", "config.pt", "best.pt"):  # config.pt's .json is free, config.yaml is not touched
+        capsys.readouterr()
+        if target == "config.pt":
+            (run / "config.json").write_text("{}")
+        assert main(["export", str(run / "last.pt"), str(run / target)]) == 2
+        assert "exists; choose another name, or pass --force" in one_line(capsys.readouterr().err)
+    (run / "config.json").unlink()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept
+    assert main(["export", str(run / "last.pt"), str(tmp_path / "w.pt")]) == 0
+    assert main(["export", str(run / "last.pt"), str(tmp_path / "w.pt")]) == 2
+    assert main(["export", str(run / "last.pt"), str(tmp_path / "w.pt"), "--force"]) == 0
+
+
+def test_a_study_is_not_run_inside_a_run_folder(tmp_path, capsys):
+    cfg, run = write_config(tmp_path, **{"optim.epochs": 1}), tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    results = (run / "results.json").read_bytes()
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "r", "config": "cfg.yaml"}]}))
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(run), "--resume", "--no-progress"]) == 2
+    assert f"{run} is a run's folder (it holds config.yaml), not a study folder" in one_line(capsys.readouterr().err)
+    assert (run / "results.json").read_bytes() == results and not (run / "r").exists()
+
+
+def test_train_does_not_replace_its_own_config_file_without_force(tmp_path, capsys):
+    run = tmp_path / "exp"
+    run.mkdir()
+    user = "# my experiment\n" + dump_config(tiny_config(**{"optim.epochs": 1}))
+    (run / "config.yaml").write_text(user)
+    capsys.readouterr()
+    for resume in ([], ["--resume"]):
+        assert main(["train", "--config", str(run / "config.yaml"), "--out", str(run), *resume]) == 2
+        assert "is the run folder's config.yaml, which the run replaces" in one_line(capsys.readouterr().err)
+        assert (run / "config.yaml").read_text() == user
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(run), "--force"]) == 0
+    # the resolved config it wrote is its own: a later start from it loses nothing and needs no --force
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(run), "--resume"]) == 0
+
+
+# -- 8. smaller ways to lose work or be misled ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["yes", "12", "~", "results.json", "study.yaml", ".lock"])
+def test_study_run_names_are_refused_before_anything_trains(tmp_path, name):
+    write_config(tmp_path)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(f"runs:\n  - name: {name}\n    config: cfg.yaml\n")
+    says = "is not a string" if name in ("yes", "12", "~") else "a file the study folder holds itself"
+    with pytest.raises(TopoatError, match=says):
+        load_study(spec)
+    spec.write_text(f"runs:\n  - name: '{name}'\n    config: cfg.yaml\n")  # quoted: a plain name
+    if name in ("yes", "12", "~"):
+        assert load_study(spec)[1][0].name == name
+
+
+def test_a_repeated_metrics_line_is_dropped_on_resume(tmp_path):
+    run = tmp_path / "run"
+    interrupted_in_epoch_two(run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines + lines) + "\n")
+    Trainer(tiny_config(), run, resume=True).run()
+    assert [r["epoch"] for r in records(run)] == [1, 2]
+
+
+def test_a_run_whose_data_fail_to_load_leaves_no_folder(tmp_path, capsys):
+    cfg, run = write_config(tmp_path), tmp_path / "run"
+    argv = ["train", "--config", str(cfg), "--out", str(run), "--set", "data.dataset=npz"]
+    assert main([*argv, "--set", f"data.root={tmp_path / 'missing.npz'}"]) == 2
+    assert "npz file not found" in one_line(capsys.readouterr().err)
+    assert not run.exists()
+
+
+def test_a_run_killed_while_loading_its_data_is_started_again_by_plain_resume(tmp_path):
+    cfg, run = write_config(tmp_path, **{"optim.epochs": 1}), tmp_path / "run"
+    killed = run_topoat(
+        ["train", "--config", cfg, "--out", run, "--no-progress"],
+        "import topoat.build\ntopoat.build.dataset_from_config = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n",
+    )
+    assert killed.returncode == -signal.SIGKILL and not (run / "last.pt").exists()
+    resumed = run_topoat(["train", "--out", run, "--resume", "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in records(run)] == [1]
+
+
+def test_study_resume_refuses_a_run_folder_that_is_a_link(tmp_path, capsys):
+    write_config(tmp_path, **{"optim.epochs": 1})
+    spec, out, elsewhere = tmp_path / "study.yaml", tmp_path / "study", tmp_path / "elsewhere"
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "r", "config": "cfg.yaml"}]}))
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "r").symlink_to(elsewhere)
+    assert main(["study", str(spec), "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert f"study run folder {out / 'r'} is a symbolic link" in one_line(capsys.readouterr().err)
+    assert not any(elsewhere.iterdir())

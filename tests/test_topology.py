@@ -290,3 +290,25 @@ def test_terms_mark_only_the_feature_set_that_is_not_finite():
         TopologyLoss().terms([torch.randn(6, 4), torch.randn(5, 4)], teacher)
     with pytest.raises(ValueError, match="stacked"):
         affinity_log_probs(torch.randn(2, 6, 4), "gaussian", stacked=True)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e37])
+@pytest.mark.parametrize(
+    "kernel,kw", [("cosine", {}), ("gaussian", {}), ("student-t", {}), ("softmax-cosine", {}), ("perplexity", {})]
+)
+def test_features_near_the_fp32_limit_give_the_float64_loss(kernel, kw, scale):
+    # squares of 1e19 overflow fp32 in a sum of a few terms: the graphs were all zeros (a loss of exactly 0)
+    # or, for the cosine kernels, uniform; the kernels now work on features scaled by a power of two
+    rng = np.random.default_rng(2)
+    student, teacher = rng.normal(size=(9, 5)), rng.normal(size=(9, 7))
+    got = TopologyLoss(kernel, perplexity=3.0)(
+        torch.tensor(student * scale, dtype=torch.float32), torch.tensor(teacher * scale, dtype=torch.float32)
+    )
+    if kernel in ("softmax-cosine", "perplexity"):  # both graphs are the same for any scale of the features
+        want = sharp_reference_loss(student, teacher, kernel, perplexity=3.0)
+    elif kernel == "student-t":  # 1 / (1 + d^2) is not: the reference works on the scaled features
+        want = reference_loss(student * scale, teacher * scale, kernel)
+    else:
+        want = reference_loss(student, teacher, kernel)
+    assert math.isfinite(got.item())
+    assert got.item() == pytest.approx(want, rel=1e-3, abs=1e-6)

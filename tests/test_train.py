@@ -88,6 +88,43 @@ def test_a_teacher_or_reference_from_other_data_is_refused(tmp_path, key, made_f
     Trainer(tiny_config(**{key: foreign_checkpoint(tmp_path / "same.pt")}), tmp_path / "ok")  # the data's own: fine
 
 
+def test_a_teacher_or_reference_trained_on_another_data_set_of_the_same_shape_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    ckpt = load_checkpoint(foreign_checkpoint(path))
+    save_atomic(dict(ckpt, dataset="fashion-mnist"), path)  # 10 classes of 1x12x12 images, but other images
+    for key in ("topology.teacher", "validation.reference"):
+        with pytest.raises(
+            TopoatError, match=f"{key} {path} was trained on fashion-mnist, but this run trains on synthetic"
+        ):
+            Trainer(tiny_config(**{key: str(path)}), tmp_path / "run")
+    save_atomic(dict(ckpt, dataset="synthetic"), path)
+    Trainer(tiny_config(**{"topology.teacher": str(path)}), tmp_path / "ok")
+
+
+def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    data = tmp_path / "one.npz"
+    x = np.zeros((64, 12, 12), dtype=np.uint8)
+    np.savez(data, x_train=x, y_train=np.full(64, 3), x_test=x[:8], y_test=np.full(8, 3), num_classes=np.array(4))
+    with pytest.raises(TopoatError, match="only one class .every label is 3.; a classifier needs at least 2"):
+        Trainer(tiny_config(**{"data.dataset": "npz", "data.root": str(data), "data.val_size": 0}), tmp_path / "run")
+
+
+def test_a_study_with_a_diverged_run_finishes_the_others_and_exits_1(tmp_path, capsys):
+    write_config(tmp_path, **{"optim.epochs": 1, "validation.attack_steps": 0, "evaluation.attacks": "[]"})
+    spec = tmp_path / "study.yaml"
+    runs = [
+        {"name": "diverges", "config": "cfg.yaml", "set": ["optim.max_loss=0.001"]},
+        {"name": "fine", "config": "cfg.yaml", "set": ["method.name=standard"]},
+    ]
+    spec.write_text(yaml.safe_dump({"runs": runs}))
+    assert main(["study", str(spec), "--out", str(tmp_path / "s"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"topoat: study: run(s) failed: diverges (see {tmp_path / 's' / 'results.json'})"]
+    assert list(json.loads((tmp_path / "s" / "results.json").read_text())["runs"]) == ["fine"]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
@@ -391,7 +428,7 @@ def test_processes_sharing_a_study_folder_keep_each_others_failures(tmp_path):
     ]
     spec.write_text(yaml.safe_dump({"runs": runs}))
     out = tmp_path / "study"
-    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "diverges"]) == 0
+    assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "diverges"]) == 1
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "fine"]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert list(doc["runs"]) == ["fine"] and "diverged" in doc["failed"]["diverges"]
@@ -594,3 +631,19 @@ def test_a_compiled_training_step_matches_the_eager_one(tmp_path, method):
     eager, graph = trainers["off"].model.state_dict(), trainers["on"].model.state_dict()
     for name, value in eager.items():
         torch.testing.assert_close(graph[name], value, rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_study_paths_and_names_with_a_hash_are_kept_whole(tmp_path):
+    write_config(tmp_path, **{"optim.epochs": 1, "validation.attack_steps": 0, "evaluation.attacks": "[]"})
+    spec = tmp_path / "study.yaml"
+    runs = [
+        {"name": "t #1", "config": "cfg.yaml", "set": ["method.name=standard"]},
+        {"name": "x #c", "config": "cfg.yaml", "teacher": "t #1", "set": ["topology.lambda_nat=1"]},
+    ]
+    spec.write_text(yaml.safe_dump({"runs": runs, "reference": "t #1"}))
+    out = tmp_path / "a #b: c" / "study"
+    assert main(["study", str(spec), "--out", str(out), "--no-progress"]) == 0
+    saved = yaml.safe_load((out / "x #c" / "config.yaml").read_text())
+    assert saved["name"] == "x #c"  # read as a YAML comment, it was "x"
+    assert saved["topology"]["teacher"] == str(out / "t #1" / "last.pt")  # it was cut at the '#'
+    assert saved["validation"]["reference"] == str(out / "t #1" / "last.pt")

@@ -62,6 +62,12 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
     set_deterministic(cfg.runtime.deterministic)
     seed_everything(cfg.seed)
     d = dataset if dataset is not None else dataset_from_config(cfg.data)
+    classes = d.y_train.unique()
+    if classes.numel() < 2:  # every prediction of the one label is right: 100 % that means nothing
+        raise TopoatError(
+            f"{d.name}: the training set has only one class (every label is {int(classes[0])}); "
+            "a classifier needs at least 2"
+        )
     x_train, y_train = d.x_train.to(device), d.y_train.to(device)
     x_val = y_val = None
     if d.x_val is not None and d.y_val is not None:
@@ -216,10 +222,34 @@ def frozen_model(
     """A teacher (or reference) checkpoint made for this data, eval-mode on `device`. One from other data
     is refused: it would still run (see check_fits_data) and train against a meaningless graph."""
     ckpt = load_checkpoint(path)
+    check_finished(ckpt, path, role)
     check_fits_data(ckpt, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
+    trained_on = ckpt.get("dataset")
+    if isinstance(trained_on, str) and trained_on != data.name:  # same shape, other images: nothing else sees it
+        raise TopoatError(
+            f"{role} {path} was trained on {trained_on}, but this run trains on {data.name} "
+            "(name both alike with data.name if they are the same images)"
+        )
     model = model_from_record(ckpt, device).eval()
     check_takes_images(model, example, f"{role} {path}", data.name)
     return as_channels_last(model) if channels_last else model
+
+
+def check_finished(ckpt: dict, path: str | Path, role: str) -> None:
+    """A training checkpoint (last.pt: it holds the optimiser) of a run stopped before its last epoch is a
+    half-trained model; a best.pt or an exported model is whatever its maker chose, and is taken as it is."""
+    if "optimizer" not in ckpt:
+        return
+    epoch, step = ckpt.get("epoch"), ckpt.get("step")
+    config = ckpt.get("config")
+    optim = config.get("optim") if isinstance(config, dict) else None
+    epochs = optim.get("epochs") if isinstance(optim, dict) else None
+    if isinstance(epoch, int) and isinstance(epochs, int) and (epoch < epochs or (isinstance(step, int) and step > 0)):
+        where = f"epoch {epoch} of {epochs}" + (f", step {step} of epoch {epoch + 1}" if step else "")
+        raise TopoatError(
+            f"{role} {path} is the checkpoint of an unfinished run (stopped after {where}); "
+            "finish that run first (--resume)"
+        )
 
 
 def _same_file(a: str, b: Optional[str]) -> bool:

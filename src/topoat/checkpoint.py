@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, cast
 
@@ -90,7 +91,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not _looks_like_torch_file(path):
         raise TopoatError(f"{path} is not a torch checkpoint (neither a zip nor a pickle)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # damaged bytes make torch warn (e.g. "Detected pickle protocol 49") before it fails: the one line
+        # below says it all, so the warnings are shown only for a file that loads
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except pickle.UnpicklingError:
         raise TopoatError(
             f"refusing to load {path}: it is not a plain-weights checkpoint (it would need to run code to load)"

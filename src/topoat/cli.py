@@ -42,6 +42,8 @@ def _train(args) -> int:
         if args.config is None:
             raise TopoatError("train: --config is required (unless --resume)")
         cfg = load_config(args.config, args.set)
+    if args.config is not None and not args.force:
+        _check_config_kept(args.config, RunFolder(out), cfg)
     if args.no_progress:
         cfg.runtime.progress = False
     from .distributed import init_from_env, shutdown
@@ -77,18 +79,48 @@ def _teacher(args) -> int:
         )
     overrides = ([f"data.root={args.data_root}"] if args.data_root else []) + args.set
     config = None if args.resume else f"{args.dataset}/standard"
-    return _train(argparse.Namespace(**{**vars(args), "config": config, "set": overrides, "print_config": False}))
+    settings = {"config": config, "set": overrides, "print_config": False, "force": False}
+    return _train(argparse.Namespace(**{**vars(args), **settings}))
+
+
+def _check_config_kept(config: str, folder, cfg) -> None:
+    """A run writes its resolved config to its folder's config.yaml when it starts: refuse to replace a
+    config.yaml that is the --config itself and says something else (the user's file, with its `base:`)."""
+    from .config import dump_config, preset_path
+
+    path = preset_path(config, "configs")
+    if folder.last.is_file() or not folder.config.is_file() or path.resolve() != folder.config.resolve():
+        return
+    try:
+        same = folder.config.read_text() == dump_config(cfg)
+    except OSError:
+        same = False
+    if not same:
+        raise TopoatError(
+            f"train: --config {config} is the run folder's config.yaml, which the run replaces with the resolved "
+            "config; copy it out of the folder, or pass --force to replace it"
+        )
 
 
 def _study(args) -> int:
-    from .study import run_study
+    from .study import run_study, selected
 
-    only = [pattern for item in args.runs for pattern in item.split(",") if pattern]
-    run_study(args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress, only=only or None)
+    only = [pattern for item in args.runs for pattern in item.split(",") if pattern] or None
+    document = run_study(
+        args.spec, args.out, resume=args.resume, extra=args.set, progress=not args.no_progress, only=only
+    )
     if args.report:
         from .report import write_report
 
         write_report([args.out], args.out)
+    # this process's runs that failed (a process sharing the folder reports its own); the others are done
+    failed = [name for name in document.get("failed") or {} if selected(name, only)]
+    if failed:
+        print(
+            f"topoat: study: run(s) failed: {', '.join(failed)} (see {Path(args.out) / 'results.json'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -248,8 +280,10 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
 def _arch_args(text: str) -> dict:
     import yaml
 
+    from .config import load_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         value = None
     if not isinstance(value, dict):
@@ -260,7 +294,7 @@ def _arch_args(text: str) -> dict:
 def _export(args) -> int:
     from .external import export_checkpoint
 
-    weights, meta = export_checkpoint(args.checkpoint, args.out)
+    weights, meta = export_checkpoint(args.checkpoint, args.out, force=args.force)
     print(f"wrote {weights} (state_dict) and {meta} (how to rebuild it)")
     return 0
 
@@ -449,6 +483,9 @@ def _add_train_command(sub) -> None:
     p.add_argument("--out", help="run folder (must not exist, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
+        "--force", action="store_true", help="let the run replace --config when it is the folder's own config.yaml"
+    )
+    p.add_argument(
         "--print-config", action="store_true", help="print the resolved, validated config (defaults filled in) and exit"
     )
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
@@ -477,7 +514,12 @@ def _add_teacher_command(sub) -> None:
 
 
 def _add_study_command(sub) -> None:
-    p = sub.add_parser("study", help="train and evaluate the runs of a study file (or a packaged study, by name)")
+    p = sub.add_parser(
+        "study",
+        help="train and evaluate the runs of a study file (or a packaged study, by name)",
+        description="Train and evaluate the runs of a study. Exit status: 0 done, 1 a run failed (diverged, "
+        "or its teacher did; the other runs are finished and tabulated), 2 a user error.",
+    )
     p.add_argument("spec", help="study YAML")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
@@ -563,6 +605,7 @@ def _add_export_command(sub) -> None:
     p = sub.add_parser("export", help="a checkpoint as a plain state_dict and a JSON of how to rebuild the model")
     p.add_argument("checkpoint")
     p.add_argument("out", help="the state_dict file (.pt); its .json is written beside it")
+    p.add_argument("--force", action="store_true", help="replace OUT and its .json if they exist")
     p.set_defaults(func=_export)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -408,11 +410,55 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"key {key!r} appears twice (the second at line {line})")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe YAML 1.1, plus YAML 1.2's floats without a dot (5e-4, 1e3 were strings), and a
+    mapping that names a key twice is refused (YAML 1.1 silently kept the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the constructor below says so
+                pass
+        return super().construct_mapping(node, deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as configs, studies and --set values are read (ConfigLoader)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
+
+
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
+    except DuplicateKey as e:
+        raise TopoatError(f"--set: {e}") from None
     except yaml.YAMLError:
         return text
+
+
+def override(key: str, value: Any) -> str:
+    """The `key=value` override that sets `key` to exactly `value`: the value written as JSON, which YAML
+    reads back as it was (a path holding ' #' or ': ', a name such as `yes`, `12` or `~` stay strings)."""
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -472,7 +518,9 @@ def read_yaml(path: str | Path) -> dict:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise TopoatError(f"cannot read config file {path}: {e.__class__.__name__}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKey as e:
+        raise TopoatError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -496,7 +544,14 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(base, str) or not base:
         raise TopoatError(f"config file {path}: base must be the path of another config file, got {base!r}")
-    return merge_sections(read_config_yaml(path.parent / base, _seen + (path.resolve(),)), raw)
+    inherited = read_config_yaml(path.parent / base, _seen + (path.resolve(),))
+    for key, value in raw.items():
+        if value is None and isinstance(inherited.get(key), dict):  # `optim:` with its keys lost or forgotten
+            raise TopoatError(
+                f"config file {path}: '{key}:' is empty, which would drop the {key} section of its base; "
+                f"give its keys, or remove the line to keep the base's (--set {key}=null drops it on purpose)"
+            )
+    return merge_sections(inherited, raw)
 
 
 def merge_sections(base: dict, over: dict) -> dict:

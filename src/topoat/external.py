@@ -119,13 +119,17 @@ def exported_description(weights: str | Path) -> Optional[dict]:
     return description
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = False) -> tuple[Path, Path]:
     """A topoat checkpoint as a plain state_dict (`out`) and `out` with .json: what rebuilds the model
-    (architecture and its arguments, classes, channels, image size, normalisation, dataset, threat model)."""
+    (architecture and its arguments, classes, channels, image size, normalisation, dataset, threat model).
+    An existing file is replaced only with `force` (`out` may be a run's last.pt, or the checkpoint itself)."""
     ckpt = load_checkpoint(checkpoint)
     out = Path(out)
     if out.suffix == ".json":
         raise TopoatError(f"export: {out} would be the state_dict; name it .pt (its .json comes beside it)")
+    for path in (out, out.with_suffix(".json")):
+        if not force and (path.exists() or path.is_symlink()):
+            raise TopoatError(f"export: {path} exists; choose another name, or pass --force to replace it")
     description = {
         key: ckpt.get(key)
         for key in ("arch", "arch_args", "num_classes", "in_channels", "image_size", "normalization", "dataset")

@@ -7,16 +7,22 @@
     results.json     the test-set evaluation (the contract is in results.py)
     provenance.json  one entry per start of the run: versions, commit, device, command line
     tensorboard/     event files, when runtime.tensorboard is on
+    .lock            held (flock) by the one process training or evaluating the run
 
 Every file is written whole or not at all (files.write_atomic). A study folder holds run folders and its
 own results.json and study.yaml.
+
+The lock is an advisory `fcntl.flock` on `.lock`: the kernel releases it when its process exits, however
+it exits (a crash or SIGKILL included), so a lock is never stale and the file is never removed by hand.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .errors import TopoatError
 from .files import is_temp_name, write_atomic, write_text_atomic
@@ -29,12 +35,15 @@ RESULTS = "results.json"
 PROVENANCE = "provenance.json"
 BOARD = "tensorboard"
 STUDY_FILE = "study.yaml"
+LOCK = ".lock"
 
 # What a run writes before its first last.pt: a folder holding only these never completed an epoch
 # (it failed or was killed in epoch 1), so starting it again loses nothing.
 RUN_LEFTOVERS = frozenset({CONFIG, METRICS, BEST, PROVENANCE})
 # A study folder holding only its copy of the study file started nothing: it can be started again.
 STUDY_LEFTOVERS = frozenset({STUDY_FILE})
+# What a run writes before it loads its data: a folder holding only this trained nothing.
+UNSTARTED = frozenset({CONFIG})
 
 
 class RunFolder:
@@ -60,8 +69,12 @@ class RunFolder:
     def restartable(self, leftovers: frozenset[str] = RUN_LEFTOVERS) -> bool:
         """The folder holds nothing but `leftovers` and temporary files of an interrupted write."""
         return self.root.is_dir() and all(
-            p.is_file() and (p.name in leftovers or is_temp_name(p.name)) for p in self.root.iterdir()
+            p.is_file() and (p.name in leftovers or is_temp_name(p.name)) for p in self._entries()
         )
+
+    def _entries(self) -> list[Path]:
+        """What the folder holds, its lock file aside (a lock says who works in it, not what it holds)."""
+        return [p for p in self.root.iterdir() if p.name != LOCK]
 
     def prepare(self, resume: bool, create: bool = True, leftovers: frozenset[str] = RUN_LEFTOVERS) -> None:
         """Check the folder can take a new run (empty, or only `leftovers`) or be resumed (it has last.pt);
@@ -71,7 +84,7 @@ class RunFolder:
             if not self.last.is_file():
                 raise TopoatError(f"nothing to resume in {out} (no {LAST})")
             return
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and (not out.is_dir() or self._entries()):
             if not self.restartable(leftovers):
                 raise TopoatError(
                     f"output folder {out} already exists and is not empty; pass --resume to "
@@ -87,12 +100,58 @@ class RunFolder:
             raise TopoatError(f"cannot create output folder {out}: {e.strerror}") from None
 
     def _clear(self, leftovers: frozenset[str]) -> None:
-        for p in self.root.iterdir():
+        for p in self._entries():
             if p.name in leftovers or is_temp_name(p.name):
                 try:
                     p.unlink()
                 except OSError as e:
                     raise TopoatError(f"cannot remove {p} to start again: {e.strerror or e}") from None
+
+    # -- one process at a time ---------------------------------------------------------------------
+    @contextmanager
+    def locked(self, role: str = "run folder") -> Iterator[None]:
+        """Hold the folder's lock while the block runs; a second process on the same folder is refused in
+        one line. The folder is made if it is missing, and removed again if the block fails and leaves
+        it holding nothing but files it never got further than (`restartable`) and this process made it."""
+        made = not self.root.exists()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TopoatError(f"cannot create {role} {self.root}: {e.strerror or e}") from None
+        ok = False
+        try:
+            if not _try_lock(fd):
+                raise TopoatError(
+                    f"{role} {self.root} is in use by another topoat process (it holds {LOCK}); "
+                    "wait for it to finish, or choose another folder"
+                )
+            yield
+            ok = True
+        finally:
+            os.close(fd)  # releases the lock
+            if not ok and made and self.restartable(UNSTARTED):
+                self._remove_unstarted()
+
+    def in_use(self) -> bool:
+        """Another process holds the folder's lock (it is training or evaluating the run now)."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: nobody ever locked it
+        try:
+            return not _try_lock(fd)
+        finally:
+            os.close(fd)
+
+    def _remove_unstarted(self) -> None:
+        """Take away a folder this process made for a run that failed before it trained anything."""
+        try:
+            for p in self.root.iterdir():
+                p.unlink()
+            self.root.rmdir()
+        except OSError:
+            pass  # a leftover folder can still be rerun into; failing to tidy it is no reason to fail
 
     # -- metrics.jsonl -----------------------------------------------------------------------------
     def append_metrics(self, record: dict) -> None:
@@ -106,24 +165,22 @@ class RunFolder:
         write_atomic(path, old + (json.dumps(record) + "\n").encode())
 
     def repair_metrics(self, epochs_done: int, last_record: Optional[dict]) -> None:
-        """Make metrics.jsonl hold exactly the lines of the epochs the checkpoint covers: later lines go
-        (those epochs are trained again), a torn last line goes (a kill mid-write by an older topoat, or a
-        full disk), and the checkpoint's own last line comes back if it is missing."""
+        """Make metrics.jsonl hold exactly the lines of the epochs the checkpoint covers, one per epoch:
+        later lines go (those epochs are trained again), so do a torn last line (a kill mid-write by an
+        older topoat, or a full disk) and a repeated line (the last of an epoch's lines is kept), and the
+        checkpoint's own last line comes back if it is missing."""
         path = self.metrics
         lines = [line for line in (path.read_text() if path.exists() else "").splitlines() if line.strip()]
-        keep = []
+        by_epoch: dict[int, str] = {}  # one line per epoch, the last written (a line may appear twice)
         for i, line in enumerate(lines):
             epoch = _metrics_epoch(line)
             if epoch is None and i < len(lines) - 1:
                 raise TopoatError(f"{path}: line {i + 1} is not a metrics record; remove it to resume")
             if epoch is not None and epoch <= epochs_done:
-                keep.append(line)
-        if (
-            last_record is not None
-            and last_record.get("epoch") == epochs_done
-            and all(_metrics_epoch(line) != epochs_done for line in keep)
-        ):
-            keep.append(json.dumps(last_record))
+                by_epoch[epoch] = line
+        if last_record is not None and last_record.get("epoch") == epochs_done and epochs_done not in by_epoch:
+            by_epoch[epochs_done] = json.dumps(last_record)
+        keep = [by_epoch[epoch] for epoch in sorted(by_epoch)]
         if keep != lines:
             write_text_atomic(path, "".join(line + "\n" for line in keep))
 
@@ -138,6 +195,20 @@ class RunFolder:
                 starts = []  # a damaged record is replaced, never a reason to stop training
         starts.append(entry)
         write_json_atomic({"starts": starts}, self.provenance, indent=1)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one process per folder is then the user's to keep
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # a file system without flock (some network mounts): no lock rather than no run
+    return True
 
 
 def _metrics_epoch(line: str) -> Optional[int]:

@@ -35,13 +35,37 @@ def train_and_evaluate(
 ) -> Optional[dict]:
     """One run from start to results: train `cfg` into `run_dir` (or resume it), evaluate it and write its
     results.json. Returns its entry; None on the processes other than rank 0, which only train. The CLI
-    and a study both run a run through here."""
-    from .signals import stage
+    and a study both run a run through here, holding the folder's lock from the first check to results.json."""
     from .train import Trainer
 
-    summary = Trainer(cfg, run_dir, resume=resume, dist=dist).run()
-    if not dist.is_main:
+    folder = RunFolder(run_dir)
+    if not dist.is_main:  # rank 0 holds the folder's lock for all of them
+        Trainer(cfg, run_dir, resume=resume, dist=dist).run()
         return None
+    check_startable(folder, resume)  # before the lock file goes into a folder that is not a run's
+    with folder.locked():
+        summary = Trainer(cfg, run_dir, resume=resume, dist=dist).run()
+        return _evaluated(cfg, run_dir, summary, stage_name, resume_hint, echo)
+
+
+def check_startable(folder: RunFolder, resume: bool) -> None:
+    """Refuse a folder that can neither take a new run nor be resumed, in the words of RunFolder.prepare."""
+    if not resume:
+        folder.prepare(resume=False, create=False)
+    elif not folder.last.is_file() and not folder.restartable():
+        folder.prepare(resume=True)
+
+
+def _evaluated(
+    cfg: TrainConfig,
+    run_dir: Path,
+    summary: dict,
+    stage_name: str,
+    resume_hint: str,
+    echo: Optional[Callable[[str], None]],
+) -> dict:
+    from .signals import stage
+
     if echo is not None:
         aa_n, ev = cfg.evaluation.autoattack_n, cfg.evaluation
         echo(

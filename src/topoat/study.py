@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig, from_dict, load_config, preset_path, read_yaml
+from .config import TrainConfig, from_dict, load_config, override, preset_path, read_yaml
 from .errors import TopoatError, TrainingDiverged
 from .files import write_atomic
-from .folder import STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
+from .folder import LOCK, RESULTS, STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
 from .results import format_table, read_results, rebase_checkpoints, results_document
 from .runs import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
 from .signals import stage
+
+# What a study folder holds besides its runs (report.md, figures/ and analysis.json come from `report`).
+STUDY_NAMES = frozenset({STUDY_FILE, RESULTS, LOCK, "report.md", "figures", "analysis.json"})
 
 
 @dataclass
@@ -48,10 +52,23 @@ class PlannedRun:
     teacher: Optional[str]
     reference: Optional[str] = None
 
+    @property
+    def needs(self) -> list[str]:
+        """The runs whose last checkpoint this one reads: its teacher and its reference."""
+        return [r for r in (self.teacher, self.reference) if r is not None]
+
 
 def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[StudySpec, list[PlannedRun]]:
     path = preset_path(path, "studies")
-    spec = from_dict(StudySpec, read_yaml(path))
+    raw = read_yaml(path)
+    runs = raw.get("runs")
+    for run in runs if isinstance(runs, list) else []:
+        if isinstance(run, dict) and "name" in run and not isinstance(run["name"], str):
+            raise TopoatError(
+                f"study {path}: run name {run['name']!r} is not a string (YAML reads yes, 12 or ~ as a "
+                "boolean, number or null); quote it, e.g. name: 'yes'"
+            )
+    spec = from_dict(StudySpec, raw)
     if not spec.runs:
         raise TopoatError(f"study {path}: no runs listed")
     names = [r.name for r in spec.runs]
@@ -84,7 +101,7 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
                 continue
             overrides = list(spec.set) + list(r.set) + list(extra or [])
             if seed is not None:
-                overrides.append(f"seed={seed}")
+                overrides.append(override("seed", seed))
             after_reference = spec.reference is not None and names.index(r.name) > names.index(spec.reference)
             (grid if r.seeds is None else subset).append(
                 PlannedRun(
@@ -97,6 +114,11 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
             )
     planned = grid + subset
     return spec, planned
+
+
+def selected(name: str, only: Optional[list[str]]) -> bool:
+    """Run `name` is one `--runs` asks for (every run without --runs)."""
+    return only is None or any(fnmatch.fnmatchcase(name, pattern) for pattern in only)
 
 
 def check_run_name(path: Path, name) -> None:
@@ -114,13 +136,17 @@ def check_run_name(path: Path, name) -> None:
         raise TopoatError(
             f"study {path}: run name {name!r} must be a plain folder name (no '/', '..' or absolute path)"
         )
+    if name in STUDY_NAMES:
+        raise TopoatError(f"study {path}: run name {name!r} is the name of a file the study folder holds itself")
 
 
 def teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
     """Overrides pointing the run's TRAIN and distillation sections (whichever it has) at `teacher`."""
-    cfg = load_config(p.config_path, p.overrides + [f"name={p.name}"])
+    cfg = load_config(p.config_path, p.overrides + [override("name", p.name)])
     links = [
-        f"{section}.teacher={teacher}" for section in ("topology", "distillation") if getattr(cfg, section) is not None
+        override(f"{section}.teacher", str(teacher))
+        for section in ("topology", "distillation")
+        if getattr(cfg, section) is not None
     ]
     if not links:
         raise TopoatError(
@@ -147,16 +173,25 @@ def run_study(
     spec, planned = load_study(path, extra)
     whole_study = planned
     if only is not None:
-        planned = [p for p in planned if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in only)]
+        planned = [p for p in planned if selected(p.name, only)]
         if not planned:
             raise TopoatError(f"no run of study {path} matches {', '.join(only)}")
     out = Path(out).resolve()
     if resume and not out.is_dir():
         raise TopoatError(f"nothing to resume: {out} does not exist")
     study = RunFolder(out)
+    if study.config.is_file() or study.last.is_file():
+        raise TopoatError(
+            f"{out} is a run's folder (it holds {study.config.name if study.config.is_file() else study.last.name}), "
+            "not a study folder; give the study its own --out"
+        )
     if not resume:  # refuse a used folder before the configs are read; create it only once they are valid
         study.prepare(resume=False, create=False, leftovers=STUDY_LEFTOVERS)
     configs = _validated_configs(planned, study, progress)  # before the first hour of training is spent
+    _check_dependencies(planned, study)
+    for p in planned:
+        if study.run(p.name).root.is_symlink():  # a study writes inside its folder, never through a link
+            raise TopoatError(f"study run folder {study.run(p.name).root} is a symbolic link; replace it with a folder")
     if not resume:
         study.prepare(resume=False, leftovers=STUDY_LEFTOVERS)
     if not (resume and (out / STUDY_FILE).resolve() == Path(path).resolve()):
@@ -170,10 +205,17 @@ def run_study(
         if folder.results.is_file() and _torn(folder.results):
             echo(f"[{p.name}] {folder.results} is not valid JSON (a torn write): evaluating the run again")
         elif folder.results.is_file():
-            runs[p.name] = rebase_checkpoints(_complete_finished_run(cfg, folder, p.name, hint, progress, echo), p.name)
+            with folder.locked():
+                finished = _complete_finished_run(cfg, folder, p.name, hint, progress, echo)
+            runs[p.name] = rebase_checkpoints(finished, p.name)
             continue
-        if p.teacher is not None and p.teacher in failed:
-            failed[p.name] = f"teacher run {p.teacher} failed"
+        unfinished = [r for r in p.needs if r in failed or not _wait_until_finished(study, r, p.name, echo)]
+        if unfinished:
+            role = "teacher" if unfinished[0] == p.teacher else "reference"
+            failed[p.name] = f"{role} run {unfinished[0]} " + (
+                "failed" if unfinished[0] in failed else "did not finish (its process stopped without results.json)"
+            )
+            echo(f"[{p.name}] not trained: {failed[p.name]}")
             continue
         echo(
             f"[{p.name}] training ({method_name(cfg)}{'' if cfg.topology is None else ' + TRAIN'}, "
@@ -215,12 +257,49 @@ def _validated_configs(planned: list[PlannedRun], study: RunFolder, progress: bo
     for p in planned:
         links = [] if p.teacher is None else teacher_links(p, study.run(p.teacher).last)
         if p.reference is not None:
-            links.append(f"validation.reference={study.run(p.reference).last}")
-        cfg = load_config(p.config_path, p.overrides + links + [f"name={p.name}"])
+            links.append(override("validation.reference", str(study.run(p.reference).last)))
+        cfg = load_config(p.config_path, p.overrides + links + [override("name", p.name)])
         if not progress:
             cfg.runtime.progress = False
         configs[p.name] = cfg
     return configs
+
+
+POLL_SECONDS = 10.0  # how often a run waiting for a teacher trained by another process looks again
+
+
+def _check_dependencies(planned: list[PlannedRun], study: RunFolder) -> None:
+    """A teacher or reference outside this process's runs must be finished, or being trained by another
+    process sharing the study folder (whose lock on its folder says so); else nothing would ever train it
+    and its run would read a missing or half-trained checkpoint."""
+    selected = {p.name for p in planned}
+    for p in planned:
+        for r in p.needs:
+            if r not in selected and not _finished(study.run(r)) and not study.run(r).in_use():
+                raise TopoatError(
+                    f"run {p.name} needs run {r}, which is not finished in {study.root} and is not being trained "
+                    f"by another process; train it first (--runs {r}) or add it to --runs"
+                )
+
+
+def _finished(folder: RunFolder) -> bool:
+    """A run is finished once its results.json is written (after its last epoch and evaluation)."""
+    return folder.results.is_file() and not _torn(folder.results)
+
+
+def _wait_until_finished(study: RunFolder, name: str, waiting: str, echo) -> bool:
+    """Whether run `name` is finished, waiting while another process trains it (holds its lock). A run of
+    this process came earlier in the loop, so it is finished or failed, never locked here."""
+    folder = study.run(name)
+    announced = False
+    while not _finished(folder):
+        if not folder.in_use():
+            return _finished(folder)  # it may have finished between the two looks
+        if not announced:
+            echo(f"[{waiting}] waiting for run {name} to finish (trained by another process)")
+            announced = True
+        time.sleep(POLL_SECONDS)
+    return True
 
 
 def _complete_finished_run(cfg: TrainConfig, folder: RunFolder, name: str, hint: str, progress: bool, echo) -> dict:

@@ -40,6 +40,16 @@ _BISECTION_STEPS = 48
 _COSINE_EPS = 1e-8
 
 
+def _power_of_two_scale(z: Tensor, dims: int | tuple[int, ...]) -> Tensor:
+    """The power of two just below the largest |z| over `dims` (kept as size-1 dims), from the fp32 bits
+    (the exponent without the mantissa), detached; 1 where that is 0, subnormal or not finite. Dividing by
+    it is exact, so the kernels give the same bits as before for ordinary features, while features near
+    fp32's limit (1e19 squared overflows in a sum of a few terms) no longer overflow to a graph of zeros."""
+    amax = z.detach().abs().amax(dim=dims, keepdim=True).float()
+    scale = (amax.view(torch.int32) & 0x7F800000).view(torch.float32)
+    return torch.where(torch.isfinite(amax) & (scale > 0), scale, torch.ones_like(scale))
+
+
 def _squared_distances(z: Tensor) -> Tensor:
     # The expanded form keeps gradients finite for duplicate rows (cdist's sqrt would not).
     sq = (z * z).sum(dim=1)
@@ -70,6 +80,8 @@ def log_kernel(
     if stacked and (z.dim() != 3 or kernel not in STACKABLE):
         raise ValueError(f"stacked graphs take (k, n, d) features and a kernel of {', '.join(STACKABLE)}")
     z = z.float() if stacked else z.float().flatten(1)
+    scale = _power_of_two_scale(z, (-2, -1))  # one for the whole graph: distances keep their ratios
+    z = z / scale
     if center == "batch":
         z = z - z.mean(dim=-2, keepdim=True)
     elif center == "sample":
@@ -77,18 +89,19 @@ def log_kernel(
     elif center != "none":
         raise ValueError(f"unknown centering {center!r}; choose from {', '.join(CENTERINGS)}")
     if kernel in ("cosine", "softmax-cosine"):
+        z = z / _power_of_two_scale(z, -1)  # a row far below the largest keeps its direction
         zn = F.normalize(z, dim=-1, eps=1e-12)  # all-zero rows stay zero: cos = 0
         cos = zn @ zn.transpose(-1, -2)
         if kernel == "softmax-cosine":
             return cos / temperature
         return torch.log((1.0 + cos) * 0.5 + _COSINE_EPS)
-    d2 = _squared_distances(z)
+    d2 = _squared_distances(z)  # of the scaled features: the gaussian and perplexity graphs do not change
     if kernel == "gaussian":
         # Median heuristic on squared distances, detached so the bandwidth is not a shortcut.
         s2 = _median_pairwise(d2.detach()).clamp_min(1e-12)
         return -d2 / (2.0 * s2)
-    if kernel == "student-t":
-        return -torch.log1p(d2)
+    if kernel == "student-t":  # not scale-free: the true distances, in float64 where they fit
+        return -torch.log1p(d2.double() * scale.double().flatten() ** 2).float()
     if kernel == "perplexity":
         if allowed is None:
             allowed = ~torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
@@ -368,7 +381,8 @@ class TopologyLoss(torch.nn.Module):
 
 def knn_indices(z: Tensor, k: int) -> Tensor:
     """Indices of each row's k nearest neighbours (Euclidean, self excluded)."""
-    d2 = _squared_distances(z.float().flatten(1))
+    z = z.float().flatten(1)
+    d2 = _squared_distances(z / _power_of_two_scale(z, (0, 1)))  # the same neighbours, no overflow
     d2.fill_diagonal_(float("inf"))
     return d2.topk(k, dim=1, largest=False).indices
 

@@ -144,13 +144,20 @@ class Trainer:
             barrier()
             if dist.is_main:
                 self.folder.prepare(resume=False)
+                # before the data loads: a folder killed then still holds what `--resume` starts again from
+                write_text_atomic(self.folder.config, dump_config(cfg))
         if cfg.optim.batch_size % dist.world:
             raise TopoatError(
                 f"optim.batch_size {cfg.optim.batch_size} (the global batch) must be divisible "
                 f"by the {dist.world} processes"
             )
         self.cfg, self.resume = cfg, resume
-        self.parts = parts = build_run(cfg, dataset, dist)
+        try:
+            self.parts = parts = build_run(cfg, dataset, dist)
+        except TopoatError:
+            if not resume and dist.is_main:  # a refused start leaves no trace (a kill leaves config.yaml)
+                self.folder.config.unlink(missing_ok=True)
+            raise
         self.data, self.device, self.channels_last = parts.data, parts.device, parts.channels_last
         self.x_train, self.x_val, self.y_val = parts.x_train, parts.x_val, parts.y_val
         self.model, self.train_model, self.reference = parts.model, parts.train_model, parts.reference
@@ -233,8 +240,6 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.rank == 0 and not self.resume:
-            write_text_atomic(self.folder.config, dump_config(cfg))
         if self.rank == 0:
             start = {**provenance(self.device), "resumed_at_epoch": self.epoch if self.resume else None}
             self.folder.record_start(start, resumed=self.resume)

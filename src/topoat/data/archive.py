@@ -3,7 +3,9 @@
 A dataset archive comes from the network or from a user's disk, so every member is checked before a
 byte of it is used: no absolute paths, no `..` components, no links or device files, and no member
 (nor total) larger than a limit, so a crafted archive can neither write outside its folder nor fill
-the disk. Corrupt or truncated archives end in a one-line `TopoatError`.
+the disk. Corrupt or truncated archives end in a one-line `TopoatError`: every tar stream is read to its
+end, so gzip's CRC (bzip2's, xz's check) covers every byte, and zip members are CRC-checked as they are
+read. An archive bearing an official archive's name (OFFICIAL_MD5) must also match its published MD5.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ from ..runtime import bar_disabled
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: the largest real member (CIFAR-100 train.bin) is 154 MB
 MAX_TOTAL_BYTES = 8 << 30  # 8 GiB: the largest real archive (Tiny ImageNet) unpacks to about 0.5 GB
 CHUNK = 1 << 20
+# The published MD5 of each official archive (as torchvision and RobustBench check them), by file name: an
+# archive called so is checked whole before it is read, whatever the part of it a loader needs.
+OFFICIAL_MD5 = {
+    "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
+    "cifar-100-binary.tar.gz": "03b5dce01913d631647c71ecec9e9cb8",
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+    "tiny-imagenet-200.zip": "90528d7ca1a48142e341f4ef8d21d0de",
+}
 # Errors a damaged gzip/tar/zip stream raises somewhere in the standard library.
 CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
 
@@ -55,6 +66,16 @@ def verify_checksum(path: str | Path, *, md5: Optional[str] = None, sha256: Opti
                 f"{path}: {algorithm} checksum mismatch (got {got}, expected {expected.lower()}); "
                 "the file is corrupt, truncated or not the official one"
             )
+
+
+def verify_official(path: str | Path) -> None:
+    """If `path` bears the name of an official archive, it must be that archive, byte for byte."""
+    expected = OFFICIAL_MD5.get(Path(path).name)
+    if expected is not None and Path(path).is_file():
+        try:
+            verify_checksum(path, md5=expected)
+        except OSError as e:
+            raise TopoatError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def download(
@@ -193,6 +214,7 @@ def read_tar_tree(
     (an empty one included) and those its files imply."""
     found: dict[str, bytes] = {}
     folders: set[str] = set()
+    verify_official(archive)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             for info, name in _checked_tar_members(tar, archive, max_member_bytes, max_total_bytes):
@@ -206,11 +228,7 @@ def read_tar_tree(
                     found[name] = _read_limited(f, info.name, archive, info.size)
                     if len(found[name]) != info.size:
                         raise EOFError(f"member {info.name} is cut short")
-            # tar stops at its end-of-archive blocks; what follows (padding, then gzip's CRC and
-            # length) is only checked when read
-            stream = cast(IO[bytes], tar.fileobj)
-            while stream.read(CHUNK):
-                pass
+            _read_to_end(tar)
     except FileNotFoundError:
         raise TopoatError(f"archive not found: {archive}") from None
     except TopoatError:
@@ -219,6 +237,14 @@ def read_tar_tree(
         raise _corrupt(archive, e) from None
     folders.discard("")
     return found, folders
+
+
+def _read_to_end(tar: tarfile.TarFile) -> None:
+    """tar stops at its end-of-archive blocks; what follows (padding, then gzip's CRC and length, or
+    bzip2's and xz's checks) is only verified when read, so a flipped byte in a member would pass."""
+    stream = cast(IO[bytes], tar.fileobj)
+    while stream.read(CHUNK):
+        pass
 
 
 def _parents(name: str) -> list[str]:
@@ -236,6 +262,7 @@ class SafeZip:
     ):
         self.archive = Path(archive)
         self.max_member_bytes = max_member_bytes
+        verify_official(self.archive)  # each member's CRC is checked as it is read; the MD5 covers the rest
         try:
             self.zip = zipfile.ZipFile(self.archive)
         except FileNotFoundError:
@@ -307,6 +334,7 @@ def safe_extract(
         raise TopoatError(f"cannot extract {archive}: {dest} already exists")
     if not archive.is_file():
         raise TopoatError(f"archive not found: {archive}")
+    verify_official(archive)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
@@ -351,6 +379,7 @@ def _extract_tar(archive: Path, root: Path, max_member_bytes: int, max_total_byt
                     source = tar.extractfile(info)
                     assert source is not None  # a regular member (links and special files were refused)
                     _write_member(root, name, source, info.size, archive, max_member_bytes)
+            _read_to_end(tar)
     except TopoatError:
         raise
     except CORRUPT as e:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import TopoatError
+from .archive import OFFICIAL_MD5, read_tar_members
 from .archive import download as download_file
-from .archive import read_tar_members
 from .base import ImageDataset
 
 DEFAULT_ROOT = Path("data")
@@ -58,7 +58,7 @@ CIFAR10 = CifarSpec(
     name="cifar10",
     title="CIFAR-10",
     url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    md5="c32a1d4ab5d03f1284b67883e8d87530",
+    md5=OFFICIAL_MD5["cifar-10-binary.tar.gz"],
     archive="cifar-10-binary.tar.gz",
     folder="cifar-10-batches-bin",
     train_files=tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
@@ -76,7 +76,7 @@ CIFAR100 = CifarSpec(
     name="cifar100",
     title="CIFAR-100",
     url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
-    md5="03b5dce01913d631647c71ecec9e9cb8",
+    md5=OFFICIAL_MD5["cifar-100-binary.tar.gz"],
     archive="cifar-100-binary.tar.gz",
     folder="cifar-100-binary",
     train_files=("train.bin",),

@@ -24,14 +24,14 @@ from tqdm.auto import tqdm
 from ..errors import TopoatError
 from ..files import honour_umask
 from ..runtime import bar_disabled
-from .archive import SafeZip
+from .archive import OFFICIAL_MD5, SafeZip
 from .archive import download as download_file
 from .base import ImageDataset, exact_channel_stats
 from .cache import read_array_cache
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 ARCHIVE = "tiny-imagenet-200.zip"
+MD5 = OFFICIAL_MD5[ARCHIVE]
 FOLDER = "tiny-imagenet-200"
 CACHE_SUFFIX = ".decoded.npz"
 CACHE_VERSION = 1
