@@ -112,7 +112,9 @@ class TopologyConfig:
     # BatchNorm in TRAIN's own clean forward: train (batch statistics, running ones updated), frozen (batch
     # statistics, running ones untouched) or eval (running statistics)
     clean_batchnorm: Literal["train", "frozen", "eval"] = "train"
-    warmup_epochs: float = 0.0  # the lambdas rise linearly from 0 over these epochs
+    # the lambdas rise linearly from 0 over these epochs, so that the base loss shapes the features first: without
+    # it a PreAct ResNet student flattens its graph in the first epoch and loses accuracy (docs/RESULTS.md)
+    warmup_epochs: float = 1.0
     balance: bool = False  # lambda = each term's gradient norm at the features relative to the base loss's
     # softmax-cosine: the temperature set on the first batch so that the teacher's rows have this perplexity
     teacher_perplexity: Optional[float] = None

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .config import TopologyConfig
 from .tables import markdown_table
 
 HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
@@ -67,25 +68,28 @@ def point_label(entry: dict) -> str:
     return " + ".join(parts)
 
 
-# TRAIN options that name a variant when they differ from these defaults
-_OPTION_DEFAULTS = {
-    "layer": "features",
-    "divergence": "forward",
-    "entropy_weight": 0.0,
-    "center": "none",
-    "clean_batchnorm": "train",
-    "warmup_epochs": 0.0,
-    "balance": False,
-    "teacher_perplexity": None,
-    "projection": 0,
-}
+# TRAIN options that name a variant when they differ from topology's defaults
+_OPTION_KEYS = (
+    "layer",
+    "divergence",
+    "entropy_weight",
+    "center",
+    "clean_batchnorm",
+    "warmup_epochs",
+    "balance",
+    "teacher_perplexity",
+    "projection",
+)
+# the value of an option a results entry does not record: runs from before the option existed trained without it
+_UNRECORDED = {"warmup_epochs": 0.0}
 
 
 def _option_labels(topo: dict) -> str:
+    defaults = TopologyConfig()
     return "".join(
         f", {key}={value:g}" if isinstance(value, float) else f", {key}={value}"
-        for key, default in _OPTION_DEFAULTS.items()
-        if (value := topo.get(key, default)) != default
+        for key in _OPTION_KEYS
+        if (value := topo.get(key, _UNRECORDED.get(key, getattr(defaults, key)))) != getattr(defaults, key)
     )
 
 
