@@ -364,6 +364,18 @@ def _step(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    from .config import SEED_RANGE, seed_fits
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not seed_fits(value):
+        raise argparse.ArgumentTypeError(f"a seed {SEED_RANGE}, got {value}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -486,7 +498,7 @@ def _add_eval_command(sub) -> None:
         default=None,
         help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)",
     )
-    p.add_argument("--seed", type=int, default=0, help="chooses the images and the attacks' random starts")
+    p.add_argument("--seed", type=_seed, default=0, help="chooses the images and the attacks' random starts")
     p.add_argument("--batch-size", type=_count, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the results here")
@@ -521,7 +533,7 @@ def _add_analyze_command(sub) -> None:
     p.add_argument("--dataset", help="dataset name (default: the reference checkpoint's data config)")
     p.add_argument("--data-root")
     p.add_argument("--n", type=_count, default=1000, help="held-out test images (a fixed seeded choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--k", type=_count, default=10, help="neighbours for kNN overlap and trustworthiness")
     p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the reference's config")
     p.add_argument("--eps", type=_radius, default=None, help="default: the reference's config")

@@ -200,6 +200,9 @@ class TrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    def _seeds(self) -> list[tuple[str, int]]:
+        return [("seed", self.seed), ("data.val_seed", self.data.val_seed), ("evaluation.seed", self.evaluation.seed)]
+
     def validate(self) -> "TrainConfig":
         o = self.optim
         checks = [
@@ -223,6 +226,7 @@ class TrainConfig:
             (_finite(*o.milestones), "optim.milestones must be finite numbers"),
             (o.max_loss > 0, "optim.max_loss must be > 0 (.inf turns the check off)"),
             (self.runtime.threads is None or self.runtime.threads >= 1, "runtime.threads must be >= 1 (or null)"),
+            *[(seed_fits(value), f"{key} {SEED_RANGE}, got {value}") for key, value in self._seeds()],
             (self.validation.n >= 1, "validation.n must be >= 1"),
             (self.validation.attack_steps >= 0, "validation.attack_steps must be >= 0"),
             (self.data.val_size >= 0, "data.val_size must be >= 0"),
@@ -306,6 +310,14 @@ class TrainConfig:
             except TopoatError as e:
                 raise TopoatError(f"config: evaluation.attacks[{i}]: {e}") from None
         return self
+
+
+# torch's generators take seeds of 64 bits; a margin keeps the derived seeds (val_seed + 1) inside too
+SEED_RANGE = "must be an integer between -2**63 and 2**63 (exclusive)"
+
+
+def seed_fits(seed: int) -> bool:
+    return -(2**63) < seed < 2**63
 
 
 def _finite(*values: float) -> bool:

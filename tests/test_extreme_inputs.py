@@ -1,0 +1,102 @@
+"""Inputs far outside any sensible range (huge numbers, absurd sizes, devices the machine lacks, deep or
+endless YAML, overlong paths) end in one line, `topoat: error: ...`, and exit status 2: never a traceback,
+a hang, a crash or an attempt to allocate terabytes. docs/RELIABILITY.md lists each with its test."""
+
+import re
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from topoat.cli import main
+from topoat.config import dump_config, load_config
+from topoat.errors import TopoatError
+from topoat.runtime import resolve_device
+
+
+def write_config(tmp_path, **overrides):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(tiny_config(**overrides)))
+    return path
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("topoat: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def train(tmp_path, *sets: str) -> int:
+    argv = ["train", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "run")]
+    return main(argv + [f"--set={item}" for item in sets])
+
+
+# -- config values ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (f"seed={2**70}", "seed must be an integer between -2\\*\\*63 and 2\\*\\*63"),
+        (f"data.val_seed={10**23}", "data.val_seed must be an integer between"),
+        ("data.val_seed=1.0e+23", "data.val_seed must be an integer, got 1e\\+23"),
+        (f"evaluation.seed={-(2**63)}", "evaluation.seed must be an integer between"),
+    ],
+)
+def test_seeds_beyond_64_bits_are_refused(override, message):
+    with pytest.raises(TopoatError, match=message):
+        load_config(data={}, overrides=[override])
+
+
+def test_the_largest_seeds_are_accepted():
+    cfg = load_config(data={}, overrides=[f"seed={2**63 - 1}", f"data.val_seed={-(2**63) + 1}"])
+    assert cfg.seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("command", ["eval", "analyze"])
+def test_a_huge_seed_on_the_command_line_is_one_line(command, capsys):
+    extra = ["--reference", "t.pt"] if command == "analyze" else []
+    assert main([command, "m.pt", *extra, "--seed", str(2**70)]) == 2
+    assert "--seed: a seed must be an integer between" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["seed=1180591620717411303424"], "config: seed must be an integer between"),
+        (["data.synthetic_shape=[1, 100000, 100000]"], "would need 12,293 GiB to make; the limit is 8 GiB"),
+        (["data.synthetic_train=1000000000000"], "synthetic images of shape \\[1, 12, 12\\]"),
+        (["data.augment.crop_padding=100000"], "crop_padding 100000 must be smaller than the images \\(12x12\\)"),
+        (["data.augment.crop_padding=12"], "crop_padding 12 must be smaller than the images"),
+        (["runtime.threads=100000"], "runtime.threads 100000 is more than 4 per CPU of this machine"),
+        (["runtime.device=meta"], "device 'meta' is not supported"),
+    ],
+)
+def test_absurd_config_values_are_one_line_before_anything_is_allocated(tmp_path, capsys, sets, message):
+    threads = torch.get_num_threads()
+    assert train(tmp_path, *sets) == 2
+    assert re.search(message, one_line_error(capsys))
+    assert torch.get_num_threads() == threads
+
+
+def test_a_crop_padding_smaller_than_the_images_is_accepted(tmp_path):
+    assert tiny_config(**{"data.augment.crop_padding": 11}).data.augment.crop_padding == 11
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda", "cuda:0"])
+def test_a_device_the_machine_lacks_is_one_line_in_train_and_eval(tmp_path, capsys, monkeypatch, device):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train(tmp_path, f"runtime.device={device}") == 2
+    assert f"device '{device}' requested but" in one_line_error(capsys)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert main(["eval", str(tmp_path / "none.pt"), "--device", device]) == 2  # before the checkpoint is read
+    assert f"device '{device}' requested but" in one_line_error(capsys)
+
+
+def test_a_gpu_index_beyond_the_machines_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TopoatError, match="'cuda:7' requested but this machine has 1 GPU"):
+        resolve_device("cuda:7")
