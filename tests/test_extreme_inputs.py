@@ -2,7 +2,9 @@
 endless YAML, overlong paths) end in one line, `topoat: error: ...`, and exit status 2: never a traceback,
 a hang, a crash or an attempt to allocate terabytes. docs/RELIABILITY.md lists each with its test."""
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +102,67 @@ def test_a_gpu_index_beyond_the_machines_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(TopoatError, match="'cuda:7' requested but this machine has 1 GPU"):
         resolve_device("cuda:7")
+
+
+# -- YAML ---------------------------------------------------------------------------------------------
+
+HUGE_INT = "9" * 5000
+DEEP_FLOW = "[" * 5000 + "]" * 5000
+DEEP_BLOCK = "".join(" " * i + "k:\n" for i in range(1000))  # 500 kB
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (f"seed: {HUGE_INT}\n", "holds a value YAML cannot read: Exceeds the limit \\(4300 digits\\)"),
+        (f"model: {{args: {{width: {DEEP_FLOW}}}}}\n", "nests deeper than 32 levels"),
+        (DEEP_BLOCK, "nests deeper than 32 levels"),
+        ("model: {args: {width: " + "[" * 40 + "]" * 40 + "}}\n", "nests deeper than 32 levels"),  # parses fine
+        ("a: &a " + "[" * 20 + "1" + "]" * 20 + "\nb: " + "[" * 20 + "*a" + "]" * 20 + "\n", "nests deeper than 32"),
+        ("name: 2024-13-45\n", "holds a value YAML cannot read: month must be in 1..12"),
+    ],
+)
+def test_hostile_yaml_files_are_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert re.search(f"config file {re.escape(str(path))} {message}", one_line_error(capsys))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", [HUGE_INT, DEEP_FLOW])
+def test_hostile_yaml_values_on_the_command_line_are_one_line(tmp_path, capsys, value):
+    assert train(tmp_path, f"model.args.width={value}") == 2
+    assert "--set model.args.width " in one_line_error(capsys)
+    assert main(["eval", "m.pt", "--arch", "small-cnn", "--num-classes", "10", "--arch-args", value]) == 2
+    assert "eval: --arch-args " in one_line_error(capsys)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_an_endless_config_file_is_refused_after_a_bounded_read(capsys):
+    assert main(["train", "--config", "/dev/zero", "--out", "never"]) == 2
+    assert "config file /dev/zero is larger than 1 MiB" in one_line_error(capsys)
+
+
+def test_a_huge_config_file_is_refused_and_a_piped_one_is_read(tmp_path, capsys):
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:
+        f.truncate(2**31)  # sparse: 2 GiB that take no disk
+    assert main(["train", "--config", str(huge), "--out", str(tmp_path / "run")]) == 2
+    assert "is larger than 1 MiB" in one_line_error(capsys)
+    read_end, write_end = os.pipe()  # what `--config <(...)` hands over
+    os.write(write_end, write_config(tmp_path).read_bytes())
+    os.close(write_end)
+    try:
+        assert main(["train", "--config", f"/dev/fd/{read_end}", "--print-config"]) == 0
+    finally:
+        os.close(read_end)
+    assert "name: tiny" in capsys.readouterr().out
+
+
+def test_yaml_nested_exactly_as_deep_as_allowed_loads():
+    from topoat.yamltext import MAX_DEPTH, safe_load
+
+    assert safe_load("[" * MAX_DEPTH + "1" + "]" * MAX_DEPTH, "x") is not None
+    with pytest.raises(TopoatError, match="nests deeper"):
+        safe_load("[" * (MAX_DEPTH + 1) + "1" + "]" * (MAX_DEPTH + 1), "x")

@@ -232,8 +232,10 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
 def _arch_args(text: str) -> dict:
     import yaml
 
+    from .yamltext import safe_load
+
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text, "eval: --arch-args")
     except yaml.YAMLError:
         value = None
     if not isinstance(value, dict):

@@ -14,6 +14,7 @@ import yaml
 
 from .attacks.names import parse_attack  # a misspelt attack fails at validation, not after the training
 from .errors import TopoatError
+from .yamltext import read_yaml_text, safe_load
 
 
 @dataclass
@@ -420,9 +421,9 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _parse_scalar(text: str) -> Any:
+def _parse_scalar(text: str, key: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_load(text, f"--set {key}")
     except yaml.YAMLError:
         return text
 
@@ -445,7 +446,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise TopoatError(f"--set: {key}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = _parse_scalar(text, key.strip())
     return data
 
 
@@ -476,15 +477,17 @@ def preset_names(kind: str = "configs") -> list[str]:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_yaml_text(path, "config file")
     except FileNotFoundError:
         raise TopoatError(
             f"config file not found: {path} (nor a packaged one of that name; `topoat configs` lists them)"
         ) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise TopoatError(f"cannot read config file {path}: {e.__class__.__name__}") from None
+    except OSError as e:
+        raise TopoatError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text, f"config file {path}")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
