@@ -166,3 +166,43 @@ def test_yaml_nested_exactly_as_deep_as_allowed_loads():
     assert safe_load("[" * MAX_DEPTH + "1" + "]" * MAX_DEPTH, "x") is not None
     with pytest.raises(TopoatError, match="nests deeper"):
         safe_load("[" * (MAX_DEPTH + 1) + "1" + "]" * (MAX_DEPTH + 1), "x")
+
+
+# -- paths the file system refuses --------------------------------------------------------------------
+
+LONG_NAME = "a" * 300  # a path component over NAME_MAX (255 bytes)
+LONG_PATH = "/".join(["b" * 200] * 25)  # 5,024 characters: over PATH_MAX (4096)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["train", "--config", "{cfg}", "--out", f"{{tmp}}/{LONG_NAME}"],
+            "aaa \\(3.. characters\\): File name too long",
+        ),
+        (["train", "--config", "{cfg}", "--out", LONG_PATH], "bbb... \\(5\\d\\d\\d characters\\): File name too long"),
+        (["train", "--config", f"{{tmp}}/{LONG_NAME}.yaml", "--out", "{tmp}/run"], "File name too long"),
+        (["train", "--config", LONG_PATH, "--out", "{tmp}/run"], "\\(5\\d\\d\\d characters\\): File name too long"),
+        (["eval", f"{{tmp}}/{LONG_NAME}.pt"], "File name too long"),
+        (["eval", "{tmp}/m.pt", "--json", f"{{tmp}}/{LONG_NAME}/e.json"], "File name too long"),
+        (["study", "{study}", "--out", LONG_PATH], "\\(5\\d\\d\\d characters\\): File name too long"),
+    ],
+)
+def test_paths_too_long_for_the_file_system_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "study.yaml"
+    study.write_text("runs:\n  - {name: a, config: cfg.yaml}\n")
+    values = {"cfg": str(write_config(tmp_path)), "tmp": str(tmp_path), "study": str(study)}
+    assert main([a.format(**values) for a in argv]) == 2
+    line = one_line_error(capsys)
+    assert re.search(message, line) and len(line) < 500, line
+
+
+def test_a_study_run_name_too_long_for_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    write_config(tmp_path)
+    study = tmp_path / "study.yaml"
+    study.write_text(f"seeds: [0]\nruns:\n  - {{name: {'r' * 253}, config: cfg.yaml}}\n")  # 253 bytes + "-s0"
+    assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 2
+    assert f"run name {'r' * 40}... is 256 bytes long; a folder name takes at most 255" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()

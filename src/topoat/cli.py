@@ -579,6 +579,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TopoatError as e:
         print(f"topoat: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the system refuses (too long, a loop, no permission) where no check named it
+        from .files import describe_os_error
+
+        print(f"topoat: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except Interrupted as e:
         print(f"topoat: {e}", file=sys.stderr)
         return 128 + e.signum

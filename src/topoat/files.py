@@ -63,6 +63,17 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def describe_os_error(e: OSError) -> str:
+    """An OSError as the one line the CLI prints: the path it concerns, shortened when it is absurdly long
+    (a 5,000-character --out), and why."""
+    if e.filename is None:
+        return _cause(e)
+    name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes)) else str(e.filename)
+    if len(name) > 200:
+        name = f"{name[:80]}...{name[-40:]} ({len(name)} characters)"
+    return f"{name}: {_cause(e)}"
+
+
 def _cause(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on device"

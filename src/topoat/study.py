@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,8 @@ from .folder import STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
 from .results import format_table, read_results, rebase_checkpoints, results_document
 from .runs import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
 from .signals import stage
+
+MAX_FOLDER_NAME_BYTES = 255  # what ext4, APFS and NTFS take (a run's name is its folder's)
 
 
 @dataclass
@@ -96,6 +99,12 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
                 )
             )
     planned = grid + subset
+    for run in planned:  # checked now, not when the study reaches that run and cannot make its folder
+        if len(os.fsencode(run.name)) > MAX_FOLDER_NAME_BYTES:
+            raise TopoatError(
+                f"study {path}: run name {run.name[:40]}... is {len(os.fsencode(run.name))} bytes long; "
+                f"a folder name takes at most {MAX_FOLDER_NAME_BYTES}"
+            )
     return spec, planned
 
 

@@ -67,7 +67,7 @@ def _check_depth(data: Any, where: str) -> None:
     level by level, each shared node once per level, so chains of aliases cost at most MAX_DEPTH passes."""
     level = [data]
     for _ in range(MAX_DEPTH):
-        children = {}
+        children: dict[int, Any] = {}
         for node in level:
             items = [*node.keys(), *node.values()] if isinstance(node, dict) else node if isinstance(node, list) else []
             children.update((id(c), c) for c in items if isinstance(c, (dict, list)))
