@@ -206,3 +206,31 @@ def test_a_study_run_name_too_long_for_a_folder_is_refused_before_anything_runs(
     assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 2
     assert f"run name {'r' * 40}... is 256 bytes long; a folder name takes at most 255" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+# -- models that give NaN -----------------------------------------------------------------------------
+
+
+def checkpoint(path, nan=False, image_size=(28, 28)):
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
+    if nan:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, 10, 1, image_size), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("nan_model", ["checkpoint", "reference"])
+def test_analyze_of_a_model_with_nan_weights_is_one_line(tmp_path, capsys, nan_model):
+    model = checkpoint(tmp_path / "m.pt", nan=nan_model == "checkpoint")
+    reference = checkpoint(tmp_path / "r.pt", nan=nan_model == "reference")
+    argv = ["analyze", model, "--reference", reference, "--dataset", "synthetic", "--eps", "0.1"]
+    assert main(argv + ["--n", "16", "--k", "3", "--attack-steps", "1"]) == 2
+    nan_path = model if nan_model == "checkpoint" else reference
+    assert f"checkpoint {nan_path} gives non-finite (NaN or infinite) features for 16 of 16 images" in one_line_error(
+        capsys
+    )
