@@ -205,6 +205,36 @@ def test_unwritable_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
     assert "cannot write" in err and "Permission denied" in err
 
 
+def untrained_run_folder(study):
+    """A study folder with one finished run of an untrained tiny model: enough for `topoat report`."""
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    run = study / "a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(tiny_config()))
+    model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, 10, 1, (12, 12)), run / "last.pt")
+    entry = {"method": "standard", "topology": None, "checkpoint": "a/last.pt", "natural_acc": 0.1, "robust_acc": {}}
+    document = {"dataset": "synthetic", "threat": {"norm": "Linf", "eps": 0.1}, "runs": {"a": entry}}
+    (study / "results.json").write_text(json.dumps(document))
+    return study
+
+
+def test_report_onto_a_full_disk_is_one_line_and_leaves_no_truncated_figure(tmp_path, monkeypatch, capsys):
+    study = untrained_run_folder(tmp_path / "study")
+    old = study / "figures" / "tsne.png"
+    old.parent.mkdir()
+    old.write_bytes(b"the previous report's picture")
+    fail_writes_under(monkeypatch, study, "tsne.png")
+    argv = ["report", str(study), "--n", "32", "--k", "3", "--attack-steps", "1", "--tsne-points", "16"]
+    assert main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot write {old}: no space left on device" in err
+    assert [p.name for p in old.parent.iterdir()] == ["tsne.png"]  # no torn or temporary file
+    assert old.read_bytes() == b"the previous report's picture"
+
+
 def chmod_is_enforced(folder: Path) -> bool:
     """False for root (and some file systems), where a read-only folder still takes new files."""
     probe = folder / "probe"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import Interrupted, TopoatError
+from .files import write_text_atomic
 
 
 class _Parser(argparse.ArgumentParser):
@@ -219,7 +220,7 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
         )
         if report is not None:
             document["sanity"] = report.as_dict()
-        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
     if args.results:
         from .results import merge_evaluation
 
@@ -255,13 +256,6 @@ def _check_output_file(flag: str, path: Optional[str]) -> None:
     """An output file whose folder does not exist fails before the work, not after it."""
     if path is not None and not Path(path).parent.is_dir():
         raise TopoatError(f"{flag} {path}: folder {Path(path).parent} does not exist")
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as e:
-        raise TopoatError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _analyze(args) -> int:
@@ -317,7 +311,7 @@ def _analyze(args) -> int:
             "seed": args.seed,
             "models": metrics,
         }
-        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
     return 0
 
 

@@ -39,6 +39,18 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
+def write_figure_atomic(fig, path: str | Path, **savefig_options) -> Path:
+    """A matplotlib figure drawn in memory, then written by `write_atomic`: a full disk leaves the previous
+    picture (or none), never a truncated PNG."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig_options)
+    write_atomic(path, buffer.getbuffer())
+    return path
+
+
 def is_temp_name(name: str) -> bool:
     """A temporary file `write_atomic` may have left behind when the process was killed."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)

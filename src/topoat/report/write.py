@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import TopoatError
+from ..files import write_text_atomic
 from .analyse import Analysis, ReportSettings, analyse_runs
 from .collect import Run, assign_references, collect_runs
 from .figures import plot_accuracy_curves, plot_lambda_ablation, plot_topology_curves, plot_tradeoff, plot_tsne
@@ -61,7 +62,7 @@ def write_report(
     write_json_atomic(document, out / "analysis.json")
     text = _markdown(runs, info, analysis, pictures, settings, out, dataset, threat_text, frontiers)
     report = out / "report.md"
-    report.write_text(text)
+    write_text_atomic(report, text)
     echo(f"report: {report}")
     return report
 
