@@ -47,7 +47,7 @@ def _train(args) -> int:
         cfg.runtime.progress = False
     from .distributed import init_from_env, shutdown
 
-    dist = init_from_env(cfg.runtime.device)
+    dist = init_from_env(cfg.runtime.device, cfg.runtime.ddp_timeout)
     try:
         entry = train_and_evaluate(
             cfg,

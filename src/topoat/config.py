@@ -181,6 +181,8 @@ class RuntimeConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: Literal["auto", "on", "off"] = "auto"
     sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch
+    # under DDP: seconds a process waits for the others (to start, or in a step) before it stops with an error
+    ddp_timeout: float = 600.0
     progress: bool = True
     tensorboard: bool = False  # also write each epoch's metrics to <run>/tensorboard (needs the package)
     threads: Optional[int] = None
@@ -228,6 +230,7 @@ class TrainConfig:
             (o.max_loss > 0, "optim.max_loss must be > 0 (.inf turns the check off)"),
             (self.runtime.threads is None or self.runtime.threads >= 1, "runtime.threads must be >= 1 (or null)"),
             *[(seed_fits(value), f"{key} {SEED_RANGE}, got {value}") for key, value in self._seeds()],
+            (_finite(self.runtime.ddp_timeout) and self.runtime.ddp_timeout > 0, "runtime.ddp_timeout must be > 0"),
             (self.validation.n >= 1, "validation.n must be >= 1"),
             (self.validation.attack_steps >= 0, "validation.attack_steps must be >= 0"),
             (self.data.val_size >= 0, "data.val_size must be >= 0"),
