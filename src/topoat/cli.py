@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from .errors import Interrupted, TopoatError
 from .files import write_text_atomic
@@ -23,6 +23,7 @@ def _train(args) -> int:
     from .folder import RunFolder
     from .results import format_table
     from .runs import train_and_evaluate
+    from .signals import stage
 
     if args.print_config:
         from .config import dump_config
@@ -61,7 +62,8 @@ def _train(args) -> int:
     finally:
         shutdown()
     if entry is not None:  # rank 0
-        print(format_table({cfg.name: entry}))
+        with stage("after training and evaluating", f"the run is complete: {RunFolder(out).results}"):
+            print(format_table({cfg.name: entry}))
     return 0
 
 
@@ -561,6 +563,40 @@ def _add_report_command(sub) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `topoat` command. With `argv` (tests, scripts) it returns the exit status and gives the caller's
+    signal handlers back. Without, it is the program itself (the console script, `python -m topoat`): it
+    answers SIGINT and SIGTERM with one line from its first moment to its last, and ends the process."""
+    from .signals import exit_on_signals, restore
+
+    # first of all, before torch loads (seconds): a signal while starting is one line too
+    previous = exit_on_signals("while topoat was starting", "nothing was written")
+    if argv is not None:
+        try:
+            return _run(argv)
+        finally:
+            restore(previous)
+    status = _run(None)
+    exit_on_signals("after the command had ended", "its outputs are complete" if status in (0, 1) else "")
+    _end_process(status)
+
+
+def _end_process(status: int) -> NoReturn:
+    """Exit without the interpreter's teardown of torch's modules: seconds in which Python runs no signal
+    handler, so a SIGTERM killed the finished command without a word. What topoat writes is on disk by now
+    (atomically); the atexit callbacks (torch's compile workers) still run."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(status)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     from .signals import raise_on_signals, stage
 
     try:
