@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,36 @@ def test_unwritable_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
     assert "cannot write" in err and "Permission denied" in err
 
 
+def untrained_run_folder(study):
+    """A study folder with one finished run of an untrained tiny model: enough for `topoat report`."""
+    from topoat import build_model
+    from topoat.checkpoint import model_record, save_atomic
+
+    run = study / "a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(tiny_config()))
+    model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
+    save_atomic(model_record(model, "small-cnn", {"width": 4, "feature_dim": 16}, 10, 1, (12, 12)), run / "last.pt")
+    entry = {"method": "standard", "topology": None, "checkpoint": "a/last.pt", "natural_acc": 0.1, "robust_acc": {}}
+    document = {"dataset": "synthetic", "threat": {"norm": "Linf", "eps": 0.1}, "runs": {"a": entry}}
+    (study / "results.json").write_text(json.dumps(document))
+    return study
+
+
+def test_report_onto_a_full_disk_is_one_line_and_leaves_no_truncated_figure(tmp_path, monkeypatch, capsys):
+    study = untrained_run_folder(tmp_path / "study")
+    old = study / "figures" / "tsne.png"
+    old.parent.mkdir()
+    old.write_bytes(b"the previous report's picture")
+    fail_writes_under(monkeypatch, study, "tsne.png")
+    argv = ["report", str(study), "--n", "32", "--k", "3", "--attack-steps", "1", "--tsne-points", "16"]
+    assert main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot write {old}: no space left on device" in err
+    assert [p.name for p in old.parent.iterdir()] == ["tsne.png"]  # no torn or temporary file
+    assert old.read_bytes() == b"the previous report's picture"
+
+
 def chmod_is_enforced(folder: Path) -> bool:
     """False for root (and some file systems), where a read-only folder still takes new files."""
     probe = folder / "probe"
@@ -304,6 +335,98 @@ def test_study_stops_on_sigterm_during_evaluation_and_resumes_there(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "pgd-at" / "last.pt").read_bytes() == saved
     assert "pgd-at" in json.loads((out / "results.json").read_text())["runs"]
+
+
+def run_program(argv, patch="", timeout=240):
+    """`topoat ARGV` as the program itself (what the console script and `python -m topoat` run: `main()`
+    on sys.argv, which keeps its signal handlers to the end of the process), after `patch` has run."""
+    code = f"import os, signal, sys\nsys.argv = {['topoat', *map(str, argv)]!r}\n" + textwrap.dedent(patch)
+    return run_topoat(
+        [], code + "\nfrom topoat.cli import main\nmain()\nsys.exit(99)  # main() ends the process\n", timeout
+    )
+
+
+SIGNAL_WHEN_TORCH_LOADS = """
+    import importlib.abc
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "torch":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return None
+    sys.meta_path.insert(0, Finder())
+    """
+
+
+def test_a_signal_while_torch_loads_is_one_line_and_writes_nothing(tmp_path):
+    proc = run_program(
+        ["train", "--config", write_config(tmp_path), "--out", tmp_path / "run"], SIGNAL_WHEN_TORCH_LOADS
+    )
+    assert proc.returncode == 143, proc.stderr  # the handler was in place before torch began to load
+    assert one_line(proc.stderr) == "topoat: interrupted by SIGTERM while topoat was starting; nothing was written"
+    assert not (tmp_path / "run").exists()
+
+
+def caught_signals(pid: int) -> int:
+    """The mask of signals process `pid` has handlers for (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
+def test_sigterm_as_soon_as_the_program_handles_it_is_one_line(tmp_path):
+    """A real `python -m topoat`, sent SIGTERM the moment it has a handler: during its start (loading torch
+    takes seconds). Before that moment the interpreter itself is still starting and the default kills it."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "topoat",
+        "train",
+        "--config",
+        str(write_config(tmp_path)),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p)
+    )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not caught_signals(proc.pid) & (1 << (signal.SIGTERM - 1)):
+            time.sleep(0.001)
+    except OSError:  # the process is gone
+        pass
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and out == ""
+    assert one_line(err) == "topoat: interrupted by SIGTERM while topoat was starting; nothing was written"
+
+
+def test_sigterm_just_after_the_results_table_is_one_line(tmp_path):
+    patch = """
+        import topoat.results as r
+        _table = r.format_table
+        def format_table(*a, **k):  # the run's results.json is written; the table is its last line
+            os.kill(os.getpid(), signal.SIGTERM)
+            return _table(*a, **k)
+        r.format_table = format_table
+        """
+    run = tmp_path / "run"
+    proc = run_program(["train", "--config", write_config(tmp_path, **{"optim.epochs": 1}), "--out", run], patch)
+    assert proc.returncode == 143, proc.stderr
+    says = f"topoat: interrupted by SIGTERM after training and evaluating; the run is complete: {run / 'results.json'}"
+    assert one_line(proc.stderr) == says
+    assert (run / "results.json").is_file()
+
+
+def test_sigterm_while_the_program_ends_is_one_line(tmp_path):
+    # was exit 143 without a word: the signal came during the interpreter's teardown of torch (seconds)
+    proc = run_program(["configs"], "import atexit; atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))")
+    assert proc.returncode == 143 and "fashion-mnist/pgd-at" in proc.stdout
+    assert (
+        one_line(proc.stderr) == "topoat: interrupted by SIGTERM after the command had ended; its outputs are complete"
+    )
 
 
 # -- 4. the record survives resumes, kills and torn lines ----------------------------------------------

@@ -100,7 +100,9 @@ def test_frontier_gain_is_per_seed_against_that_seeds_curve():
     assert by_run["base β=1"][4] == "81.00 ± 1.41"
     # an entry without warmup_epochs predates the option: it trained without warm-up, which is no longer the default
     assert point_label(runs[2].entry) == "TRAIN softmax-cosine T=0.1, λ=10, warmup_epochs=0"
-    assert point_label(dict(runs[2].entry, topology=dict(topo, warmup_epochs=1.0))) == "TRAIN softmax-cosine T=0.1, λ=10"
+    assert (
+        point_label(dict(runs[2].entry, topology=dict(topo, warmup_epochs=1.0))) == "TRAIN softmax-cosine T=0.1, λ=10"
+    )
     assert point_label(runs[3].entry) == "distillation T=4, λ=2"
 
 

@@ -10,15 +10,31 @@ The names most users need:
     benchmark         ... of any [0, 1] -> logits model on a dataset's fixed test subset, as `topoat eval`
 """
 
-from .attacks import CW, FGSM, PGD
-from .checkpoint import load_model
-from .data import DeviceLoader, load_dataset, to_float
-from .errors import TopoatError
-from .evaluate import benchmark, evaluate
-from .models import build_model, build_model_for
-from .topology import TopologyLoss
+# The names are imported on first use, not with the package: `topoat` on the command line must install its
+# signal handlers before torch loads (seconds), and importing topoat.cli imports this package first.
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "CW": ".attacks",
+    "DeviceLoader": ".data",
+    "FGSM": ".attacks",
+    "PGD": ".attacks",
+    "TopoatError": ".errors",
+    "TopologyLoss": ".topology",
+    "benchmark": ".evaluate",
+    "build_model": ".models",
+    "build_model_for": ".models",
+    "evaluate": ".evaluate",
+    "load_dataset": ".data",
+    "load_model": ".checkpoint",
+    "to_float": ".data",
+}
 __all__ = [
     "CW",
     "DeviceLoader",
@@ -34,3 +50,36 @@ __all__ = [
     "load_model",
     "to_float",
 ]
+
+if TYPE_CHECKING:
+    from .attacks import CW, FGSM, PGD
+    from .checkpoint import load_model
+    from .data import DeviceLoader, load_dataset, to_float
+    from .errors import TopoatError
+    from .evaluate import benchmark, evaluate
+    from .models import build_model, build_model_for
+    from .topology import TopologyLoss
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule topoat.evaluate binds `topoat.evaluate` to the module; the package's
+        # `evaluate` stays the function, as when the package imported it eagerly.
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

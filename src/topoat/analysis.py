@@ -132,11 +132,13 @@ def representations(
     layer: str = "features",
     batch_size: int = 500,
     seed: int = 0,
+    label: str = "the model",
 ) -> Representations:
     """Representations of (x, y) (on the model's device) and of the model's own adversarial examples.
 
     The attack's random start is drawn from `seed` without touching the caller's RNG state, so the same
-    call gives the same metrics."""
+    call gives the same metrics. Non-finite representations (a model with NaN weights) are a TopoatError
+    naming `label`: no topology metric means anything on them."""
     was_training = model.training
     model.eval()
     attacker = build_attack(attack, model, norm, eps, step_size)
@@ -158,9 +160,16 @@ def representations(
     finally:
         model.train(was_training)
     natural_ok, adv_ok = torch.cat(correct_nat), torch.cat(correct_adv)
+    natural, adversarial = torch.cat(nat), torch.cat(adv)
+    broken = int((~(natural.isfinite().all(1) & adversarial.isfinite().all(1))).sum())
+    if broken:
+        raise TopoatError(
+            f"{label} gives non-finite (NaN or infinite) {layer} for {broken} of {x.shape[0]} images or their "
+            "adversarial examples (are its weights NaN?); topology metrics need finite representations"
+        )
     return Representations(
-        torch.cat(nat),
-        torch.cat(adv),
+        natural,
+        adversarial,
         y.cpu(),
         float(natural_ok.float().mean()),
         float((natural_ok & adv_ok).float().mean()),
@@ -226,6 +235,7 @@ def analyze_checkpoints(
             step_size=step_size,
             layer=layer,
             seed=seed,
+            label=f"checkpoint {checkpoint}",
         )
 
     ref = representations_of(reference)

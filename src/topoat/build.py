@@ -25,6 +25,7 @@ from .runtime import (
     resolve_device,
     seed_everything,
     set_deterministic,
+    set_threads,
     use_channels_last,
     use_compile,
 )
@@ -57,8 +58,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
     and batches every time. Every mismatch (teacher for other data, a layer the model lacks, a batch
     larger than the data) is a one-line TopoatError before anything trains."""
     device = resolve_device(device_for(dist, cfg.runtime.device))
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
+    set_threads(cfg.runtime.threads)
     set_deterministic(cfg.runtime.deterministic)
     seed_everything(cfg.seed)
     d = dataset if dataset is not None else dataset_from_config(cfg.data)
@@ -67,6 +67,11 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
         raise TopoatError(
             f"{d.name}: the training set has only one class (every label is {int(classes[0])}); "
             "a classifier needs at least 2"
+        )
+    padding = cfg.data.augment.crop_padding
+    if padding >= min(d.image_size):  # the padded batch would be huge, and a crop could miss the image entirely
+        raise TopoatError(
+            f"data.augment.crop_padding {padding} must be smaller than the images ({d.image_size[0]}x{d.image_size[1]})"
         )
     x_train, y_train = d.x_train.to(device), d.y_train.to(device)
     x_val = y_val = None
@@ -91,7 +96,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
         y_train,
         cfg.optim.batch_size // dist.world,
         shuffle=True,
-        crop_padding=cfg.data.augment.crop_padding,
+        crop_padding=padding,
         flip=cfg.data.augment.flip,
         drop_last=True,
         generator=generator,

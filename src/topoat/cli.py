@@ -7,9 +7,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from .errors import Interrupted, TopoatError
+from .files import write_text_atomic
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,6 +23,7 @@ def _train(args) -> int:
     from .folder import RunFolder
     from .results import format_table
     from .runs import train_and_evaluate
+    from .signals import stage
 
     if args.print_config:
         from .config import dump_config
@@ -48,7 +50,7 @@ def _train(args) -> int:
         cfg.runtime.progress = False
     from .distributed import init_from_env, shutdown
 
-    dist = init_from_env(cfg.runtime.device)
+    dist = init_from_env(cfg.runtime.device, cfg.runtime.ddp_timeout)
     try:
         entry = train_and_evaluate(
             cfg,
@@ -62,9 +64,10 @@ def _train(args) -> int:
     finally:
         shutdown()
     if entry is not None:  # rank 0
-        print(format_table({cfg.name: entry}))
-        written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
-        print(f"wrote {out} ({', '.join(written)})")
+        with stage("after training and evaluating", f"the run is complete: {RunFolder(out).results}"):
+            print(format_table({cfg.name: entry}))
+            written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+            print(f"wrote {out} ({', '.join(written)})")
     return 0
 
 
@@ -267,7 +270,7 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
         )
         if report is not None:
             document["sanity"] = report.as_dict()
-        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
     if args.results:
         from .results import merge_evaluation
 
@@ -280,10 +283,10 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
 def _arch_args(text: str) -> dict:
     import yaml
 
-    from .config import load_yaml
+    from .yamltext import safe_load
 
     try:
-        value = load_yaml(text)
+        value = safe_load(text, "eval: --arch-args")
     except yaml.YAMLError:
         value = None
     if not isinstance(value, dict):
@@ -303,13 +306,6 @@ def _check_output_file(flag: str, path: Optional[str]) -> None:
     """An output file whose folder does not exist fails before the work, not after it."""
     if path is not None and not Path(path).parent.is_dir():
         raise TopoatError(f"{flag} {path}: folder {Path(path).parent} does not exist")
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as e:
-        raise TopoatError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _analyze(args) -> int:
@@ -367,7 +363,7 @@ def _analyze(args) -> int:
             "seed": args.seed,
             "models": metrics,
         }
-        _write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -421,6 +417,18 @@ def _step(text: str) -> float:
     value = _eps(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from .config import SEED_RANGE, seed_fits
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not seed_fits(value):
+        raise argparse.ArgumentTypeError(f"a seed {SEED_RANGE}, got {value}")
     return value
 
 
@@ -580,7 +588,7 @@ def _add_eval_command(sub) -> None:
         default=None,
         help="run AutoAttack attacks on a fixed subset of this many of the n images (default: all)",
     )
-    p.add_argument("--seed", type=int, default=0, help="chooses the images and the attacks' random starts")
+    p.add_argument("--seed", type=_seed, default=0, help="chooses the images and the attacks' random starts")
     p.add_argument("--batch-size", type=_count, default=500, help="images per attack batch (default 500)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", help="also write the results here")
@@ -616,7 +624,7 @@ def _add_analyze_command(sub) -> None:
     p.add_argument("--dataset", help="dataset name (default: the reference checkpoint's data config)")
     p.add_argument("--data-root", help="where the dataset lives (default: the checkpoint's, else the dataset's own)")
     p.add_argument("--n", type=_count, default=1000, help="held-out test images (a fixed seeded choice)")
-    p.add_argument("--seed", type=int, default=0, help="chooses the images and the attack's random starts")
+    p.add_argument("--seed", type=_seed, default=0, help="chooses the images and the attack's random starts")
     p.add_argument("--k", type=_count, default=10, help="neighbours for kNN overlap and trustworthiness")
     p.add_argument("--norm", choices=["Linf", "L2"], default=None, help="default: the reference's config")
     p.add_argument("--eps", type=_radius, default=None, help="default: the reference's config")
@@ -659,6 +667,40 @@ def _add_report_command(sub) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `topoat` command. With `argv` (tests, scripts) it returns the exit status and gives the caller's
+    signal handlers back. Without, it is the program itself (the console script, `python -m topoat`): it
+    answers SIGINT and SIGTERM with one line from its first moment to its last, and ends the process."""
+    from .signals import exit_on_signals, restore
+
+    # first of all, before torch loads (seconds): a signal while starting is one line too
+    previous = exit_on_signals("while topoat was starting", "nothing was written")
+    if argv is not None:
+        try:
+            return _run(argv)
+        finally:
+            restore(previous)
+    status = _run(None)
+    exit_on_signals("after the command had ended", "its outputs are complete" if status in (0, 1) else "")
+    _end_process(status)
+
+
+def _end_process(status: int) -> NoReturn:
+    """Exit without the interpreter's teardown of torch's modules: seconds in which Python runs no signal
+    handler, so a SIGTERM killed the finished command without a word. What topoat writes is on disk by now
+    (atomically); the atexit callbacks (torch's compile workers) still run."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(status)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     from .signals import raise_on_signals, stage
 
     try:
@@ -670,6 +712,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return args.func(args)
     except TopoatError as e:
         print(f"topoat: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the system refuses (too long, a loop, no permission) where no check named it
+        from .files import describe_os_error
+
+        print(f"topoat: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"topoat: {e}", file=sys.stderr)

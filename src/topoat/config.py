@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import yaml
 
 from .attacks.names import parse_attack  # a misspelt attack fails at validation, not after the training
 from .errors import TopoatError
+from .yamltext import read_yaml_text, safe_load
 
 
 @dataclass
@@ -184,6 +184,8 @@ class RuntimeConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: Literal["auto", "on", "off"] = "auto"
     sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch
+    # under DDP: seconds a process waits for the others (to start, or in a step) before it stops with an error
+    ddp_timeout: float = 600.0
     progress: bool = True
     tensorboard: bool = False  # also write each epoch's metrics to <run>/tensorboard (needs the package)
     threads: Optional[int] = None
@@ -203,6 +205,9 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def _seeds(self) -> list[tuple[str, int]]:
+        return [("seed", self.seed), ("data.val_seed", self.data.val_seed), ("evaluation.seed", self.evaluation.seed)]
 
     def validate(self) -> "TrainConfig":
         o = self.optim
@@ -227,6 +232,8 @@ class TrainConfig:
             (_finite(*o.milestones), "optim.milestones must be finite numbers"),
             (o.max_loss > 0, "optim.max_loss must be > 0 (.inf turns the check off)"),
             (self.runtime.threads is None or self.runtime.threads >= 1, "runtime.threads must be >= 1 (or null)"),
+            *[(seed_fits(value), f"{key} {SEED_RANGE}, got {value}") for key, value in self._seeds()],
+            (_finite(self.runtime.ddp_timeout) and self.runtime.ddp_timeout > 0, "runtime.ddp_timeout must be > 0"),
             (self.validation.n >= 1, "validation.n must be >= 1"),
             (self.validation.attack_steps >= 0, "validation.attack_steps must be >= 0"),
             (self.data.val_size >= 0, "data.val_size must be >= 0"),
@@ -310,6 +317,14 @@ class TrainConfig:
             except TopoatError as e:
                 raise TopoatError(f"config: evaluation.attacks[{i}]: {e}") from None
         return self
+
+
+# torch's generators take seeds of 64 bits; a margin keeps the derived seeds (val_seed + 1) inside too
+SEED_RANGE = "must be an integer between -2**63 and 2**63 (exclusive)"
+
+
+def seed_fits(seed: int) -> bool:
+    return -(2**63) < seed < 2**63
 
 
 def _finite(*values: float) -> bool:
@@ -412,47 +427,9 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int):
-        super().__init__(f"key {key!r} appears twice (the second at line {line})")
-
-
-class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe YAML 1.1, plus YAML 1.2's floats without a dot (5e-4, 1e3 were strings), and a
-    mapping that names a key twice is refused (YAML 1.1 silently kept the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                if key in seen:
-                    raise DuplicateKey(key, key_node.start_mark.line + 1)
-                seen.add(key)
-            except TypeError:  # an unhashable key: the constructor below says so
-                pass
-        return super().construct_mapping(node, deep)
-
-
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """YAML as configs, studies and --set values are read (ConfigLoader)."""
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
-
-
-def _parse_scalar(text: str) -> Any:
+def _parse_scalar(text: str, key: str) -> Any:
     try:
-        return load_yaml(text)
-    except DuplicateKey as e:
-        raise TopoatError(f"--set: {e}") from None
+        return safe_load(text, f"--set {key}")
     except yaml.YAMLError:
         return text
 
@@ -481,7 +458,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise TopoatError(f"--set: {key}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = _parse_scalar(text, key.strip())
     return data
 
 
@@ -512,17 +489,17 @@ def preset_names(kind: str = "configs") -> list[str]:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_yaml_text(path, "config file")
     except FileNotFoundError:
         raise TopoatError(
             f"config file not found: {path} (nor a packaged one of that name; `topoat configs` lists them)"
         ) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise TopoatError(f"cannot read config file {path}: {e.__class__.__name__}") from None
+    except OSError as e:
+        raise TopoatError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
-        data = load_yaml(text)
-    except DuplicateKey as e:
-        raise TopoatError(f"config file {path}: {e}") from None
+        data = safe_load(text, f"config file {path}")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

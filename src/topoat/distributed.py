@@ -8,7 +8,12 @@ so a config means the same on one process or many.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -35,20 +40,87 @@ class DistContext:
 SINGLE = DistContext()
 
 
-def init_from_env(device_setting: str = "auto") -> DistContext:
-    """Join the process group torchrun describes in the environment; a no-op without torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+LAUNCH = "launch with torchrun (e.g. torchrun --nproc_per_node 2 -m topoat train ...)"
+
+
+def launch_environment(env: Mapping[str, str]) -> DistContext:
+    """Rank, world size and local rank from torchrun's variables, checked before any process waits for
+    another: a rank outside the world or a missing MASTER_ADDR would otherwise wait in the rendezvous
+    (deaf to SIGINT and SIGTERM, which Python handles only once torch returns) or fail with a traceback."""
+
+    def number(name: str, default: Optional[int] = None) -> int:
+        text = env.get(name)
+        if text is None or not text.strip():
+            if default is None:
+                raise TopoatError(f"distributed: WORLD_SIZE is {env['WORLD_SIZE']} but {name} is not set; {LAUNCH}")
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            raise TopoatError(f"distributed: {name} must be a whole number, got {text!r}") from None
+
+    world = number("WORLD_SIZE", 1)
+    if world < 1:
+        raise TopoatError(f"distributed: WORLD_SIZE must be >= 1, got {world}")
+    if world == 1:
         return SINGLE
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank = number("RANK")
+    if not 0 <= rank < world:
+        raise TopoatError(f"distributed: RANK {rank} is not a rank of WORLD_SIZE {world} (0 to {world - 1})")
+    local_world = number("LOCAL_WORLD_SIZE", world)
+    local_rank = number("LOCAL_RANK", 0)
+    if not 0 <= local_rank < local_world:
+        raise TopoatError(f"distributed: LOCAL_RANK {local_rank} must lie in 0 to {local_world - 1}")
+    if not env.get("MASTER_ADDR", "").strip():
+        raise TopoatError(f"distributed: WORLD_SIZE is {world} but MASTER_ADDR is not set; {LAUNCH}")
+    port = number("MASTER_PORT")
+    if not 0 < port < 65536:
+        raise TopoatError(f"distributed: MASTER_PORT must be a port number (1 to 65535), got {port}")
+    return DistContext(rank, world, local_rank)
+
+
+def init_from_env(device_setting: str = "auto", timeout: float = 600.0) -> DistContext:
+    """Join the process group torchrun describes in the environment; a no-op without torchrun. A process
+    that waits `timeout` seconds for the others (to start, or in a collective) stops with an error."""
+    ctx = launch_environment(os.environ)
+    if not ctx.enabled:
+        return SINGLE
     use_cuda = torch.cuda.is_available() and device_setting != "cpu"
     if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise TopoatError(f"local rank {local_rank} has no GPU (found {torch.cuda.device_count()})")
-        torch.cuda.set_device(local_rank)
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise TopoatError(f"local rank {ctx.local_rank} has no GPU (found {torch.cuda.device_count()})")
+        torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank, world, local_rank)
+        try:
+            with _native_stderr_shown_on_success():
+                dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout))
+        except (RuntimeError, ValueError) as e:  # torch's DistStoreError and DistNetworkError are RuntimeErrors
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TopoatError(
+                f"distributed: rank {ctx.rank} of {ctx.world} could not join the others at {where} within "
+                f"{timeout:g} s (runtime.ddp_timeout): {cause}"
+            ) from None
+    return ctx
+
+
+@contextmanager
+def _native_stderr_shown_on_success() -> Iterator[None]:
+    """torch's C++ side writes a stack trace to the stderr descriptor for each failed connection attempt:
+    held in a file while the group forms, then passed on if it formed; a failure is the caller's one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        text = held.read()
+        while text:
+            text = text[os.write(2, text) :]
 
 
 def device_for(ctx: DistContext, device_setting: str) -> str:

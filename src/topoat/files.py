@@ -52,6 +52,18 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
+def write_figure_atomic(fig, path: str | Path, **savefig_options) -> Path:
+    """A matplotlib figure drawn in memory, then written by `write_atomic`: a full disk leaves the previous
+    picture (or none), never a truncated PNG."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig_options)
+    write_atomic(path, buffer.getbuffer())
+    return path
+
+
 def is_temp_name(name: str) -> bool:
     """A temporary file `write_atomic` may have left behind when the process was killed."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
@@ -87,6 +99,17 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as the one line the CLI prints: the path it concerns, shortened when it is absurdly long
+    (a 5,000-character --out), and why."""
+    if e.filename is None:
+        return _cause(e)
+    name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes)) else str(e.filename)
+    if len(name) > 200:
+        name = f"{name[:80]}...{name[-40:]} ({len(name)} characters)"
+    return f"{name}: {_cause(e)}"
 
 
 def _cause(e: OSError) -> str:

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .config import TopologyConfig
+from .files import write_figure_atomic
 from .tables import markdown_table
 
 HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
@@ -345,9 +346,7 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=1, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    return path
+    return write_figure_atomic(fig, path, dpi=130, bbox_inches="tight")
 
 
 def frontier_section(f: Frontier) -> str:

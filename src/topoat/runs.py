@@ -16,7 +16,7 @@ from .distributed import SINGLE, DistContext
 from .evaluate import EvalResult, evaluate, fixed_subset, held_out_subset
 from .folder import RunFolder, read_json, write_json_atomic
 from .results import merge_evaluation, read_results, results_document
-from .runtime import as_channels_last, resolve_device, use_channels_last
+from .runtime import as_channels_last, resolve_device, set_threads, use_channels_last
 
 
 def method_name(cfg: TrainConfig) -> str:
@@ -241,8 +241,7 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
 
 def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: Optional[list[str]] = None) -> EvalResult:
     ev = cfg.evaluation
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
+    set_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
     if use_channels_last(cfg.runtime.channels_last):
         # the run's own memory format: on a CPU small-cnn, channels-last halves the cost of AutoAttack
         model = as_channels_last(model)

@@ -21,16 +21,46 @@ M = TypeVar("M", bound=torch.nn.Module)
 C = TypeVar("C", bound=Callable)
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device `name` means on this machine; one the machine lacks is a TopoatError here, not a
+    traceback at the first tensor sent to it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TopoatError(f"bad device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TopoatError(f"device {name!r} requested but CUDA is not available")
+        raise TopoatError(f"bad device {name!r} (use {DEVICES})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TopoatError(f"device {name!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TopoatError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TopoatError(f"device {name!r} requested but MPS (Apple's GPU backend) is not available")
+    elif device.type != "cpu":
+        raise TopoatError(f"device {name!r} is not supported (use {DEVICES})")
     return device
+
+
+THREADS_PER_CPU = 4  # more threads than this only queue for the cores; far more crash torch's thread pool
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """torch's intra-op threads (runtime.threads; None keeps torch's choice), at most THREADS_PER_CPU per CPU:
+    torch.set_num_threads(100000) crashes the process."""
+    if threads is None:
+        return
+    limit = THREADS_PER_CPU * (os.cpu_count() or 1)
+    if threads > limit:
+        raise TopoatError(
+            f"runtime.threads {threads} is more than {THREADS_PER_CPU} per CPU of this machine "
+            f"({os.cpu_count()} CPUs, so at most {limit}); null lets torch choose"
+        )
+    torch.set_num_threads(threads)
 
 
 def provenance(device: torch.device) -> dict:

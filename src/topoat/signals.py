@@ -3,12 +3,16 @@ stage it was in (the training loop installs its own handler, which saves a check
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 from .errors import Interrupted
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _stages: list[tuple[str, str]] = []  # (when, hint) of the innermost stage last
 
 
@@ -27,22 +31,48 @@ def _raise(signum, _frame):
     raise Interrupted(signum, when, hint)
 
 
-@contextmanager
-def handling_signals(handler) -> Iterator[None]:
-    """SIGINT and SIGTERM go to `handler` inside the block; the previous handlers come back after it."""
+def install(handler) -> dict:
+    """SIGINT and SIGTERM go to `handler`; returns the handlers it replaced (none outside the main thread)."""
     previous = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SIGNALS:
             previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
+    return previous
+
+
+def restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+@contextmanager
+def handling_signals(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block; the previous handlers come back after it."""
+    previous = install(handler)
     try:
         yield
     finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
+        restore(previous)
 
 
 def raise_on_signals():
     """SIGINT/SIGTERM raise `Interrupted` in the main thread (the default SIGTERM kills without a word)."""
     return handling_signals(_raise)
+
+
+def exit_on_signals(when: str, hint: str = "") -> dict:
+    """From now on SIGINT/SIGTERM end the process at once, with one line (`when`, `hint`) and status 128 +
+    the signal. For where a command writes nothing: its start, inside imports (where an exception might be
+    caught and lost), and its end, up to the interpreter's own shutdown. Returns the replaced handlers."""
+    return install(functools.partial(_exit_now, when, hint))
+
+
+def _exit_now(when: str, hint: str, signum: int, _frame) -> None:
+    try:
+        sys.stdout.flush()  # what the command printed comes before the line
+    except (OSError, ValueError):
+        pass
+    os.write(2, f"topoat: {Interrupted(signum, when, hint)}\n".encode())
+    os._exit(128 + signum)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from .signals import stage
 
 # What a study folder holds besides its runs (report.md, figures/ and analysis.json come from `report`).
 STUDY_NAMES = frozenset({STUDY_FILE, RESULTS, LOCK, "report.md", "figures", "analysis.json"})
+MAX_FOLDER_NAME_BYTES = 255  # what ext4, APFS and NTFS take (a run's name is its folder's)
 
 
 @dataclass
@@ -113,6 +115,12 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
                 )
             )
     planned = grid + subset
+    for run in planned:  # checked now, not when the study reaches that run and cannot make its folder
+        if len(os.fsencode(run.name)) > MAX_FOLDER_NAME_BYTES:
+            raise TopoatError(
+                f"study {path}: run name {run.name[:40]}... is {len(os.fsencode(run.name))} bytes long; "
+                f"a folder name takes at most {MAX_FOLDER_NAME_BYTES}"
+            )
     return spec, planned
 
 

@@ -108,7 +108,7 @@ def _comparable(cfg: TrainConfig) -> dict:
     """The config minus the switches that do not change what is trained (progress bars, threads, logging,
     compilation) or only act after training (the evaluation)."""
     d = to_dict(cfg)
-    for speed_or_display in ("progress", "threads", "tensorboard", "compile", "compile_mode"):
+    for speed_or_display in ("progress", "threads", "tensorboard", "compile", "compile_mode", "ddp_timeout"):
         d["runtime"].pop(speed_or_display, None)
     d.pop("evaluation", None)
     return d

@@ -6,10 +6,14 @@ learnable (accuracy moves) while the data costs nothing to make.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import TopoatError
 from .base import ImageDataset
+
+MAX_SYNTHETIC_BYTES = 8 * 2**30  # far beyond a test or benchmark; a typo (100000 for 100) stops here
 
 
 def make_synthetic(
@@ -19,14 +23,21 @@ def make_synthetic(
         raise TopoatError(f"synthetic shape must be [C, H, W], got {list(shape)}")
     if num_classes < 2 or n_train < 2 or n_test < 1:
         raise TopoatError("synthetic data needs >= 2 classes, >= 2 train and >= 1 test images")
+    # the images are drawn as float32 (prototypes, then each split) before they become bytes
+    needed = 4 * (num_classes + n_train + n_test) * math.prod(shape)
+    if needed > MAX_SYNTHETIC_BYTES:
+        raise TopoatError(
+            f"synthetic images of shape {list(shape)} ({n_train} + {n_test} of them, {num_classes} classes) "
+            f"would need {needed / 2**30:,.0f} GiB to make; the limit is {MAX_SYNTHETIC_BYTES // 2**30} GiB"
+        )
     g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand((num_classes, *shape), generator=g)
 
     def draw(n: int):
         y = torch.randint(0, num_classes, (n,), generator=g)
         x = prototypes[y] + noise * torch.randn((n, *shape), generator=g)
         return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
 
+    prototypes = torch.rand((num_classes, *shape), generator=g)
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)
     return ImageDataset("synthetic", x_train, y_train, x_test, y_test, num_classes)

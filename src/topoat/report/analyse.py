@@ -81,6 +81,7 @@ class _Representations:
                 attack=self.attack,
                 step_size=config.evaluation.step_size,
                 seed=self.seed,
+                label=f"report: model {checkpoint}",
             )
         return self.cache[checkpoint]
 

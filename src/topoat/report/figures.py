@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..files import write_figure_atomic
 from .collect import Run, groups_of, lambda_ablation, lambda_label, primary_attack
 from .stats import mean_std
 
@@ -23,9 +24,7 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return write_figure_atomic(fig, path, dpi=100)
 
 
 def class_colours(num_classes: int):
