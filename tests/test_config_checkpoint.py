@@ -230,7 +230,7 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path):
     path.write_text("optim: {lr: 0.1}\nseed: 1\noptim: {epochs: 2}\n")
     with pytest.raises(TopoatError, match="key 'optim' appears twice"):
         load_config(path)
-    with pytest.raises(TopoatError, match="--set: key 'lr' appears twice"):
+    with pytest.raises(TopoatError, match="--set optim: key 'lr' appears twice"):
         load_config(data={}, overrides=["optim={lr: 0.1, lr: 0.2}"])
 
 

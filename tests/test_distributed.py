@@ -64,6 +64,9 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
         "topology.lambda_nat": 0.5,
         "topology.lambda_adv": 0.5,
         "topology.global_graph": True,
+        # the warm-up depends on the step count only (the same in both); off, the terms act from the first
+        # step at the weight this tolerance was set for (with it the gap grew to 2e-6 on one bias)
+        "topology.warmup_epochs": 0,
         "evaluation.n": 16,
         "validation.n": 32,
     }
