@@ -713,6 +713,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     except TopoatError as e:
         print(f"topoat: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `topoat configs | head`: the reader has gone, which is no error of ours
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a tool killed by the signal reports
     except OSError as e:  # a path the system refuses (too long, a loop, no permission) where no check named it
         from .files import describe_os_error
 
@@ -724,9 +727,6 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     except KeyboardInterrupt:
         print("topoat: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `topoat configs | head`: the reader has gone, which is no error of ours
-        _silence_stdout()
-        return 141  # 128 + SIGPIPE, what a tool killed by the signal reports
 
 
 def _silence_stdout() -> None:
