@@ -111,7 +111,8 @@ def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
         Trainer(tiny_config(**{"data.dataset": "npz", "data.root": str(data), "data.val_size": 0}), tmp_path / "run")
 
 
-def test_a_study_with_a_diverged_run_finishes_the_others_and_exits_1(tmp_path, capsys):
+def write_study_with_a_diverging_run(tmp_path):
+    """A study of two one-epoch runs on the tiny config: `diverges` (its loss passes max_loss) and `fine`."""
     write_config(tmp_path, **{"optim.epochs": 1, "validation.attack_steps": 0, "evaluation.attacks": "[]"})
     spec = tmp_path / "study.yaml"
     runs = [
@@ -119,6 +120,11 @@ def test_a_study_with_a_diverged_run_finishes_the_others_and_exits_1(tmp_path, c
         {"name": "fine", "config": "cfg.yaml", "set": ["method.name=standard"]},
     ]
     spec.write_text(yaml.safe_dump({"runs": runs}))
+    return spec
+
+
+def test_a_study_with_a_diverged_run_finishes_the_others_and_exits_1(tmp_path, capsys):
+    spec = write_study_with_a_diverging_run(tmp_path)
     assert main(["study", str(spec), "--out", str(tmp_path / "s"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"topoat: study: run(s) failed: diverges (see {tmp_path / 's' / 'results.json'})"]
@@ -420,13 +426,7 @@ def test_study_shares_a_folder_between_run_filters_and_evaluates_attacks_added_l
 
 
 def test_processes_sharing_a_study_folder_keep_each_others_failures(tmp_path):
-    write_config(tmp_path, **{"optim.epochs": 1, "validation.attack_steps": 0, "evaluation.attacks": "[]"})
-    spec = tmp_path / "study.yaml"
-    runs = [
-        {"name": "diverges", "config": "cfg.yaml", "set": ["optim.max_loss=0.001"]},
-        {"name": "fine", "config": "cfg.yaml", "set": ["method.name=standard"]},
-    ]
-    spec.write_text(yaml.safe_dump({"runs": runs}))
+    spec = write_study_with_a_diverging_run(tmp_path)
     out = tmp_path / "study"
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--runs", "diverges"]) == 1
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "fine"]) == 0
