@@ -92,7 +92,7 @@ def seeded_table(runs: dict, base_scores) -> None:
     groups: dict[str, list[str]] = {}
     for name in runs:
         groups.setdefault(name.rsplit("-", 1)[0], []).append(name)
-    groups = {k: v for k, v in groups.items() if len(v) > 1 and not k.startswith("standard")}
+    groups = {k: sorted(v, key=seed_of) for k, v in groups.items() if len(v) > 1 and not k.startswith("standard")}
     if not groups:
         return
     print("\n| run | seeds | natural | PGD-20 | Δ natural per seed | Δ PGD-20 per seed | Δ natural | Δ PGD-20 |")
@@ -103,7 +103,7 @@ def seeded_table(runs: dict, base_scores) -> None:
         pairs = [(n, base_scores(n)) for n in names]
         d_nat = [100 * (runs[n]["best"]["natural_acc"] - b[0]) for n, b in pairs if b]
         d_rob = [100 * (runs[n]["best"]["robust_acc"][ATTACK] - b[1]) for n, b in pairs if b]
-        seeds = ", ".join(n.rsplit("-s", 1)[-1] for n in names)
+        seeds = ", ".join(str(seed_of(n)) for n in names)
         row = [group, seeds, spread(nat), spread(rob)]
         if group.endswith("pgd-at"):
             row += ["-", "-", "-", "-"]
@@ -111,6 +111,10 @@ def seeded_table(runs: dict, base_scores) -> None:
             row += [", ".join(f"{d:+.1f}" for d in d_nat), ", ".join(f"{d:+.1f}" for d in d_rob)]
             row += [spread(d_nat, "+.2f"), spread(d_rob, "+.2f")]
         print("| " + " | ".join(row) + " |")
+
+
+def seed_of(name: str) -> int:
+    return int(name.rsplit("-s", 1)[-1])
 
 
 def spread(values: list[float], spec: str = ".2f") -> str:
