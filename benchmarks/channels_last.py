@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (the benchmark's timers and configs, beside this file)
 
-from topoat.checkpoint import model_record, save_atomic  # noqa: E402
 from topoat.models import build_model  # noqa: E402
+from topoat.runs.checkpoint import model_record, save_atomic  # noqa: E402
 from topoat.runtime import cpu_name  # noqa: E402
 
 

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from topoat.checkpoint import model_record, save_atomic
 from topoat.config import TrainConfig, load_config
 from topoat.models import build_model
+from topoat.runs.checkpoint import model_record, save_atomic
 from topoat.runtime import as_channels_last, autocast, cpu_name, use_channels_last
 from topoat.topology import TopologyLoss
-from topoat.train import Trainer
+from topoat.training.loop import Trainer
 
 MODELS = {"small-cnn": (1, 28, 28), "preact-resnet18": (3, 32, 32)}
 

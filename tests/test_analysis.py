@@ -8,13 +8,19 @@ import torch
 import yaml
 from conftest import fp32_neighbour_slack, tiny_config
 
-from topoat.analysis import analyze_checkpoints, compare, representations, topology_metrics, trustworthiness
-from topoat.checkpoint import load_model
 from topoat.cli import main
 from topoat.config import dump_config
 from topoat.errors import TopoatError
+from topoat.evaluation.graph_metrics import (
+    analyze_checkpoints,
+    compare,
+    representations,
+    topology_metrics,
+    trustworthiness,
+)
 from topoat.report import ReportSettings, format_spread, markdown_table, write_report
-from topoat.study import load_study
+from topoat.runs.checkpoint import load_model
+from topoat.runs.study import load_study
 from topoat.topology import knn_overlap
 
 
@@ -252,7 +258,7 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 
 def untrained_checkpoint(path, channels=1, num_classes=10):
     from topoat import build_model
-    from topoat.checkpoint import model_record, save_atomic
+    from topoat.runs.checkpoint import model_record, save_atomic
 
     model = build_model("small-cnn", num_classes, channels, [0.5] * channels, [0.25] * channels, width=4)
     save_atomic(model_record(model, "small-cnn", {"width": 4}, num_classes, channels, (28, 28)), path)
@@ -301,7 +307,7 @@ def test_cli_analyze_refuses_models_and_settings_that_do_not_fit(
 
 def test_cli_report_refuses_a_reference_made_for_other_data(tmp_path, capsys):
     from topoat import build_model
-    from topoat.checkpoint import model_record, save_atomic
+    from topoat.runs.checkpoint import model_record, save_atomic
 
     run = tmp_path / "study" / "a"
     run.mkdir(parents=True)

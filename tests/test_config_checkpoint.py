@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from topoat import build_model, load_model
-from topoat.checkpoint import load_checkpoint, model_record, save_atomic
 from topoat.config import load_config
 from topoat.errors import TopoatError
+from topoat.runs.checkpoint import load_checkpoint, model_record, save_atomic
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -14,12 +14,12 @@ import torch
 from conftest import tiny_config
 
 import topoat
-from topoat.checkpoint import load_checkpoint
 from topoat.cli import main
 from topoat.config import dump_config
-from topoat.distributed import DistContext, launch_environment
 from topoat.errors import TopoatError
-from topoat.train import Trainer
+from topoat.runs.checkpoint import load_checkpoint
+from topoat.training.distributed import DistContext, launch_environment
+from topoat.training.loop import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 

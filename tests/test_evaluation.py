@@ -9,13 +9,13 @@ from torch import nn
 
 from topoat.attacks import AutoAttack
 from topoat.attacks.autoattack import plan_for_classes
-from topoat.checkpoint import model_record, save_atomic
 from topoat.cli import main
 from topoat.config import to_dict
 from topoat.errors import TopoatError
-from topoat.evaluate import evaluate, fixed_subset, parse_attack
-from topoat.results import format_table
-from topoat.sanity import Check, SanityReport, sanity_checks
+from topoat.evaluation.accuracy import evaluate, fixed_subset, parse_attack
+from topoat.evaluation.sanity import Check, SanityReport, sanity_checks
+from topoat.runs.checkpoint import model_record, save_atomic
+from topoat.runs.results import format_table
 
 SHAPE = [1, 12, 12]
 
@@ -257,10 +257,10 @@ def test_cli_sanity_passes_on_a_sane_model(checkpoints, capsys):
 
 
 def test_cli_sanity_failure_is_loud_and_exits_1(checkpoints, capsys, monkeypatch):
-    import topoat.sanity
+    import topoat.evaluation.sanity
 
     failing = SanityReport(32, [Check("transfer is weaker than white-box", "FAIL", "transfer 10.00 < pgd 90.00")])
-    monkeypatch.setattr(topoat.sanity, "sanity_checks", lambda *args, **kwargs: failing)
+    monkeypatch.setattr(topoat.evaluation.sanity, "sanity_checks", lambda *args, **kwargs: failing)
     model, _ = checkpoints
     assert main(["eval", str(model), "--attacks", "fgsm", "--n", "32", "--sanity", "--no-progress"]) == 1
     captured = capsys.readouterr()

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from topoat.checkpoint import model_record, save_atomic
 from topoat.cli import main
 from topoat.data import load_dataset
 from topoat.models import build_model_for
+from topoat.runs.checkpoint import model_record, save_atomic
 
 EVAL = ["--dataset", "synthetic", "--eps", "0.1", "--n", "64", "--attacks", "fgsm", "--no-progress"]
 

@@ -216,7 +216,7 @@ def test_a_study_run_name_too_long_for_a_folder_is_refused_before_anything_runs(
 
 def checkpoint(path, nan=False, image_size=(28, 28)):
     from topoat import build_model
-    from topoat.checkpoint import model_record, save_atomic
+    from topoat.runs.checkpoint import model_record, save_atomic
 
     model = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4, feature_dim=16)
     if nan:

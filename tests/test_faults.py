@@ -21,12 +21,12 @@ import yaml
 from conftest import SignalAfter, tiny_config
 
 import topoat
-from topoat.checkpoint import load_checkpoint
 from topoat.cli import main
 from topoat.config import dump_config
 from topoat.errors import TopoatError
-from topoat.study import load_study
-from topoat.train import Trainer, TrainingInterrupted
+from topoat.runs.checkpoint import load_checkpoint
+from topoat.runs.study import load_study
+from topoat.training.loop import Trainer, TrainingInterrupted
 
 SRC = str(Path(topoat.__file__).resolve().parents[1])
 TIMING = {"seconds", "train_seconds"}
@@ -210,7 +210,7 @@ def test_unwritable_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
 def untrained_run_folder(study):
     """A study folder with one finished run of an untrained tiny model: enough for `topoat report`."""
     from topoat import build_model
-    from topoat.checkpoint import model_record, save_atomic
+    from topoat.runs.checkpoint import model_record, save_atomic
 
     run = study / "a"
     run.mkdir(parents=True)
@@ -268,7 +268,7 @@ def test_read_only_run_folder_is_one_line(tmp_path, capsys):
 
 KILL_AT = {
     "training": """
-        import topoat.train as t
+        import topoat.training.loop as t
         _step = t.Trainer.train_step
         def train_step(self, *a):
             if self.step_in_epoch == 2:
@@ -277,7 +277,7 @@ KILL_AT = {
         t.Trainer.train_step = train_step
         """,
     "validation": """
-        import topoat.train as t
+        import topoat.training.loop as t
         _validate = t.Trainer._validate
         def _validate_last(self):
             if self.epoch == self.cfg.optim.epochs:
@@ -286,7 +286,7 @@ KILL_AT = {
         t.Trainer._validate = _validate_last
         """,
     "evaluation": """
-        import topoat.runs as r
+        import topoat.runs.scoring as r
         _evaluate_run = r.evaluate_run
         def evaluate_run(*a, **k):
             os.kill(os.getpid(), SIGNUM)
@@ -405,7 +405,7 @@ def test_sigterm_as_soon_as_the_program_handles_it_is_one_line(tmp_path):
 
 def test_sigterm_just_after_the_results_table_is_one_line(tmp_path):
     patch = """
-        import topoat.results as r
+        import topoat.runs.results as r
         _table = r.format_table
         def format_table(*a, **k):  # the run's results.json is written; the table is its last line
             os.kill(os.getpid(), signal.SIGTERM)
@@ -442,8 +442,8 @@ def test_a_resumed_epoch_has_the_same_metrics_line_as_an_uninterrupted_one(tmp_p
 def test_sigkill_between_the_metrics_line_and_the_checkpoint_loses_no_line(tmp_path):
     cfg, run = write_config(tmp_path), tmp_path / "run"
     patch = """
-        import topoat.folder as f
-        import topoat.train as t
+        import topoat.runs.folder as f
+        import topoat.training.loop as t
         writes = []
         def die_before_the_second(write):  # epoch 1's metrics line and checkpoint: a kill between the two
             def wrapped(self, *a):
@@ -557,13 +557,13 @@ def started_topoat(argv, patch=""):
     """`topoat ARGV` in a second process that is stopped inside Trainer.run (its folder locked) until its
     stdin is closed; it prints "training" when it gets there."""
     pause = """
-        import sys, topoat.train
-        _run = topoat.train.Trainer.run
+        import sys, topoat.training.loop
+        _run = topoat.training.loop.Trainer.run
         def paused(self):
             print("training", flush=True)
             sys.stdin.read()
             return _run(self)
-        topoat.train.Trainer.run = paused
+        topoat.training.loop.Trainer.run = paused
     """
     code = "import sys\n" + textwrap.dedent(pause) + textwrap.dedent(patch)
     code += f"\nfrom topoat.cli import main\nsys.exit(main({[str(a) for a in argv]!r}))\n"
@@ -647,7 +647,7 @@ def test_a_student_waits_for_its_teacher_trained_by_another_process(tmp_path, ca
         text=True,
     )
     assert finisher.stdout.readline() == "locked\n"
-    monkeypatch.setattr("topoat.study.POLL_SECONDS", 0.05)
+    monkeypatch.setattr("topoat.runs.study.POLL_SECONDS", 0.05)
     capsys.readouterr()
     assert main(["study", str(spec), "--out", str(out), "--no-progress", "--resume", "--runs", "student"]) == 0
     assert finisher.wait(30) == 0
@@ -740,7 +740,8 @@ def test_a_run_killed_while_loading_its_data_is_started_again_by_plain_resume(tm
     cfg, run = write_config(tmp_path, **{"optim.epochs": 1}), tmp_path / "run"
     killed = run_topoat(
         ["train", "--config", cfg, "--out", run, "--no-progress"],
-        "import topoat.build\ntopoat.build.dataset_from_config = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n",
+        "import topoat.training.build\n"
+        "topoat.training.build.dataset_from_config = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n",
     )
     assert killed.returncode == -signal.SIGKILL and not (run / "last.pt").exists()
     resumed = run_topoat(["train", "--out", run, "--resume", "--no-progress"])

@@ -4,7 +4,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from topoat.frontier import envelope, frontier, frontier_at, frontier_section, gain_rows, plot_frontier, point_label
+from topoat.report.frontier import (
+    envelope,
+    frontier,
+    frontier_at,
+    frontier_section,
+    gain_rows,
+    plot_frontier,
+    point_label,
+)
 
 
 @dataclass

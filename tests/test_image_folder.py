@@ -14,12 +14,12 @@ from conftest import tiny_config
 from PIL import Image
 
 from topoat import build_model
-from topoat.checkpoint import load_checkpoint, model_record, save_atomic
 from topoat.cli import main
 from topoat.config import dump_config
 from topoat.data import DATASETS, image_folder, load_dataset
 from topoat.data.image_folder import load_image_folder
 from topoat.errors import TopoatError
+from topoat.runs.checkpoint import load_checkpoint, model_record, save_atomic
 
 # Written in this (unsorted) order; sorted, the labels are ant 0, bee 1, cat 2.
 COLOURS = {"cat": (250, 10, 10), "ant": (10, 250, 10), "bee": (10, 10, 250)}

@@ -411,7 +411,7 @@ def test_train_options_work_with_every_method(method):
 
 
 def test_trainer_runs_awp_trades_with_train_and_logs_both_parts(tmp_path):
-    from topoat.train import Trainer
+    from topoat.training.loop import Trainer
 
     teacher_dir = tmp_path / "teacher"
     Trainer(

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from topoat.checkpoint import model_record, save_atomic
 from topoat.config import load_config, to_dict
-from topoat.evaluate import parse_attack
+from topoat.evaluation.accuracy import parse_attack
 from topoat.models import build_model
-from topoat.study import load_study, teacher_links
-from topoat.train import Trainer
+from topoat.runs.checkpoint import model_record, save_atomic
+from topoat.runs.study import load_study, teacher_links
+from topoat.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))

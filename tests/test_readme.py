@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import topoat
-from topoat.checkpoint import model_record, save_atomic
 from topoat.data.fashion_mnist import DEFAULT_ROOT, FILES
 from topoat.data.synthetic import make_synthetic
+from topoat.runs.checkpoint import model_record, save_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -39,7 +39,10 @@ def make_run_folder(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True)
         save_atomic(model_record(model, "small-cnn", {}, data.num_classes, data.in_channels), path)
     if not _fashion_mnist_installed():
-        for module in (topoat, importlib.import_module("topoat.evaluate")):  # benchmark() reads its data itself
+        for module in (
+            topoat,
+            importlib.import_module("topoat.evaluation.accuracy"),
+        ):  # benchmark() reads its data itself
             monkeypatch.setattr(module, "load_dataset", lambda name, *args, **kwargs: data)
     monkeypatch.chdir(tmp_path)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from topoat.tables import markdown_table, text_table
+from topoat.table_format import markdown_table, text_table
 
 
 def test_text_table_pads_columns_and_rules_the_header():

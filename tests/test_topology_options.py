@@ -16,13 +16,13 @@ from scipy.special import logsumexp
 from torch import nn
 
 from topoat import TopologyLoss, build_model
-from topoat.analysis import graph_shape
 from topoat.errors import TopoatError
+from topoat.evaluation.graph_metrics import graph_shape
 from topoat.models import representation
 from topoat.objectives import PGDAT, TopologyRegularized
 from topoat.objectives.train_wrapper import batchnorm_mode
 from topoat.topology import affinity_log_probs, row_entropy, temperature_for_perplexity
-from topoat.train import Trainer
+from topoat.training.loop import Trainer
 
 KL_ABS = 2e-5  # fp32 graphs of a few samples: a few 1e-7 per entry, whatever the value's size
 
@@ -289,8 +289,8 @@ def test_a_run_logs_the_diagnostics_and_the_validation_graph_uses_the_configured
         assert math.isfinite(record[key]), key
     assert record["val_reference_graph_entropy"] > 0
     # the logged graph KL is the configured loss (temperature 0.5), not the default's (0.1)
-    from topoat.analysis import extract
-    from topoat.checkpoint import load_model
+    from topoat.evaluation.graph_metrics import extract
+    from topoat.runs.checkpoint import load_model
 
     student, reference = load_model(tmp_path / "student" / "last.pt"), load_model(teacher_dir / "last.pt")
     from topoat.data import dataset_from_config, to_float
@@ -304,7 +304,7 @@ def test_a_run_logs_the_diagnostics_and_the_validation_graph_uses_the_configured
 
 
 def test_projection_head_is_trained_with_the_model_and_saved(tmp_path):
-    from topoat.build import build_run
+    from topoat.training.build import build_run
 
     teacher_dir = tmp_path / "teacher"
     Trainer(tiny_config(**{"method.name": "standard", "optim.epochs": 1}), teacher_dir).run()

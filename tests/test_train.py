@@ -11,10 +11,10 @@ from conftest import SignalAfter, tiny_config
 
 from topoat import build_model, load_model
 from topoat.attacks import ascent_step
-from topoat.checkpoint import load_checkpoint, model_record, save_atomic
 from topoat.cli import main
 from topoat.errors import TopoatError
-from topoat.train import Trainer, TrainingInterrupted, lr_factor
+from topoat.runs.checkpoint import load_checkpoint, model_record, save_atomic
+from topoat.training.loop import Trainer, TrainingInterrupted, lr_factor
 
 
 def weights(path):
@@ -354,7 +354,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 def test_study_runs_limited_to_some_seeds_come_after_the_grid(tmp_path):
     from topoat.errors import TopoatError
-    from topoat.study import load_study
+    from topoat.runs.study import load_study
 
     write_config(tmp_path)
     runs = [
@@ -437,7 +437,7 @@ def test_processes_sharing_a_study_folder_keep_each_others_failures(tmp_path):
 @pytest.mark.parametrize("checkpoints", ["[last, best]", "[best]"])
 def test_study_grows_a_finished_run_to_more_images_as_a_fresh_evaluation_would(tmp_path, capsys, checkpoints):
     from topoat.config import load_config
-    from topoat.runs import evaluate_run
+    from topoat.runs.scoring import evaluate_run
 
     # fgsm has no random start, so scoring the added images alone must give a fresh run's counts exactly
     write_config(
@@ -468,8 +468,8 @@ def test_study_grows_a_finished_run_to_more_images_as_a_fresh_evaluation_would(t
 
 
 def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
-    from topoat.runs import evaluate_run
-    from topoat.train import Trainer
+    from topoat.runs.scoring import evaluate_run
+    from topoat.training.loop import Trainer
 
     cfg = tiny_config(**{"evaluation.checkpoints": "[best]", "evaluation.attacks": "[pgd-2]"})
     summary = Trainer(cfg, tmp_path / "run").run()
@@ -483,8 +483,8 @@ def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
 
 
 def test_evaluation_follows_the_runtime_layout_and_threads(tmp_path):
-    from topoat.checkpoint import load_model
-    from topoat.runs import _evaluate_model
+    from topoat.runs.checkpoint import load_model
+    from topoat.runs.scoring import _evaluate_model
 
     Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "run").run()
     x = torch.rand(48, 1, 12, 12, generator=torch.Generator().manual_seed(0))
@@ -519,7 +519,7 @@ def test_version_and_the_resolved_config_print_without_training(tmp_path, capsys
 
 def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
     from topoat.runtime import bar_disabled
-    from topoat.train import epoch_line
+    from topoat.training.loop import epoch_line
 
     Trainer(tiny_config(**{"optim.epochs": 2}), tmp_path / "run").run()
     lines = [line for line in capsys.readouterr().out.splitlines() if "] epoch " in line]
@@ -533,8 +533,8 @@ def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
 
 
 def test_runs_and_results_record_what_produced_them(tmp_path):
-    from topoat.results import results_document
-    from topoat.runs import evaluate_run
+    from topoat.runs.results import results_document
+    from topoat.runs.scoring import evaluate_run
 
     cfg = tiny_config(**{"optim.epochs": 1})
     summary = Trainer(cfg, tmp_path / "run").run()

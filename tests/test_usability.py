@@ -81,8 +81,8 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
 
 
 def test_sync_bn_on_a_cpu_is_a_warning_not_a_traceback(capsys):
-    from topoat.build import _sync_batchnorm
-    from topoat.distributed import DistContext
+    from topoat.training.build import _sync_batchnorm
+    from topoat.training.distributed import DistContext
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     kept = _sync_batchnorm(model, torch.device("cpu"), DistContext(rank=0, world=2))
@@ -162,7 +162,7 @@ TINY_DATA = [
 
 def test_teacher_trains_the_packaged_standard_model_in_one_command(tmp_path, capsys):
     from topoat import load_model
-    from topoat.checkpoint import load_checkpoint
+    from topoat.runs.checkpoint import load_checkpoint
 
     out = tmp_path / "teacher"
     sets = [arg for item in TINY_DATA for arg in ("--set", item)]
@@ -228,7 +228,7 @@ def test_benchmark_gives_the_numbers_topoat_eval_prints(tmp_path, monkeypatch, c
     # the dataset's own threat model by default; a subset of another seed gives other images
     with pytest.raises(TopoatError, match="benchmark: give eps"):
         benchmark(model, "synthetic")
-    from topoat.evaluate import _packaged_radius
+    from topoat.evaluation.accuracy import _packaged_radius
 
     assert _packaged_radius("fashion-mnist", "Linf") == 0.1 and _packaged_radius("cifar10", "Linf") == 8 / 255
     assert benchmark(model, "synthetic", eps=0.1, n=100, seed=1).natural_acc != res.natural_acc
@@ -258,11 +258,11 @@ class _Writer:
 def test_tensorboard_gets_per_step_scalars_as_well_as_per_epoch(tmp_path, monkeypatch):
     import types
 
-    from topoat.train import Trainer
+    from topoat.training.loop import Trainer
 
     _Writer.scalars = []
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_Writer))
-    monkeypatch.setattr("topoat.train.GUARD_EVERY", 3)  # flushes inside the epoch as well as at its end
+    monkeypatch.setattr("topoat.training.loop.GUARD_EVERY", 3)  # flushes inside the epoch as well as at its end
     trainer = Trainer(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run")
     trainer.run()
     steps = 2 * len(trainer.loader)

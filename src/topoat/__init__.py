@@ -14,8 +14,6 @@ The names most users need:
 # signal handlers before torch loads (seconds), and importing topoat.cli imports this package first.
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -27,12 +25,12 @@ _HOMES = {
     "PGD": ".attacks",
     "TopoatError": ".errors",
     "TopologyLoss": ".topology",
-    "benchmark": ".evaluate",
+    "benchmark": ".evaluation.accuracy",
     "build_model": ".models",
     "build_model_for": ".models",
-    "evaluate": ".evaluate",
+    "evaluate": ".evaluation.accuracy",
     "load_dataset": ".data",
-    "load_model": ".checkpoint",
+    "load_model": ".runs.checkpoint",
     "to_float": ".data",
 }
 __all__ = [
@@ -53,11 +51,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .attacks import CW, FGSM, PGD
-    from .checkpoint import load_model
     from .data import DeviceLoader, load_dataset, to_float
     from .errors import TopoatError
-    from .evaluate import benchmark, evaluate
+    from .evaluation.accuracy import benchmark, evaluate
     from .models import build_model, build_model_for
+    from .runs.checkpoint import load_model
     from .topology import TopologyLoss
 
 
@@ -71,15 +69,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Importing the submodule topoat.evaluate binds `topoat.evaluate` to the module; the package's
-        # `evaluate` stays the function, as when the package imported it eagerly.
-        if name in _HOMES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -20,9 +20,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _train(args) -> int:
     from .config import load_config
-    from .folder import RunFolder
-    from .results import format_table
-    from .runs import train_and_evaluate
+    from .runs.folder import RunFolder
+    from .runs.results import format_table
+    from .runs.scoring import train_and_evaluate
     from .signals import stage
 
     if args.print_config:
@@ -48,7 +48,7 @@ def _train(args) -> int:
         _check_config_kept(args.config, RunFolder(out), cfg)
     if args.no_progress:
         cfg.runtime.progress = False
-    from .distributed import init_from_env, shutdown
+    from .training.distributed import init_from_env, shutdown
 
     dist = init_from_env(cfg.runtime.device, cfg.runtime.ddp_timeout)
     try:
@@ -106,7 +106,7 @@ def _check_config_kept(config: str, folder, cfg) -> None:
 
 
 def _study(args) -> int:
-    from .study import run_study, selected
+    from .runs.study import run_study, selected
 
     only = [pattern for item in args.runs for pattern in item.split(",") if pattern] or None
     document = run_study(
@@ -128,9 +128,9 @@ def _study(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate, format_result, held_out_subset
+    from .evaluation.accuracy import evaluate, format_result, held_out_subset
+    from .evaluation.target import load_target, recorded_threat
     from .runtime import resolve_device
-    from .target import load_target, recorded_threat
 
     attacks = _checked_eval_arguments(args)
     device = resolve_device(args.device)
@@ -176,7 +176,7 @@ def _eval(args) -> int:
         print(f"note: {note}")
     report = None
     if args.sanity:
-        from .sanity import sanity_checks
+        from .evaluation.sanity import sanity_checks
 
         report = sanity_checks(
             target.model,
@@ -211,7 +211,7 @@ def _eval(args) -> int:
 
 def _checked_eval_arguments(args) -> list[str]:
     """The attacks to run, after every check that needs no file read: a mistake costs no loading."""
-    from .evaluate import parse_attack
+    from .evaluation.accuracy import parse_attack
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not attacks:
@@ -230,7 +230,7 @@ def _checked_eval_arguments(args) -> list[str]:
 
 def _check_results_fit(args, target, norm: str, eps: float) -> None:
     """--results names a run this checkpoint belongs to, scored on the same threat model and images."""
-    from .results import find_run_slot
+    from .runs.results import find_run_slot
 
     find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=target.data.name)
     config = target.record.get("config")
@@ -247,8 +247,8 @@ def _sanity_reference(args, data, device):
     """The standard model of --sanity's transfer check, refused if it was made for other data."""
     if not args.reference:
         return None
-    from .checkpoint import load_checkpoint, load_model
-    from .target import check_fits
+    from .evaluation.target import check_fits
+    from .runs.checkpoint import load_checkpoint, load_model
 
     reference = load_model(args.reference, device)
     check_fits(reference, load_checkpoint(args.reference), data, args.reference, device, role="--reference")
@@ -272,7 +272,7 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
             document["sanity"] = report.as_dict()
         write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
     if args.results:
-        from .results import merge_evaluation
+        from .runs.results import merge_evaluation
 
         slot = merge_evaluation(
             Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps, dataset=dataset, sanity=report
@@ -295,7 +295,7 @@ def _arch_args(text: str) -> dict:
 
 
 def _export(args) -> int:
-    from .external import export_checkpoint
+    from .evaluation.external import export_checkpoint
 
     weights, meta = export_checkpoint(args.checkpoint, args.out, force=args.force)
     print(f"wrote {weights} (state_dict) and {meta} (how to rebuild it)")
@@ -309,13 +309,13 @@ def _check_output_file(flag: str, path: Optional[str]) -> None:
 
 
 def _analyze(args) -> int:
-    from .analysis import analyze_checkpoints
-    from .checkpoint import load_checkpoint, model_from_record
-    from .evaluate import held_out_subset
+    from .evaluation.accuracy import held_out_subset
+    from .evaluation.graph_metrics import analyze_checkpoints
+    from .evaluation.target import check_fits, recorded_dataset, recorded_threat
     from .models import check_layer
     from .report import format_topology_table
+    from .runs.checkpoint import load_checkpoint, model_from_record
     from .runtime import resolve_device
-    from .target import check_fits, recorded_dataset, recorded_threat
 
     if args.n <= 2 * args.k:
         raise TopoatError(f"analyze: --n must be more than twice --k (got n={args.n}, k={args.k})")

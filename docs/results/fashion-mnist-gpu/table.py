@@ -7,7 +7,7 @@ last epoch, so no study-level results.json exists):  .venv/bin/python docs/resul
 import json
 from pathlib import Path
 
-from topoat.results import format_table
+from topoat.runs.results import format_table
 
 HERE = Path(__file__).parent
 ATTACK = "aa:apgd-ce+apgd-t"

@@ -2,7 +2,7 @@
 
 Reads results.json beside this file (and, with --old, the same file as it was on 500 test images:
 `git show 4d13bdf:docs/results/frontier/results.json > /tmp/frontier-500.json`). It re-implements the
-rule of src/topoat/frontier.py with numpy only, so it does not depend on the package:
+rule of src/topoat/report/frontier.py with numpy only, so it does not depend on the package:
 
   per seed, the base curve is the upper-right envelope of that seed's base settings (robust, natural);
   natural gain = natural - the envelope's natural accuracy at the run's robust accuracy;

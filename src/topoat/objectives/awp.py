@@ -21,8 +21,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import unwrap
-from ..distributed import all_reduce_sum, is_active
+from ..runs.checkpoint import unwrap
+from ..training.distributed import all_reduce_sum, is_active
 from .base import Objective, ObjectiveOutput
 
 PROXY_LR = 0.01

@@ -21,9 +21,9 @@ from typing import Callable, Iterator, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from ..distributed import gather, gather_with_grad
 from ..models import check_layer, representation
 from ..topology import Centering, Divergence, Kernel, TopologyLoss, temperature_for_perplexity
+from ..training.distributed import gather, gather_with_grad
 from .base import Objective, ObjectiveOutput, Wrapper
 
 # representation and check_layer live with the models (topoat.models); they stay importable from here.

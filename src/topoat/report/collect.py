@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from ..errors import TopoatError
-from ..folder import LAST, RunFolder
+from ..runs.folder import LAST, RunFolder
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -136,7 +136,7 @@ def lambda_ablation(runs: Sequence[Run]) -> tuple[str, dict[float, list[Run]]]:
 def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
     """All runs of the given study or run folders, in order; plus the document-level facts: "datasets",
     "failed" (run name -> why) and "sources" (the folders)."""
-    from ..results import read_results
+    from ..runs.results import read_results
 
     runs: list[Run] = []
     info: dict = {"datasets": [], "failed": {}, "sources": []}

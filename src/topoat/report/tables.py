@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..tables import markdown_table, text_table
+from ..table_format import markdown_table, text_table
 from .collect import SEED_SUFFIX, Run, checkpoint_entry, groups_of, lambda_label, robust_attacks
 from .stats import PairedGroups, accuracy, format_signed_spread, format_spread, mean_std, paired_with_base
 
 if TYPE_CHECKING:
-    from .analyse import Analysis
+    from .measurements import Analysis
 
 METRIC_HEADERS = {
     "graph_kl": "graph KL (natural)",
@@ -29,7 +29,7 @@ def format_metric(name: str, value: Optional[float]) -> str:
 
 def topology_rows(metrics: dict[str, dict], k: int) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the topology table (one row per named model)."""
-    from ..analysis import TOPOLOGY_METRICS
+    from ..evaluation.graph_metrics import TOPOLOGY_METRICS
 
     header = ["model"] + [METRIC_HEADERS[m].format(k=k) for m in TOPOLOGY_METRICS] + ["natural", "robust"]
     rows = [
@@ -125,7 +125,7 @@ def _paired_rows(p: PairedGroups, columns: Sequence[Optional[str]]) -> list[list
 
 def topology_section(runs: Sequence[Run], analysis: Analysis, k: int) -> str:
     """Markdown topology table: one row per analysed group, each metric mean ± std over its seeds."""
-    from ..analysis import TOPOLOGY_METRICS
+    from ..evaluation.graph_metrics import TOPOLOGY_METRICS
 
     groups = groups_of([r for r in runs if r.name in analysis.metrics])
     with_seeds = any(r.seed is not None for r in runs)

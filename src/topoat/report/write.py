@@ -9,10 +9,10 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import TopoatError
 from ..files import write_text_atomic
-from .analyse import Analysis, ReportSettings, analyse_runs
 from .collect import Run, assign_references, collect_runs
 from .figures import plot_accuracy_curves, plot_lambda_ablation, plot_topology_curves, plot_tradeoff, plot_tsne
 from .html import markdown_to_html
+from .measurements import Analysis, ReportSettings, analyse_runs
 from .tables import fewer_images_notes, paired_section, results_section, skipped_pairs_notes, topology_section
 
 Picture = tuple[str, Path, str]  # heading, file, caption
@@ -29,7 +29,7 @@ def write_report(
     """Write report.md, report.html (the same page with its pictures inline), analysis.json and
     figures/*.png for the runs in `run_dirs` into `out` (default: the only run folder given). Returns the
     path of report.md."""
-    from ..folder import write_json_atomic
+    from ..runs.folder import write_json_atomic
 
     settings = settings or ReportSettings()
     out = _check_arguments(run_dirs, out, reference, settings)
@@ -159,7 +159,7 @@ def _run_pictures(runs: Sequence[Run], figures: Path, title: str, k: int) -> lis
 def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tuple[str, str, Path]]:
     """(heading, text, picture) of the natural/robust frontier under each attack the base curves ran,
     AutoAttack's APGD-CE + APGD-T first."""
-    from ..frontier import HEADLINE_ATTACK, frontier, frontier_section, plot_frontier
+    from .frontier import HEADLINE_ATTACK, frontier, frontier_section, plot_frontier
 
     scored = [part for r in runs for part in (r.entry, r.entry.get("best") or {})]
     attacks = [HEADLINE_ATTACK] + [

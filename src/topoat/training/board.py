@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .errors import TopoatError
+from ..errors import TopoatError
 
 INSTALL = "pip install 'topoat[tensorboard]' (or pip install tensorboard)"
 STEP = "step/"  # the tag prefix of per-step scalars (the epoch's keep their metrics.jsonl names)

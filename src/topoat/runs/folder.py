@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .errors import TopoatError
-from .files import is_temp_name, write_atomic, write_text_atomic
+from ..errors import TopoatError
+from ..files import is_temp_name, write_atomic, write_text_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"

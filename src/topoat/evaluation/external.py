@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_atomic, state_mismatch
-from .errors import TopoatError
-from .files import write_text_atomic
-from .models import build_model
+from ..errors import TopoatError
+from ..files import write_text_atomic
+from ..models import build_model
+from ..runs.checkpoint import load_checkpoint, save_atomic, state_mismatch
 
 NORMALISATION_KEYS = ("mean", "std")  # topoat models hold these as buffers; a foreign state_dict may not
 

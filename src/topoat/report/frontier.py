@@ -28,9 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import TopologyConfig
-from .files import write_figure_atomic
-from .tables import markdown_table
+from ..config import TopologyConfig
+from ..files import write_figure_atomic
+from ..table_format import markdown_table
 
 HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
 KNOBS = {"pgd-at": ("natural_weight", "α"), "trades": ("beta", "β"), "mart": ("beta", "β")}

@@ -11,10 +11,10 @@ from typing import Any, Optional, Sequence, cast
 import torch
 from torch import Tensor, nn
 
-from .data import to_float
-from .errors import TopoatError
-from .files import write_atomic
-from .models import ImageClassifier, build_model
+from ..data import to_float
+from ..errors import TopoatError
+from ..files import write_atomic
+from ..models import ImageClassifier, build_model
 
 FORMAT = "topoat-checkpoint"
 VERSION = 1

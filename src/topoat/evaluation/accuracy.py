@@ -15,18 +15,18 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import CW, FGSM, PGD, Attack, AutoAttack
+from ..attacks import CW, FGSM, PGD, Attack, AutoAttack
 
 # The attack-name grammar lives at the attacks layer (torch-free, for config validation); its names stay
 # importable from here.
-from .attacks.names import ATTACK_HELP as ATTACK_HELP
-from .attacks.names import AUTOATTACK_VERSIONS as AUTOATTACK_VERSIONS
-from .attacks.names import AttackSpec as AttackSpec
-from .attacks.names import parse_attack
-from .attacks.pgd import Norm
-from .data import ImageDataset, load_dataset, to_float
-from .errors import TopoatError
-from .runtime import bar_disabled
+from ..attacks.names import ATTACK_HELP as ATTACK_HELP
+from ..attacks.names import AUTOATTACK_VERSIONS as AUTOATTACK_VERSIONS
+from ..attacks.names import AttackSpec as AttackSpec
+from ..attacks.names import parse_attack
+from ..attacks.pgd import Norm
+from ..data import ImageDataset, load_dataset, to_float
+from ..errors import TopoatError
+from ..runtime import bar_disabled
 
 
 def build_attack(
@@ -110,7 +110,7 @@ def benchmark(
 
 def _packaged_radius(dataset: str, norm: str) -> float:
     """The eps topoat's packaged configs train and evaluate `dataset` under, for that norm."""
-    from .config import PRESETS, load_config
+    from ..config import PRESETS, load_config
 
     standard = PRESETS / "configs" / dataset / "standard.yaml"
     attack = load_config(standard).attack if standard.is_file() else None
@@ -309,7 +309,7 @@ def format_result(result: EvalResult) -> str:
 
 
 def _table(rows: list) -> list[str]:
-    from .tables import text_table
+    from ..table_format import text_table
 
     timed = any(sec is not None for *_, sec in rows)
     header = ("attack", "images", "accuracy %") + (("seconds",) if timed else ())

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import TopoatError
+from ..errors import TopoatError
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Everything a run trains with, built from its config: data on the device, the model, the frozen teacher
-and reference models, the objective, the optimiser and the loader. The training loop (train.py) only
+and reference models, the objective, the optimiser and the loader. The training loop (loop.py) only
 loops over them; the benchmark builds the same parts to time one step."""
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from typing import Callable, Optional, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
-from .config import TrainConfig
-from .data import DeviceLoader, ImageDataset, dataset_from_config, to_float
-from .distributed import SINGLE, DistContext, device_for
-from .errors import TopoatError
-from .models import build_model, check_layer, representation
-from .objectives import Objective, build_objective
-from .runtime import (
+from ..config import TrainConfig
+from ..data import DeviceLoader, ImageDataset, dataset_from_config, to_float
+from ..errors import TopoatError
+from ..models import build_model, check_layer, representation
+from ..objectives import Objective, build_objective
+from ..runs.checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
+from ..runtime import (
     as_channels_last,
     compiled,
     resolve_device,
@@ -29,6 +28,7 @@ from .runtime import (
     use_channels_last,
     use_compile,
 )
+from .distributed import SINGLE, DistContext, device_for
 
 M = TypeVar("M", bound=nn.Module)
 

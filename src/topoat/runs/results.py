@@ -18,12 +18,12 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import TrainConfig
-from .errors import TopoatError
-from .evaluate import EvalResult
+from ..config import TrainConfig
+from ..errors import TopoatError
+from ..evaluation.accuracy import EvalResult
+from ..runtime import provenance, resolve_device
+from ..table_format import text_table
 from .folder import read_json, write_json_atomic
-from .runtime import provenance, resolve_device
-from .tables import text_table
 
 
 def read_results(path: Path, run: Optional[str] = None) -> dict:

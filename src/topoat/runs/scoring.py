@@ -1,5 +1,5 @@
 """A finished run folder: evaluate its checkpoints on the test split and write results.json (whose
-contract is in results.py); or, for a run already scored, add the attacks or images it lacks."""
+contract is in runs/results.py); or, for a run already scored, add the attacks or images it lacks."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..config import TrainConfig, to_dict
+from ..data import ImageDataset, dataset_from_config, to_float
+from ..evaluation.accuracy import EvalResult, evaluate, fixed_subset, held_out_subset
+from ..runtime import as_channels_last, resolve_device, set_threads, use_channels_last
+from ..training.distributed import SINGLE, DistContext
 from .checkpoint import load_checkpoint, load_model, model_from_record
-from .config import TrainConfig, to_dict
-from .data import ImageDataset, dataset_from_config, to_float
-from .distributed import SINGLE, DistContext
-from .evaluate import EvalResult, evaluate, fixed_subset, held_out_subset
 from .folder import RunFolder, read_json, write_json_atomic
 from .results import merge_evaluation, read_results, results_document
-from .runtime import as_channels_last, resolve_device, set_threads, use_channels_last
 
 
 def method_name(cfg: TrainConfig) -> str:
@@ -36,7 +36,7 @@ def train_and_evaluate(
     """One run from start to results: train `cfg` into `run_dir` (or resume it), evaluate it and write its
     results.json. Returns its entry; None on the processes other than rank 0, which only train. The CLI
     and a study both run a run through here, holding the folder's lock from the first check to results.json."""
-    from .train import Trainer
+    from ..training.loop import Trainer
 
     folder = RunFolder(run_dir)
     if not dist.is_main:  # rank 0 holds the folder's lock for all of them
@@ -64,7 +64,7 @@ def _evaluated(
     resume_hint: str,
     echo: Optional[Callable[[str], None]],
 ) -> dict:
-    from .signals import stage
+    from ..signals import stage
 
     if echo is not None:
         aa_n, ev = cfg.evaluation.autoattack_n, cfg.evaluation

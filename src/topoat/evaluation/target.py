@@ -13,10 +13,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
-from .config import TrainConfig, from_dict
-from .data import ImageDataset, load_configured, load_dataset, to_float
-from .errors import TopoatError
+from ..config import TrainConfig, from_dict
+from ..data import ImageDataset, load_configured, load_dataset, to_float
+from ..errors import TopoatError
+from ..runs.checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
 
 
 @dataclass

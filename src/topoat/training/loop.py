@@ -14,21 +14,21 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .analysis import extract, graph_shape, topology_metrics
+from ..config import TrainConfig, dump_config, from_dict, to_dict
+from ..data import ImageDataset
+from ..errors import Interrupted, TopoatError, TrainingDiverged
+from ..evaluation.accuracy import evaluate
+from ..evaluation.graph_metrics import extract, graph_shape, topology_metrics
+from ..files import write_text_atomic
+from ..objectives import Objective, TopologyRegularized
+from ..runs.checkpoint import load_checkpoint, model_record, save_atomic
+from ..runs.folder import RunFolder
+from ..runtime import autocast, bar_disabled, provenance, rng_state, set_rng_state
+from ..signals import handling_signals
+from ..topology import TopologyLoss
 from .board import EpochBoard
 from .build import build_run
-from .checkpoint import load_checkpoint, model_record, save_atomic
-from .config import TrainConfig, dump_config, from_dict, to_dict
-from .data import ImageDataset
 from .distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum, barrier
-from .errors import Interrupted, TopoatError, TrainingDiverged
-from .evaluate import evaluate
-from .files import write_text_atomic
-from .folder import RunFolder
-from .objectives import Objective, TopologyRegularized
-from .runtime import autocast, bar_disabled, provenance, rng_state, set_rng_state
-from .signals import handling_signals
-from .topology import TopologyLoss
 
 GUARD_EVERY = 25  # steps between checks for a diverged loss (each check is one host sync)
 

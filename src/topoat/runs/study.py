@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig, from_dict, load_config, override, preset_path, read_yaml
-from .errors import TopoatError, TrainingDiverged
-from .files import write_atomic
+from ..config import TrainConfig, from_dict, load_config, override, preset_path, read_yaml
+from ..errors import TopoatError, TrainingDiverged
+from ..files import write_atomic
+from ..signals import stage
 from .folder import LOCK, RESULTS, STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
 from .results import format_table, read_results, rebase_checkpoints, results_document
-from .runs import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
-from .signals import stage
+from .scoring import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
 
 # What a study folder holds besides its runs (report.md, figures/ and analysis.json come from `report`).
 STUDY_NAMES = frozenset({STUDY_FILE, RESULTS, LOCK, "report.md", "figures", "analysis.json"})

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import TopoatError
-from .evaluate import build_attack, predicted_class
-from .models import representation
-from .topology import Kernel, TopologyLoss, affinity_log_probs, knn_overlap, row_entropy
+from ..errors import TopoatError
+from ..models import representation
+from ..topology import Kernel, TopologyLoss, affinity_log_probs, knn_overlap, row_entropy
+from .accuracy import build_attack, predicted_class
 
 TOPOLOGY_METRICS = ("graph_kl", "graph_kl_adv", "knn_overlap", "trustworthiness")
 
@@ -220,7 +220,7 @@ def analyze_checkpoints(
 
     The reference itself is included (as a checkpoint among the others or first): its natural metrics
     are trivially 0 / 1 / 1, but its graph_kl_adv shows how far an attack moves a standard model."""
-    from .checkpoint import load_model
+    from ..runs.checkpoint import load_model
 
     device = x.device
 

@@ -19,11 +19,11 @@ from typing import Callable, Optional, cast
 
 from torch import Tensor, nn
 
-from .attacks import PGD
-from .attacks.names import parse_attack
-from .attacks.pgd import Norm
-from .errors import TopoatError
-from .evaluate import EvalResult, evaluate
+from ..attacks import PGD
+from ..attacks.names import parse_attack
+from ..attacks.pgd import Norm
+from ..errors import TopoatError
+from .accuracy import EvalResult, evaluate
 
 TOLERANCE_FRACTION = 0.005
 TOLERANCE_IMAGES = 1

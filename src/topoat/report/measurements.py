@@ -1,5 +1,5 @@
 """The report's own measurements of the checkpoints: each run's topology against its reference model,
-and the t-SNE maps, on one fixed held-out subset of the test set (see `topoat.analysis`)."""
+and the t-SNE maps, on one fixed held-out subset of the test set (see `topoat.evaluation.graph_metrics`)."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ class _Representations:
 
     def of(self, checkpoint: Path, run: Run):
         """`checkpoint`'s representations under `run`'s threat model and step size."""
-        from ..analysis import representations
-        from ..checkpoint import check_fits_data, load_checkpoint, model_from_record
+        from ..evaluation.graph_metrics import representations
+        from ..runs.checkpoint import check_fits_data, load_checkpoint, model_from_record
 
         if checkpoint not in self.cache:
             config = cast("TrainConfig", run.config)  # only analysable runs get here: their config was read
@@ -88,9 +88,9 @@ class _Representations:
 
 def analyse_runs(runs: Sequence[Run], settings: ReportSettings, echo: Callable[[str], None]) -> Analysis:
     """Topology metrics of every run against its reference, and the t-SNE maps of the first seed."""
-    from ..analysis import compare
     from ..data import dataset_from_config
-    from ..evaluate import held_out_subset
+    from ..evaluation.accuracy import held_out_subset
+    from ..evaluation.graph_metrics import compare
     from ..runtime import resolve_device
 
     result = Analysis(attack=f"pgd-{settings.attack_steps}")
@@ -127,7 +127,7 @@ def _add_tsne_maps(
     echo: Callable[[str], None],
 ) -> None:
     """One column per group, drawn from its first seed (the reference model first)."""
-    from ..analysis import tsne_map
+    from ..evaluation.graph_metrics import tsne_map
 
     first_seed = min((r.seed for r in analysable if r.seed is not None), default=None)
     chosen, left_out = tsne_selection([r for r in analysable if r.seed == first_seed], settings.tsne_models)
