@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +178,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes, seconds: float 
     return {"flops_per_s": rates[best], "best": best, "rates": rates}
 
 
-def share_of_peak(achieved: float, peak: float) -> Optional[float]:
+def share_of_peak(achieved: float, peak: float) -> float | None:
     """The achieved share of the peak; None where a mode beat the peak, which says the peak was not the
     machine's best (a failed measurement), not that the mode ran above 100 %."""
     return achieved / peak if achieved <= peak else None

@@ -6,8 +6,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import NoReturn
 
 from .errors import Interrupted, TopoatError
 from .files import write_text_atomic
@@ -302,7 +303,7 @@ def _export(args) -> int:
     return 0
 
 
-def _check_output_file(flag: str, path: Optional[str]) -> None:
+def _check_output_file(flag: str, path: str | None) -> None:
     """An output file whose folder does not exist fails before the work, not after it."""
     if path is not None and not Path(path).parent.is_dir():
         raise TopoatError(f"{flag} {path}: folder {Path(path).parent} does not exist")
@@ -666,7 +667,7 @@ def _add_report_command(sub) -> None:
     p.set_defaults(func=_report)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The `topoat` command. With `argv` (tests, scripts) it returns the exit status and gives the caller's
     signal handlers back. Without, it is the program itself (the console script, `python -m topoat`): it
     answers SIGINT and SIGTERM with one line from its first moment to its last, and ends the process."""
@@ -700,7 +701,7 @@ def _end_process(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _run(argv: Optional[Sequence[str]]) -> int:
+def _run(argv: Sequence[str] | None) -> int:
     from .signals import raise_on_signals, stage
 
     try:

@@ -9,7 +9,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -29,12 +29,12 @@ class DataConfig:
     dataset: str = "fashion-mnist"
     # What checkpoints, results.json and reports call the data set; null: the loader's own name (e.g.
     # "cifar10", "image-folder"). A copy of a known set says so: "CIFAR-10 (JPEG copy)".
-    name: Optional[str] = None
-    root: Optional[str] = None
+    name: str | None = None
+    root: str | None = None
     # cifar10/cifar100/tiny-imagenet: fetch the official archive into `root` (default ./data) when it
     # is not there, verifying its MD5. Off by default so nothing reaches the network unasked.
     download: bool = False
-    train_subset: Optional[int] = None  # first-k of a fixed shuffle of the train split
+    train_subset: int | None = None  # first-k of a fixed shuffle of the train split
     val_size: int = 1000  # held out of train, fixed by val_seed so every run sees the same split
     val_seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -66,7 +66,7 @@ class AttackConfig:
     random_start: bool = True
     # BatchNorm in eval mode while the training attack runs; null = what the method's authors do
     # (PGD-AT and AT-AWP: train mode, as in Rice et al.'s and Wu et al.'s code; TRADES, MART: eval mode).
-    eval_mode: Optional[bool] = None
+    eval_mode: bool | None = None
 
 
 # BatchNorm mode of each method's training attack in its authors' code: Rice et al.'s robust_overfitting
@@ -87,12 +87,12 @@ class MethodConfig:
     # PGD-AT only: (1 - natural_weight) * CE(f(x'), y) + natural_weight * CE(f(x), y), PGD-AT's own
     # natural/robust knob (0 = Madry et al.)
     natural_weight: float = 0.0
-    awp: Optional[AWPConfig] = None  # adversarial weight perturbation around the method (not standard)
+    awp: AWPConfig | None = None  # adversarial weight perturbation around the method (not standard)
 
 
 @dataclass
 class TopologyConfig:
-    teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
+    teacher: str | None = None  # checkpoint path; a study fills it from a run name
     # The frontier study's winner (docs/RESULTS.md): the sharp softmax-cosine graph at lambda 10.
     lambda_nat: float = 10.0
     lambda_adv: float = 10.0
@@ -100,7 +100,7 @@ class TopologyConfig:
     temperature: float = 0.1  # softmax-cosine: p(j|i) proportional to exp(cos(z_i, z_j) / temperature)
     perplexity: float = 30.0  # perplexity: each row's entropy is ln(perplexity) (the t-SNE affinity)
     layer: str = "features"  # "features" (penultimate), "logits", or a named module
-    teacher_layer: Optional[str] = None  # defaults to `layer`
+    teacher_layer: str | None = None  # defaults to `layer`
     class_aware: Literal["off", "within", "across"] = "off"
     memory_bank: int = 0  # number of past teacher/student feature pairs kept as extra graph nodes
     global_graph: bool = False  # under DDP: one graph over the global batch, not one per process
@@ -117,7 +117,7 @@ class TopologyConfig:
     warmup_epochs: float = 1.0
     balance: bool = False  # lambda = each term's gradient norm at the features relative to the base loss's
     # softmax-cosine: the temperature set on the first batch so that the teacher's rows have this perplexity
-    teacher_perplexity: Optional[float] = None
+    teacher_perplexity: float | None = None
     diagnose_every: int = 0  # > 0: log the base and topology parameter-gradient norms every that many steps
     projection: int = 0  # > 0: the student's graph is built on a learnable 2-layer head of this width
 
@@ -127,7 +127,7 @@ class DistillationConfig:
     """Logit distillation from a frozen standard model on natural inputs: the control for TRAIN (does the
     topology matter, or does any pull towards the standard model do the same?)."""
 
-    teacher: Optional[str] = None  # checkpoint path; a study fills it from a run name
+    teacher: str | None = None  # checkpoint path; a study fills it from a run name
     # `lambda` in YAML: the loss adds lambda * temperature^2 * KL(softmax(teacher/T) || softmax(student/T))
     lambda_: float = field(default=1.0, metadata={"key": "lambda"})
     temperature: float = 4.0
@@ -146,7 +146,7 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     max_loss: float = 1e4  # a larger (or non-finite) training loss stops the run
-    grad_clip: Optional[float] = None  # clip the gradient's global norm to this before each step
+    grad_clip: float | None = None  # clip the gradient's global norm to this before each step
 
 
 @dataclass
@@ -157,18 +157,18 @@ class ValidationConfig:
     topology: bool = True  # log graph KL and kNN overlap to the reference model per epoch
     # Checkpoint of the reference (standard) model those metrics compare with; TRAIN runs default to
     # their teacher, other runs log no topology metrics without one (a study fills it from `reference`).
-    reference: Optional[str] = None
+    reference: str | None = None
 
 
 @dataclass
 class EvaluationConfig:
-    n: Optional[int] = 1000  # test images, a fixed seeded choice; null = the whole test set
+    n: int | None = 1000  # test images, a fixed seeded choice; null = the whole test set
     attacks: list[str] = field(default_factory=lambda: ["pgd-20"])
-    step_size: Optional[float] = None  # PGD/CW step; default eps / 4
+    step_size: float | None = None  # PGD/CW step; default eps / 4
     batch_size: int = 500
     seed: int = 0
     # AutoAttack attacks (costly) run on a fixed subset of this many of the n images; null = all n
-    autoattack_n: Optional[int] = None
+    autoattack_n: int | None = None
     # which checkpoints the attacks run on; one left out gets its natural accuracy only
     checkpoints: list[Literal["last", "best"]] = field(default_factory=lambda: ["last", "best"])
 
@@ -188,7 +188,7 @@ class RuntimeConfig:
     ddp_timeout: float = 600.0
     progress: bool = True
     tensorboard: bool = False  # also write each epoch's metrics to <run>/tensorboard (needs the package)
-    threads: Optional[int] = None
+    threads: int | None = None
 
 
 @dataclass
@@ -199,8 +199,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
-    topology: Optional[TopologyConfig] = None
-    distillation: Optional[DistillationConfig] = None
+    topology: TopologyConfig | None = None
+    distillation: DistillationConfig | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -209,7 +209,7 @@ class TrainConfig:
     def _seeds(self) -> list[tuple[str, int]]:
         return [("seed", self.seed), ("data.val_seed", self.data.val_seed), ("evaluation.seed", self.evaluation.seed)]
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         o = self.optim
         checks = [
             (_finite(self.attack.eps) and self.attack.eps >= 0, "attack.eps must be >= 0 and finite"),

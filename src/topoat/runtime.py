@@ -9,8 +9,9 @@ import platform
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ContextManager, Optional, TypeVar, cast
+from typing import ContextManager, TypeVar, cast
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 THREADS_PER_CPU = 4  # more threads than this only queue for the cores; far more crash torch's thread pool
 
 
-def set_threads(threads: Optional[int]) -> None:
+def set_threads(threads: int | None) -> None:
     """torch's intra-op threads (runtime.threads; None keeps torch's choice), at most THREADS_PER_CPU per CPU:
     torch.set_num_threads(100000) crashes the process."""
     if threads is None:
@@ -99,7 +100,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _git_commit() -> Optional[str]:
+def _git_commit() -> str | None:
     """The commit of the checkout the package runs from (with "+changes" when it has uncommitted edits);
     None for an installed copy or without git."""
     here = Path(__file__).resolve().parent
@@ -168,7 +169,7 @@ def as_channels_last(model: M) -> M:
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-def bar_disabled(wanted: bool) -> Optional[bool]:
+def bar_disabled(wanted: bool) -> bool | None:
     """tqdm's `disable`: None shows a bar only on a terminal, so piped logs get no carriage returns."""
     return None if wanted else True
 

@@ -7,8 +7,8 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .errors import Interrupted
 

@@ -7,12 +7,12 @@ numbers.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 Cells = Sequence[object]
 
 
-def _alignment(align: Optional[str], columns: int) -> str:
+def _alignment(align: str | None, columns: int) -> str:
     if align is None:
         return ""
     if len(align) == 1:
@@ -23,7 +23,7 @@ def _alignment(align: Optional[str], columns: int) -> str:
 
 
 def text_table(
-    header: Cells, rows: Sequence[Cells], align: Optional[str] = None, *, rule: bool = True, gap: str = "  "
+    header: Cells, rows: Sequence[Cells], align: str | None = None, *, rule: bool = True, gap: str = "  "
 ) -> str:
     """Columns padded to their widest cell and joined by `gap`; a dashed `rule` under the header.
     Left-aligned unless `align` says otherwise. Lines carry no trailing spaces."""
@@ -39,7 +39,7 @@ def text_table(
     return "\n".join(line(cells) for cells in table)
 
 
-def markdown_table(header: Cells, rows: Sequence[Cells], align: Optional[str] = None) -> str:
+def markdown_table(header: Cells, rows: Sequence[Cells], align: str | None = None) -> str:
     """A GitHub-flavoured markdown table. Without `align` the renderer's default alignment ("---")."""
     sides = _alignment(align, len(header))
     rule = [{"l": ":--", "r": "--:"}[s] for s in sides] if sides else ["---"] * len(header)

@@ -11,7 +11,8 @@ The same graph code serves the analysis metrics (`graph_kl`, `knn_overlap`).
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ def log_kernel(
     kernel: Kernel = "cosine",
     temperature: float = DEFAULT_TEMPERATURE,
     perplexity: float = DEFAULT_PERPLEXITY,
-    allowed: Optional[Tensor] = None,
+    allowed: Tensor | None = None,
     stacked: bool = False,
     center: Centering = "none",
 ) -> Tensor:
@@ -136,7 +137,7 @@ def perplexity_precisions(d2: Tensor, perplexity: float, allowed: Tensor) -> Ten
 def affinity_log_probs(
     z: Tensor,
     kernel: Kernel = "cosine",
-    mask: Optional[Tensor] = None,
+    mask: Tensor | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     perplexity: float = DEFAULT_PERPLEXITY,
     stacked: bool = False,
@@ -223,7 +224,7 @@ def _nan_unless_finite(kl: Tensor, finite: Tensor) -> Tensor:
     return torch.where(finite, kl, torch.full_like(kl, float("nan")))
 
 
-def class_mask(labels: Tensor, mode: str) -> Optional[Tensor]:
+def class_mask(labels: Tensor, mode: str) -> Tensor | None:
     """Neighbour mask for class-aware graphs: 'within' same-class pairs, 'across' different-class."""
     if mode == "off":
         return None
@@ -296,10 +297,10 @@ class TopologyLoss(torch.nn.Module):
         self.entropy_weight = entropy_weight
         self.center = center
 
-    def forward(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.rows(student, teacher, labels)
 
-    def graph(self, z: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def graph(self, z: Tensor, mask: Tensor | None = None) -> Tensor:
         """log p(j|i) of one set of features under this loss's kernel."""
         return affinity_log_probs(z, self.kernel, mask, self.temperature, self.perplexity, center=self.center)
 
@@ -310,9 +311,7 @@ class TopologyLoss(torch.nn.Module):
             loss = loss + self.entropy_weight * entropy_excess(student_logp, teacher_logp)
         return loss
 
-    def rows(
-        self, student: Tensor, teacher: Tensor, labels: Optional[Tensor] = None, n_rows: Optional[int] = None
-    ) -> Tensor:
+    def rows(self, student: Tensor, teacher: Tensor, labels: Tensor | None = None, n_rows: int | None = None) -> Tensor:
         """The loss averaged over the first `n_rows` samples only, the others being extra graph nodes
         (a memory bank of earlier batches)."""
         mask = self._mask(student, teacher, labels)
@@ -323,7 +322,7 @@ class TopologyLoss(torch.nn.Module):
                 s, t = s[:n_rows], t[:n_rows]
             return _nan_unless_finite(self.score(s, t), student.isfinite().all() & teacher.isfinite().all())
 
-    def terms(self, students: Sequence[Tensor], teacher: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    def terms(self, students: Sequence[Tensor], teacher: Tensor, labels: Tensor | None = None) -> Tensor:
         """The loss of each of several feature sets of the same samples (TRAIN's natural and adversarial
         features) against one teacher, as a tensor of len(students) values, each equal to
         `self(student, teacher, labels)`. The teacher's graph is built once and, for the cosine kernels,
@@ -346,7 +345,7 @@ class TopologyLoss(torch.nn.Module):
                 finite = torch.stack([x.isfinite().all() for x in flat])
             return _nan_unless_finite(self.score(s, t), finite & teacher.isfinite().all())
 
-    def _mask(self, student: Tensor, teacher: Tensor, labels: Optional[Tensor]) -> Optional[Tensor]:
+    def _mask(self, student: Tensor, teacher: Tensor, labels: Tensor | None) -> Tensor | None:
         """The class-aware neighbour mask (None when off), after checking that the shapes fit."""
         n = student.shape[0]
         if n != teacher.shape[0]:

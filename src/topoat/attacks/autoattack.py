@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,7 @@ def plan_for_classes(attacks: Sequence[str], num_classes: int) -> tuple[list[str
 class _Collect(logging.Handler):
     """Keeps pyautoattack's warnings (randomness, zero gradients, ...) for the result instead of stderr."""
 
-    def __init__(self, sink: "AutoAttack"):
+    def __init__(self, sink: AutoAttack):
         super().__init__(logging.WARNING)
         self.sink = sink
 
@@ -88,7 +88,7 @@ class AutoAttack(Attack):
         eps: float,
         norm: str = "Linf",
         version: str = "standard",
-        attacks: Optional[Sequence[str]] = None,
+        attacks: Sequence[str] | None = None,
         seed: int = 0,
         eval_mode: bool = True,
     ):

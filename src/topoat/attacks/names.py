@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import TopoatError
 
@@ -32,7 +31,7 @@ class AttackSpec:
     kind: str
     steps: int = 1
     restarts: int = 1
-    version: Optional[str] = None
+    version: str | None = None
     components: tuple[str, ...] = ()
 
     @property

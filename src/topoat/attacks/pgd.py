@@ -5,7 +5,8 @@ Gradients are taken with respect to the input only (`torch.autograd.grad`), neve
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ def maximize(
     step_size: float,
     steps: int,
     norm: Norm = "Linf",
-    init: Optional[Tensor] = None,
+    init: Tensor | None = None,
     step_fn: Callable[..., Tensor] = ascent_step,
 ) -> Tensor:
     """Run `steps` projected ascent steps on sum(loss_fn(x_adv)) inside the eps-ball around x in [0, 1].

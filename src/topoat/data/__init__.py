@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..errors import TopoatError
 from .base import ImageDataset
 from .cifar import load_cifar
@@ -19,7 +17,7 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "image-fold
 
 def load_dataset(
     name: str,
-    root: Optional[str] = None,
+    root: str | None = None,
     *,
     synthetic_shape=(1, 28, 28),
     synthetic_classes: int = 10,
@@ -44,7 +42,7 @@ def load_dataset(
     raise TopoatError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
-def load_configured(data_cfg, root: Optional[str] = None, *, download: Optional[bool] = None) -> ImageDataset:
+def load_configured(data_cfg, root: str | None = None, *, download: bool | None = None) -> ImageDataset:
     """The whole data set a DataConfig names, called by its `name` when it gives one; `root` and
     `download` replace the config's when given."""
     ds = load_dataset(

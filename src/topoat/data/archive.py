@@ -21,8 +21,9 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator, Optional, cast
+from typing import IO, cast
 
 from tqdm.auto import tqdm
 
@@ -55,7 +56,7 @@ def file_digest(path: str | Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def verify_checksum(path: str | Path, *, md5: Optional[str] = None, sha256: Optional[str] = None) -> None:
+def verify_checksum(path: str | Path, *, md5: str | None = None, sha256: str | None = None) -> None:
     """Raise TopoatError unless `path` has the given digest(s); with neither given, check nothing."""
     for algorithm, expected in (("md5", md5), ("sha256", sha256)):
         if expected is None:
@@ -82,8 +83,8 @@ def download(
     url: str,
     dest: str | Path,
     *,
-    md5: Optional[str] = None,
-    sha256: Optional[str] = None,
+    md5: str | None = None,
+    sha256: str | None = None,
     progress: bool = True,
     timeout: float = 60.0,
 ) -> Path:
@@ -308,7 +309,7 @@ class SafeZip:
     def close(self) -> None:
         self.zip.close()
 
-    def __enter__(self) -> "SafeZip":
+    def __enter__(self) -> SafeZip:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -19,9 +18,9 @@ class ImageDataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
-    class_names: Optional[list[str]] = None
-    x_val: Optional[Tensor] = None
-    y_val: Optional[Tensor] = None
+    class_names: list[str] | None = None
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
@@ -53,7 +52,7 @@ class ImageDataset:
     def image_size(self) -> tuple[int, int]:
         return int(self.x_train.shape[2]), int(self.x_train.shape[3])
 
-    def split_validation(self, val_size: int, seed: int = 0) -> "ImageDataset":
+    def split_validation(self, val_size: int, seed: int = 0) -> ImageDataset:
         """Move a fixed random `val_size` images out of train into a validation split."""
         if val_size <= 0:
             return self
@@ -76,7 +75,7 @@ class ImageDataset:
             self.std,
         )
 
-    def subset_train(self, k: Optional[int], seed: int = 0) -> "ImageDataset":
+    def subset_train(self, k: int | None, seed: int = 0) -> ImageDataset:
         """Keep a fixed random k of the training images (the same k for every run with this seed)."""
         n = self.x_train.shape[0]
         if k is None or k >= n:

@@ -4,8 +4,8 @@ keyed by the source's fingerprint and the decoder's version, trusted only if its
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ def read_array_cache(
     keys: Sequence[str],
     version: int,
     is_sound: Callable[[dict[str, np.ndarray]], bool],
-) -> Optional[dict[str, np.ndarray]]:
+) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None if there is no cache or it is stale, damaged or of another version.
     `keys` must include "source" (the fingerprint) and "version"."""
     if not path.is_file():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -100,7 +99,7 @@ def _how_to_get(spec: CifarSpec) -> str:
     )
 
 
-def _folder_with_members(path: Path, spec: CifarSpec) -> Optional[Path]:
+def _folder_with_members(path: Path, spec: CifarSpec) -> Path | None:
     for candidate in (path, path / spec.folder):
         if (candidate / spec.train_files[0]).is_file():
             return candidate
@@ -129,7 +128,7 @@ def _read_archive(archive: Path, spec: CifarSpec) -> dict[str, bytes]:
     return found
 
 
-def locate(spec: CifarSpec, root: Optional[str], allow_download: bool, progress: bool = True) -> dict[str, bytes]:
+def locate(spec: CifarSpec, root: str | None, allow_download: bool, progress: bool = True) -> dict[str, bytes]:
     """The raw bytes of every member the dataset needs, from wherever `root` points."""
     path = Path(root).expanduser() if root else DEFAULT_ROOT
     if path.is_file():
@@ -168,7 +167,7 @@ def parse_records(raw: bytes, spec: CifarSpec, source: str) -> tuple[np.ndarray,
 
 
 def _split(
-    members: dict[str, bytes], files: tuple[str, ...], spec: CifarSpec, expected: Optional[int], split: str
+    members: dict[str, bytes], files: tuple[str, ...], spec: CifarSpec, expected: int | None, split: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for name in files:
@@ -183,7 +182,7 @@ def _split(
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 
-def _class_names(members: dict[str, bytes], spec: CifarSpec) -> Optional[list[str]]:
+def _class_names(members: dict[str, bytes], spec: CifarSpec) -> list[str] | None:
     raw = members.get(spec.names_file)
     if raw is None:
         return None
@@ -194,7 +193,7 @@ def _class_names(members: dict[str, bytes], spec: CifarSpec) -> Optional[list[st
 
 
 def load_cifar(
-    name: str, root: Optional[str] = None, download: bool = False, full_size: bool = True, progress: bool = True
+    name: str, root: str | None = None, download: bool = False, full_size: bool = True, progress: bool = True
 ) -> ImageDataset:
     """CIFAR-10 (`name="cifar10"`) or CIFAR-100 (`"cifar100"`); `full_size` insists on 50k/10k images."""
     spec = SPECS[name]

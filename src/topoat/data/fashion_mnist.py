@@ -6,7 +6,6 @@ import gzip
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ HOW_TO_GET = (
 )
 
 
-def read_idx(path: Path, magic: int, expected_count: Optional[int] = None) -> np.ndarray:
+def read_idx(path: Path, magic: int, expected_count: int | None = None) -> np.ndarray:
     """Parse one gzipped IDX file, checking its magic number, dimensions and length."""
     try:
         with gzip.open(path, "rb") as f:
@@ -58,7 +57,7 @@ def read_idx(path: Path, magic: int, expected_count: Optional[int] = None) -> np
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def load_fashion_mnist(root: Optional[str] = None, full_size: bool = True) -> ImageDataset:
+def load_fashion_mnist(root: str | None = None, full_size: bool = True) -> ImageDataset:
     base = Path(root).expanduser() if root else DEFAULT_ROOT
     if not base.is_dir():
         raise TopoatError(f"Fashion-MNIST folder not found: {base}; {HOW_TO_GET}")

@@ -27,7 +27,7 @@ import stat
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +156,7 @@ def _archive_stem(path: Path) -> str:
     return path.stem
 
 
-def _resolve(root: Optional[str]) -> tuple[Path, bool]:
+def _resolve(root: str | None) -> tuple[Path, bool]:
     """The source's path and whether it is an archive; one-line errors for anything else."""
     if not root:
         raise TopoatError(f"the {NAME} dataset needs data.root (or --data-root): {HOW}")
@@ -241,7 +241,7 @@ def _layout(source) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
 
 
 # -- decoding ---------------------------------------------------------------------------------------
-def decode_image(raw: bytes, name: str, size: Optional[tuple[int, int]] = None) -> tuple[np.ndarray, bool]:
+def decode_image(raw: bytes, name: str, size: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
     """One image as an (H, W, 3) uint8 RGB array, and whether it was greyscale (mode 1, L or LA).
 
     `size` (width, height), when given, is checked from the header, before any pixel is decoded."""
@@ -269,7 +269,7 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
     names, files = _layout(source)
     total = sum(len(pairs) for pairs in files.values())
     arrays: dict[str, np.ndarray] = {}
-    size: Optional[tuple[int, int]] = None
+    size: tuple[int, int] | None = None
     all_grey = True
     bar = tqdm(
         total=total,
@@ -280,7 +280,7 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
     with bar:
         for split in SPLITS:
             pairs = files[split]
-            x: Optional[np.ndarray] = None
+            x: np.ndarray | None = None
             for k, (name, _) in enumerate(pairs):
                 image, grey = decode_image(source.read(name), source.where(name), size)
                 all_grey = all_grey and grey
@@ -334,7 +334,7 @@ def cache_path(path: Path, is_archive: bool) -> Path:
 CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes", "mean", "std", "source", "version")
 
 
-def _read_cache(path: Path, fingerprint: str) -> Optional[dict[str, np.ndarray]]:
+def _read_cache(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None if there is no cache or it is stale, damaged or of another version."""
     return read_array_cache(path, fingerprint, CACHE_KEYS, CACHE_VERSION, _cache_is_sound)
 
@@ -349,7 +349,7 @@ def _cache_is_sound(a: dict[str, np.ndarray]) -> bool:
         a[y].ndim == 1
         and a[y].dtype == np.int64
         and a[y].shape[0] == a[x].shape[0] > 0
-        and 0 <= a[y].min()
+        and a[y].min() >= 0
         and a[y].max() < n_classes
         for x, y in (("x_train", "y_train"), ("x_test", "y_test"))
     )
@@ -373,7 +373,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
 
 
 # -- the loader -------------------------------------------------------------------------------------
-def load_image_folder(root: Optional[str], progress: bool = True, cache: bool = True) -> ImageDataset:
+def load_image_folder(root: str | None, progress: bool = True, cache: bool = True) -> ImageDataset:
     """The data set in the folder or archive `root` (see the module docstring), named "image-folder"
     (`data.name` in a config renames it) with its class folders as class names."""
     path, is_archive = _resolve(root)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ def to_float(x: Tensor) -> Tensor:
     return x.float().div_(255.0)
 
 
-def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: Optional[torch.Generator]) -> Tensor:
+def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> Tensor:
     """Batched augmentation: each image gets its own crop offset and flip, in a few tensor ops."""
     n, _, h, w = x.shape
     if padding > 0:
@@ -47,7 +47,7 @@ class DeviceLoader:
         crop_padding: int = 0,
         flip: bool = False,
         drop_last: bool = False,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         shard: tuple[int, int] = (0, 1),
     ):
         self.x, self.y = x, y
@@ -57,7 +57,7 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.generator = generator
         self.rank, self.world = shard
-        self.perm: Optional[Tensor] = None
+        self.perm: Tensor | None = None
 
     def __len__(self) -> int:
         n = self.x.shape[0] // self.world
@@ -71,7 +71,7 @@ class DeviceLoader:
             self.perm = torch.arange(n, device=self.x.device)
         return self.perm
 
-    def batches(self, start: int = 0, perm: Optional[Tensor] = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, start: int = 0, perm: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches of the current epoch from batch index `start` (a resumed epoch passes its perm)."""
         if perm is not None:
             self.perm = perm.to(self.x.device)

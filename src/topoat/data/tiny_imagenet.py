@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class _ZipSource:
         self.zip.close()
 
 
-def _open_source(root: Optional[str], allow_download: bool, progress: bool):
+def _open_source(root: str | None, allow_download: bool, progress: bool):
     """The data source and where its decoded cache lives."""
     path = Path(root).expanduser() if root else DEFAULT_ROOT
     if path.is_file():
@@ -194,7 +194,7 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _read_cache(path: Path, fingerprint: str) -> Optional[dict[str, np.ndarray]]:
+def _read_cache(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None if there is no cache or it is stale, damaged or of another version."""
     keys = ("x_train", "y_train", "x_test", "y_test", "wnids", "names", "mean", "std", "source", "version")
     return read_array_cache(path, fingerprint, keys, CACHE_VERSION, _cache_is_sound)
@@ -211,7 +211,7 @@ def _cache_is_sound(a: dict[str, np.ndarray]) -> bool:
         a[y].ndim == 1
         and a[y].dtype == np.int64
         and a[y].shape[0] == a[x].shape[0]
-        and (a[y].size == 0 or 0 <= a[y].min() and a[y].max() < n_classes)
+        and (a[y].size == 0 or a[y].min() >= 0 and a[y].max() < n_classes)
         for x, y in (("x_train", "y_train"), ("x_test", "y_test"))
     )
     stats_ok = all(
@@ -244,7 +244,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
 
 
 def load_tiny_imagenet(
-    root: Optional[str] = None,
+    root: str | None = None,
     download: bool = False,
     full_size: bool = True,
     progress: bool = True,

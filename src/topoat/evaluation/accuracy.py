@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from ..runtime import bar_disabled
 
 
 def build_attack(
-    spec: str, model: nn.Module, norm: str, eps: float, step_size: Optional[float] = None, seed: int = 0
+    spec: str, model: nn.Module, norm: str, eps: float, step_size: float | None = None, seed: int = 0
 ) -> Attack:
     """An attack from its short name, e.g. `pgd-20`, `pgd-50-r5`, `cw-30`, `fgsm`, `autoattack`,
     `aa:apgd-ce+apgd-t`. PGD and CW step `step_size` (default eps / 4); AutoAttack is parameter-free
@@ -49,7 +50,7 @@ def build_attack(
     )
 
 
-def fixed_subset(n_total: int, n: Optional[int], seed: int = 0) -> Tensor:
+def fixed_subset(n_total: int, n: int | None, seed: int = 0) -> Tensor:
     """The same n test indices for every model and every call with this seed (sorted). Subsets are
     nested: the n chosen for a smaller n are among those chosen for a larger one."""
     if n is None or n >= n_total:
@@ -57,9 +58,7 @@ def fixed_subset(n_total: int, n: Optional[int], seed: int = 0) -> Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def held_out_subset(
-    dataset, n: Optional[int], seed: int = 0, device: str | torch.device = "cpu"
-) -> tuple[Tensor, Tensor]:
+def held_out_subset(dataset, n: int | None, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call, as
     floats in [0, 1] on `device`."""
     idx = fixed_subset(dataset.x_test.shape[0], n, seed)
@@ -71,15 +70,15 @@ def benchmark(
     dataset: str | ImageDataset = "fashion-mnist",
     *,
     threat_model: str = "Linf",
-    eps: Optional[float] = None,
+    eps: float | None = None,
     attacks: Sequence[str] = ("pgd-20",),
-    n: Optional[int] = 1000,
+    n: int | None = 1000,
     seed: int = 0,
-    root: Optional[str] = None,
-    step_size: Optional[float] = None,
+    root: str | None = None,
+    step_size: float | None = None,
     batch_size: int = 500,
-    autoattack_n: Optional[int] = None,
-    device: Optional[str | torch.device] = None,
+    autoattack_n: int | None = None,
+    device: str | torch.device | None = None,
     progress: bool = False,
 ) -> EvalResult:
     """Natural and robust accuracy of any `model` (images in [0, 1] -> logits) on a dataset's fixed test
@@ -132,12 +131,12 @@ class EvalResult:
     n: int
     natural_acc: float
     robust_acc: dict[str, float] = field(default_factory=dict)
-    natural: Optional[Tensor] = None
+    natural: Tensor | None = None
     correct: dict[str, Tensor] = field(default_factory=dict)
     evaluated: dict[str, Tensor] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    subset: Optional[dict] = None
+    subset: dict | None = None
 
     def n_of(self, name: str) -> int:
         return int(self.evaluated[name].sum()) if name in self.evaluated else self.n
@@ -192,11 +191,11 @@ def evaluate(
     *,
     norm: str = "Linf",
     eps: float = 8 / 255,
-    step_size: Optional[float] = None,
+    step_size: float | None = None,
     batch_size: int = 500,
     progress: bool = True,
-    custom: Optional[dict[str, Callable[[Tensor, Tensor], Tensor]]] = None,
-    autoattack_n: Optional[int] = None,
+    custom: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
+    autoattack_n: int | None = None,
     seed: int = 0,
 ) -> EvalResult:
     """Evaluate `model` (in eval mode; any nn.Module taking [0, 1] images) on (x, y) on its device.
@@ -291,7 +290,7 @@ def evaluate(
 
 def format_result(result: EvalResult) -> str:
     """A plain-text table of an evaluation: one row per attack, accuracy in percent."""
-    rows: list[tuple[str, int, float, Optional[float]]] = [("natural", result.n, result.natural_acc, None)]
+    rows: list[tuple[str, int, float, float | None]] = [("natural", result.n, result.natural_acc, None)]
     rows += [
         (name, result.n_of(name) if name != "worst" else result.n, acc, result.seconds.get(name))
         for name, acc in result.robust_acc.items()

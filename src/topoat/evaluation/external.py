@@ -15,7 +15,6 @@ import pickle
 import sys
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -49,7 +48,7 @@ def load_state_dict_file(path: str | Path) -> dict:
 
 
 def model_from_state_dict(
-    path: str | Path, arch: str, num_classes: int, in_channels: int, mean, std, arch_args: Optional[dict] = None
+    path: str | Path, arch: str, num_classes: int, in_channels: int, mean, std, arch_args: dict | None = None
 ) -> tuple[nn.Module, list[str]]:
     """A topoat architecture with the weights of a plain state_dict, and notes on what was assumed. The
     normalisation comes from the file when it holds one (as `topoat export` writes), else from `mean`/`std`."""
@@ -68,7 +67,7 @@ def model_from_state_dict(
     return model, notes
 
 
-def model_from_factory(spec: str, weights: Optional[str | Path] = None) -> nn.Module:
+def model_from_factory(spec: str, weights: str | Path | None = None) -> nn.Module:
     """`module:factory` -> factory(), an nn.Module taking [0, 1] images and returning logits (normalising
     inside, as RobustBench models do); `weights`, if given, a state_dict loaded into it strictly."""
     module_name, _, factory_name = spec.partition(":")
@@ -102,7 +101,7 @@ def model_from_factory(spec: str, weights: Optional[str | Path] = None) -> nn.Mo
     return model
 
 
-def exported_description(weights: str | Path) -> Optional[dict]:
+def exported_description(weights: str | Path) -> dict | None:
     """What `export_checkpoint` wrote beside a state_dict (its .json), or None when there is none."""
     meta = Path(weights).with_suffix(".json")
     if Path(weights).suffix == ".json" or not meta.is_file():

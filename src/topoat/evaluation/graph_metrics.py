@@ -13,9 +13,9 @@ reference model:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def extract(model: nn.Module, x: Tensor, layer: str = "features", batch_size: in
 
 
 def batched_graph_kl(
-    student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Union[Kernel, TopologyLoss] = "cosine"
+    student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Kernel | TopologyLoss = "cosine"
 ) -> float:
     """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale), under a
     kernel's default settings or a configured TopologyLoss.
@@ -89,8 +89,8 @@ def topology_metrics(
     teacher: Tensor,
     k: int = 10,
     graph_size: int = 128,
-    kernel: Union[Kernel, TopologyLoss] = "cosine",
-    student_adv: Optional[Tensor] = None,
+    kernel: Kernel | TopologyLoss = "cosine",
+    student_adv: Tensor | None = None,
     with_trustworthiness: bool = False,
 ) -> dict[str, float]:
     """Metrics of `student` features against `teacher` features of the same natural samples.
@@ -128,7 +128,7 @@ def representations(
     norm: str = "Linf",
     eps: float = 8 / 255,
     attack: str = "pgd-20",
-    step_size: Optional[float] = None,
+    step_size: float | None = None,
     layer: str = "features",
     batch_size: int = 500,
     seed: int = 0,
@@ -209,7 +209,7 @@ def analyze_checkpoints(
     norm: str = "Linf",
     eps: float = 8 / 255,
     attack: str = "pgd-20",
-    step_size: Optional[float] = None,
+    step_size: float | None = None,
     k: int = 10,
     layer: str = "features",
     graph_size: int = 128,

@@ -14,8 +14,9 @@ images, and at least TOLERANCE_IMAGES.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, cast
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -86,7 +87,7 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
-def _merge(known: Optional[EvalResult], new: EvalResult) -> EvalResult:
+def _merge(known: EvalResult | None, new: EvalResult) -> EvalResult:
     """One result holding the per-sample outcomes of both (same images, same model)."""
     if known is None or known.natural is None:
         return new
@@ -114,12 +115,12 @@ def sanity_checks(
     *,
     norm: str = "Linf",
     eps: float = 8 / 255,
-    step_size: Optional[float] = None,
+    step_size: float | None = None,
     steps: int = 20,
-    reference: Optional[nn.Module] = None,
-    autoattack: Optional[str] = None,
-    autoattack_n: Optional[int] = None,
-    known: Optional[EvalResult] = None,
+    reference: nn.Module | None = None,
+    autoattack: str | None = None,
+    autoattack_n: int | None = None,
+    known: EvalResult | None = None,
     batch_size: int = 500,
     progress: bool = True,
     seed: int = 0,

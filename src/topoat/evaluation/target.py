@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,15 +28,15 @@ class Target:
 
 
 def load_target(
-    checkpoint: Optional[str],
+    checkpoint: str | None,
     device: torch.device,
     *,
-    dataset: Optional[str] = None,
-    root: Optional[str] = None,
-    arch: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    arch_args: Optional[dict] = None,
-    factory: Optional[str] = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    arch_args: dict | None = None,
+    factory: str | None = None,
     command: str = "eval",
     role: str = "checkpoint",
 ) -> Target:
@@ -59,7 +59,7 @@ def load_target(
 
 
 def recorded_dataset(
-    record: dict, dataset: Optional[str] = None, root: Optional[str] = None, command: str = "eval"
+    record: dict, dataset: str | None = None, root: str | None = None, command: str = "eval"
 ) -> ImageDataset:
     """The test data for a checkpoint: `dataset` (default: the one it records), read with the checkpoint's
     own data settings (root, synthetic shape, name) when it names the same dataset; `root` overrides the root.
@@ -81,9 +81,9 @@ def recorded_dataset(
 
 def recorded_threat(
     record: dict,
-    norm: Optional[str] = None,
-    eps: Optional[float] = None,
-    step_size: Optional[float] = None,
+    norm: str | None = None,
+    eps: float | None = None,
+    step_size: float | None = None,
     command: str = "eval",
 ) -> tuple[str, float]:
     """The norm and radius to attack with: those given, else those the checkpoint's config records."""
@@ -117,8 +117,8 @@ def _exported(
     weights: str,
     description: dict,
     device: torch.device,
-    dataset: Optional[str],
-    root: Optional[str],
+    dataset: str | None,
+    root: str | None,
     command: str,
     role: str,
 ) -> Target:
@@ -154,14 +154,14 @@ def _exported(
 
 
 def _foreign(
-    weights: Optional[str],
+    weights: str | None,
     device: torch.device,
-    dataset: Optional[str],
-    root: Optional[str],
-    arch: Optional[str],
-    num_classes: Optional[int],
-    arch_args: Optional[dict],
-    factory: Optional[str],
+    dataset: str | None,
+    root: str | None,
+    arch: str | None,
+    num_classes: int | None,
+    arch_args: dict | None,
+    factory: str | None,
     command: str,
 ) -> Target:
     """A model from --arch (a plain state_dict of a topoat architecture) or --model (MODULE:FACTORY), with a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ class ImageClassifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         return self.body((x - self.mean) / self.std)
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         z = self.features(x)
         logits = self.head(z)
         return (logits, z) if return_features else logits

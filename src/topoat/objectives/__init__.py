@@ -3,8 +3,6 @@ perturbation), each written once for every method."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import nn
 
 from ..config import TrainConfig
@@ -42,9 +40,9 @@ def projection_head(in_features: int, width: int) -> nn.Module:
 
 def build_objective(
     cfg: TrainConfig,
-    teacher: Optional[nn.Module] = None,
-    distillation_teacher: Optional[nn.Module] = None,
-    student_width: Optional[int] = None,
+    teacher: nn.Module | None = None,
+    distillation_teacher: nn.Module | None = None,
+    student_width: int | None = None,
 ) -> Objective:
     """The base method, + TRAIN if the config has a topology section, + logit distillation if it has a
     distillation section, + AWP (outermost) if method.awp. `student_width`: the width of the student's

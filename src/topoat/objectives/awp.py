@@ -16,7 +16,7 @@ No perturbation while fewer than `warmup_epochs` epochs have passed.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,9 +37,9 @@ class AdversarialWeightPerturbation(Objective):
         self.makes_adversarial = inner.makes_adversarial
         self.attack = inner.attack
         self.epoch = 0
-        self._proxy: Optional[nn.Module] = None
-        self._proxy_source: Optional[nn.Module] = None
-        self._proxy_optimizer: Optional[torch.optim.Optimizer] = None
+        self._proxy: nn.Module | None = None
+        self._proxy_source: nn.Module | None = None
+        self._proxy_optimizer: torch.optim.Optimizer | None = None
 
     @property
     def active(self) -> bool:
@@ -80,9 +80,7 @@ class AdversarialWeightPerturbation(Objective):
         proxy.load_state_dict(net.state_dict())
         return proxy.train(), optimizer
 
-    def perturbation(
-        self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]
-    ) -> list[tuple[Tensor, Tensor]]:
+    def perturbation(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> list[tuple[Tensor, Tensor]]:
         """(weight, offset) pairs for the weights AWP moves, each offset of norm gamma * ||weight||."""
         net = unwrap(model)
         proxy, optimizer = self._proxy_of(net)

@@ -10,8 +10,8 @@ forward passes produced them, so TRAIN needs no extra pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,15 +24,15 @@ from ..config import AttackConfig
 @dataclass
 class ObjectiveOutput:
     loss: Tensor
-    logits_nat: Optional[Tensor] = None
-    logits_adv: Optional[Tensor] = None
-    features_nat: Optional[Tensor] = None
-    features_adv: Optional[Tensor] = None
-    x_adv: Optional[Tensor] = None
+    logits_nat: Tensor | None = None
+    logits_adv: Tensor | None = None
+    features_nat: Tensor | None = None
+    features_adv: Tensor | None = None
+    x_adv: Tensor | None = None
     parts: dict[str, Tensor] = field(default_factory=dict)  # detached loss components for logging
     # The training loop calls this right after optimizer.step() (AWP takes its weight perturbation back
     # there); a loop of your own must do the same.
-    after_step: Optional[Callable[[], None]] = None
+    after_step: Callable[[], None] | None = None
 
 
 def cross_entropy_per_sample(logits: Tensor, y: Tensor) -> Tensor:
@@ -49,14 +49,14 @@ class Objective:
 
     name = "objective"
     makes_adversarial = True
-    attack: Optional[AttackConfig] = None
+    attack: AttackConfig | None = None
     # the attack's projected ascent step; `compile_parts` puts a compiled copy here
     attack_step: Callable[..., Tensor] = staticmethod(ascent_step)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         return self.loss(model, x, y, self.adversarial(model, x, y))
 
-    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Optional[Tensor]:
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         """x' for this batch (detached), made in the attack's BatchNorm mode; None without an attack."""
         if not self.makes_adversarial:
             return None
@@ -82,16 +82,16 @@ class Objective:
         so anything it precomputes from x (TRADES' target p(x)) is taken in that mode too."""
         raise NotImplementedError
 
-    def attack_start(self, x: Tensor) -> Optional[Tensor]:
+    def attack_start(self, x: Tensor) -> Tensor | None:
         """The starting perturbation; None starts at x."""
         a = self.attack
         assert a is not None, f"{self.name} has an attack start but no attack settings"
         return random_init(x, a.eps, a.norm) if a.random_start else None
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         raise NotImplementedError
 
-    def base_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Optional[Tensor]) -> Tensor:
+    def base_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> Tensor:
         """The base method's loss alone, without any wrapper's term (what AWP's weight perturbation ascends)."""
         return self.loss(model, x, y, x_adv).loss
 

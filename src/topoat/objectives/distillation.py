@@ -9,7 +9,7 @@ The T^2 keeps the gradient's scale independent of T (Hinton et al. 2015).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,9 @@ teacher's graph, and gradient-norm diagnostics.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal, Optional
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ def batchnorm_mode(model: nn.Module, mode: CleanBatchNorm) -> Iterator[None]:
             m.train()
 
 
-def _grad_norm(grads: tuple[Optional[Tensor], ...]) -> Tensor:
+def _grad_norm(grads: tuple[Tensor | None, ...]) -> Tensor:
     squares = [g.float().pow(2).sum() for g in grads if g is not None]
     return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
 
@@ -67,9 +68,9 @@ class MemoryBank:
 
     def __init__(self, size: int):
         self.size = size
-        self.student: Optional[Tensor] = None
-        self.teacher: Optional[Tensor] = None
-        self.labels: Optional[Tensor] = None
+        self.student: Tensor | None = None
+        self.teacher: Tensor | None = None
+        self.labels: Tensor | None = None
 
     def nodes(self, student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Batch rows followed by bank rows, leaving the bank as it is."""
@@ -101,7 +102,7 @@ class TopologyRegularized(Wrapper):
         lambda_adv: float = 10.0,
         kernel: Kernel = "softmax-cosine",
         layer: str = "features",
-        teacher_layer: Optional[str] = None,
+        teacher_layer: str | None = None,
         class_aware: str = "off",
         memory_bank: int = 0,
         global_graph: bool = False,
@@ -115,9 +116,9 @@ class TopologyRegularized(Wrapper):
         clean_batchnorm: CleanBatchNorm = "train",
         warmup_epochs: float = 0.0,
         balance: bool = False,
-        teacher_perplexity: Optional[float] = None,
+        teacher_perplexity: float | None = None,
         diagnose_every: int = 0,
-        projection_head: Optional[nn.Module] = None,
+        projection_head: nn.Module | None = None,
     ):
         super().__init__(base)
         self.attack_uses_topology = attack_uses_topology
@@ -166,7 +167,7 @@ class TopologyRegularized(Wrapper):
         return self.base.parameters() + (list(self.head.parameters()) if self.head is not None else [])
 
     def _student(
-        self, model: nn.Module, x: Tensor, logits: Optional[Tensor], feats: Optional[Tensor], clean: bool = False
+        self, model: nn.Module, x: Tensor, logits: Tensor | None, feats: Tensor | None, clean: bool = False
     ) -> Tensor:
         if self.layer == "features" and feats is not None:
             z = feats
@@ -276,7 +277,7 @@ class TopologyRegularized(Wrapper):
             weights["adv"] = self.lambda_adv * self._ramp
         terms = self._terms(students, teacher_repr, y)
         scales = self._balanced_scales(out, students, terms) if self.balance and terms else {}
-        topo_total: Optional[Tensor] = None
+        topo_total: Tensor | None = None
         for key, topo in terms.items():
             weighted = weights[key] * scales.get(key, 1.0) * topo
             topo_total = weighted if topo_total is None else topo_total + weighted

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import TopoatError
 from ..runs.folder import LAST, RunFolder
@@ -30,9 +31,9 @@ class Run:
     folder: Path
     checkpoint: Path
     threat: dict
-    config: Optional[TrainConfig] = None  # None when the folder has no readable config.yaml
-    reference: Optional[Path] = None  # checkpoint of the model its topology is compared with
-    reference_name: Optional[str] = None
+    config: TrainConfig | None = None  # None when the folder has no readable config.yaml
+    reference: Path | None = None  # checkpoint of the model its topology is compared with
+    reference_name: str | None = None
 
     @property
     def group(self) -> str:
@@ -40,7 +41,7 @@ class Run:
         return m.group("group") if m else self.name
 
     @property
-    def seed(self) -> Optional[int]:
+    def seed(self) -> int | None:
         m = SEED_SUFFIX.match(self.name)
         return int(m.group("seed")) if m else None
 
@@ -87,7 +88,7 @@ def lambda_label(entry: dict) -> str:
     return f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
 
 
-def primary_attack(runs: Sequence[Run]) -> Optional[str]:
+def primary_attack(runs: Sequence[Run]) -> str | None:
     """The robust accuracy a single-number view uses: the per-sample worst case if there is one,
     else the first attack evaluated."""
     names = robust_attacks(r.entry for r in runs)
@@ -103,7 +104,7 @@ def groups_of(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def base_group(group: str, members: Sequence[Run], groups: dict[str, list[Run]]) -> Optional[str]:
+def base_group(group: str, members: Sequence[Run], groups: dict[str, list[Run]]) -> str | None:
     """The base-method group a TRAIN group is compared with: same method, no topology term; the one
     whose name prefixes the TRAIN group's if several."""
     method = members[0].method
@@ -166,7 +167,7 @@ def _results_file(folder: Path) -> Path:
     return results
 
 
-def _read_config(run_folder: Path) -> Optional[TrainConfig]:
+def _read_config(run_folder: Path) -> TrainConfig | None:
     from ..config import load_config
 
     config = RunFolder(run_folder).config
@@ -187,7 +188,7 @@ def _unique_name(name: str, folder: Path, runs: Sequence[Run]) -> str:
     return name
 
 
-def assign_references(runs: list[Run], reference: Optional[str | Path] = None) -> None:
+def assign_references(runs: list[Run], reference: str | Path | None = None) -> None:
     """Each run's reference model: `reference` if given; else the one its config names
     (validation.reference, or a TRAIN run's teacher), matched to a run of the report where possible;
     else a standard run of the report, of the same seed if there is one."""
@@ -195,8 +196,8 @@ def assign_references(runs: list[Run], reference: Optional[str | Path] = None) -
     by_folder = {r.folder.name: r for r in runs}
     standard = [r for r in runs if r.method == "standard" and not r.is_train]
     for run in runs:
-        target: Optional[Run] = None
-        path: Optional[Path] = None
+        target: Run | None = None
+        path: Path | None = None
         if reference is not None:
             path = Path(reference).resolve()
             target = by_checkpoint.get(path)
@@ -215,7 +216,7 @@ def assign_references(runs: list[Run], reference: Optional[str | Path] = None) -
             run.reference, run.reference_name = path, str(path)
 
 
-def _configured_reference(run: Run) -> Optional[Path]:
+def _configured_reference(run: Run) -> Path | None:
     cfg = run.config
     if cfg is None:
         return None

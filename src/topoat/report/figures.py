@@ -9,8 +9,8 @@ user's pyplot backend.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ..files import write_figure_atomic
 from .collect import Run, groups_of, lambda_ablation, lambda_label, primary_attack
@@ -37,7 +37,7 @@ def class_colours(num_classes: int):
 
 
 def plot_tsne(
-    panels: Sequence[dict], labels, class_names: Optional[Sequence[str]], path: Path, attack: str, title: str
+    panels: Sequence[dict], labels, class_names: Sequence[str] | None, path: Path, attack: str, title: str
 ) -> Path:
     """2 rows (natural, adversarial) x one column per model; each panel dict holds `name`, `natural`
     and `adversarial` (n x 2 arrays from `analysis.tsne_map`), and `subtitle`."""
@@ -108,7 +108,7 @@ def _integer_epochs(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_accuracy_curves(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]:
+def plot_accuracy_curves(runs: Sequence[Run], path: Path, title: str) -> Path | None:
     groups = groups_of(runs)
     colours = _group_colours(list(groups))
     fig = _figure(11, 4.2)
@@ -141,7 +141,7 @@ def _validation_attack(runs: Sequence[Run]) -> str:
     return f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"
 
 
-def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 10) -> Optional[Path]:
+def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 10) -> Path | None:
     groups = groups_of(runs)
     colours = _group_colours(list(groups))
     fig = _figure(11, 4.2)
@@ -166,7 +166,7 @@ def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 1
     return _save(fig, path)
 
 
-def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]:
+def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Path | None:
     """Test natural vs robust accuracy, one point per adversarially trained run, λ written by each."""
     adversarial = [r for r in runs if r.method != "standard"]
     shared = [
@@ -213,7 +213,7 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]
     return _save(fig, path)
 
 
-def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Optional[Path]:
+def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Path | None:
     """Natural and robust test accuracy against the TRAIN weight λ, mean ± std over seeds."""
     method, weights = lambda_ablation(runs)
     if not weights:

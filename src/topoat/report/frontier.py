@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
 KNOBS = {"pgd-at": ("natural_weight", "α"), "trades": ("beta", "β"), "mart": ("beta", "β")}
 
 
-def knob_value(run) -> Optional[float]:
+def knob_value(run) -> float | None:
     """The base method's own trade-off setting of a run (None for methods without one)."""
     key = KNOBS.get(run.method, (None, None))[0]
     config = run.entry.get("method_config") or {}
@@ -99,7 +99,7 @@ def _checkpoint_scores(entry: dict, checkpoint: str) -> dict:
     return entry["best"] if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
 
 
-def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, float]]:
+def scores(run, attack: str, checkpoint: str = "best") -> tuple[float, float] | None:
     """(robust, natural) accuracy of one run in [0, 1]: its best-by-validation checkpoint (else the
     last), under `attack`; None if that attack was not run."""
     part = _checkpoint_scores(run.entry, checkpoint)
@@ -109,7 +109,7 @@ def scores(run, attack: str, checkpoint: str = "best") -> Optional[tuple[float, 
     return float(robust), float(part["natural_acc"])
 
 
-def scored_on(run, attack: str, checkpoint: str = "best") -> tuple[Optional[int], Optional[int]]:
+def scored_on(run, attack: str, checkpoint: str = "best") -> tuple[int | None, int | None]:
     """How many test images a run's natural and `attack` accuracies were taken on (None: not recorded)."""
     n = run.entry.get("n_eval")
     return n, (_checkpoint_scores(run.entry, checkpoint).get("n_by_attack") or {}).get(attack, n)
@@ -156,7 +156,7 @@ class BaseCurve:
     method: str
     knob: str
     settings: list[tuple[float, str]]  # (knob value, group), in knob order
-    by_seed: dict[Optional[int], list[tuple[float, float]]]  # seed -> (robust, natural) points, in points
+    by_seed: dict[int | None, list[tuple[float, float]]]  # seed -> (robust, natural) points, in points
     mean_points: list[tuple[float, float, float, float, float, int]]  # knob, robust and natural mean/std, seeds
 
 
@@ -174,12 +174,12 @@ def _std(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
-def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "best") -> Optional[Frontier]:
+def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "best") -> Frontier | None:
     """The base curves of every method with at least two knob settings under `attack`, and every
     regularized group of those methods placed against them. None when no method has a curve."""
     curves: dict[str, BaseCurve] = {}
     points: dict[str, FrontierPoint] = {}
-    images_by_seed: dict[str, dict[Optional[int], set]] = {}  # method -> seed -> the curve's image counts
+    images_by_seed: dict[str, dict[int | None, set]] = {}  # method -> seed -> the curve's image counts
     left_out: list[str] = []
     groups: dict[str, list] = {}
     for r in runs:
@@ -195,7 +195,7 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
         )  # never None: `method` has a knob
         if len({v for v, _ in settings}) < 2:
             continue
-        by_seed: dict[Optional[int], list[tuple[float, float]]] = {}
+        by_seed: dict[int | None, list[tuple[float, float]]] = {}
         images = images_by_seed.setdefault(method, {})
         mean_points: list[tuple[float, float, float, float, float, int]] = []
         for value, g in settings:

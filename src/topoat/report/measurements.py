@@ -3,9 +3,10 @@ and the t-SNE maps, on one fixed held-out subset of the test set (see `topoat.ev
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
+from typing import TYPE_CHECKING, cast
 
 from ..errors import TopoatError
 from .collect import Run, base_group, groups_of
@@ -24,7 +25,7 @@ class ReportSettings:
     k: int = 10
     attack_steps: int = 20
     tsne_points: int = 1000
-    tsne_models: Optional[list[str]] = None  # group or run names; default: see tsne_selection
+    tsne_models: list[str] | None = None  # group or run names; default: see tsne_selection
     graph_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -37,11 +38,11 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     attack: str = ""
     n: int = 0  # held-out images actually used (the test split may be smaller than asked)
-    labels: Optional[np.ndarray] = None  # true classes of the held-out images (of the t-SNE points, once drawn)
-    class_names: Optional[list[str]] = None
+    labels: np.ndarray | None = None  # true classes of the held-out images (of the t-SNE points, once drawn)
+    class_names: list[str] | None = None
 
 
-def _why_not_analysable(run: Run) -> Optional[str]:
+def _why_not_analysable(run: Run) -> str | None:
     if not run.checkpoint.is_file():
         return "no checkpoint"
     if run.reference is None:
@@ -160,7 +161,7 @@ def _tsne_panel(run: Run, features, natural, adversarial, metrics: dict) -> dict
     }
 
 
-def tsne_selection(runs: Sequence[Run], wanted: Optional[Sequence[str]] = None) -> tuple[list[Run], list[str]]:
+def tsne_selection(runs: Sequence[Run], wanted: Sequence[str] | None = None) -> tuple[list[Run], list[str]]:
     """The runs drawn as t-SNE columns and the names of those left out. `wanted`: group or run names, in
     order. By default the reference model, then each TRAIN run beside its base method, then the rest, up to
     MAX_TSNE_COLUMNS."""

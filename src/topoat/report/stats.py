@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 from .collect import Run, base_group, groups_of
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value)."""
     values = list(values)
     if len(values) == 1:
@@ -20,7 +20,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
     return statistics.fmean(values), statistics.stdev(values)
 
 
-def format_spread(values: Sequence[Optional[float]], scale: float = 100.0, digits: int = 2) -> str:
+def format_spread(values: Sequence[float | None], scale: float = 100.0, digits: int = 2) -> str:
     """'mean ± std' of the scaled values, missing values (None, NaN) left out; '-' if none remain."""
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not present:
@@ -76,7 +76,7 @@ def paired_with_base(runs: Sequence[Run]) -> list[PairedGroups]:
     return paired
 
 
-def incomparable(run: Run, base: Run) -> Optional[str]:
+def incomparable(run: Run, base: Run) -> str | None:
     """Why `run` minus `base` would not measure `run`'s added term alone (None: it would): the settings
     they differ in, read from their configs and results. Runs without a readable config are taken as
     comparable on what their results say."""
@@ -106,7 +106,7 @@ def _differences(a: object, b: object, key: str) -> list[str]:
     return [] if a == b else [f"{key} {a!r} vs {b!r}"]
 
 
-def accuracy(run: Run, attack: Optional[str]) -> float:
+def accuracy(run: Run, attack: str | None) -> float:
     """Natural accuracy (attack None) or robust accuracy under `attack`; NaN if the run lacks it."""
     value = run.entry.get("natural_acc") if attack is None else run.entry.get("robust_acc", {}).get(attack)
     return math.nan if value is None else float(value)

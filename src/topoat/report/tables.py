@@ -4,7 +4,8 @@ and the topology metrics. Markdown for report.md; the topology table also as tex
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..table_format import markdown_table, text_table
 from .collect import SEED_SUFFIX, Run, checkpoint_entry, groups_of, lambda_label, robust_attacks
@@ -21,7 +22,7 @@ METRIC_HEADERS = {
 }
 
 
-def format_metric(name: str, value: Optional[float]) -> str:
+def format_metric(name: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if name.startswith("graph_kl") else f"{value:.3f}"
@@ -108,7 +109,7 @@ def paired_section(runs: Sequence[Run]) -> str:
     return markdown_table(["difference", "seed", "Δ natural"] + [f"Δ {a}" for a in attacks], rows)
 
 
-def _paired_rows(p: PairedGroups, columns: Sequence[Optional[str]]) -> list[list[str]]:
+def _paired_rows(p: PairedGroups, columns: Sequence[str | None]) -> list[list[str]]:
     diffs = {c: [accuracy(r, c) - accuracy(b, c) for r, b in p.pairs] for c in columns}
     rows = [
         [f"{p.group} − {p.base}", "- (one run each)" if r.seed is None else str(r.seed)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from ..errors import TopoatError
 from ..files import write_text_atomic
@@ -20,10 +20,10 @@ Picture = tuple[str, Path, str]  # heading, file, caption
 
 def write_report(
     run_dirs: Sequence[str | Path],
-    out: Optional[str | Path] = None,
+    out: str | Path | None = None,
     *,
-    reference: Optional[str | Path] = None,
-    settings: Optional[ReportSettings] = None,
+    reference: str | Path | None = None,
+    settings: ReportSettings | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """Write report.md, report.html (the same page with its pictures inline), analysis.json and
@@ -74,7 +74,7 @@ def write_report(
 
 
 def _check_arguments(
-    run_dirs: Sequence[str | Path], out: Optional[str | Path], reference: Optional[str | Path], settings: ReportSettings
+    run_dirs: Sequence[str | Path], out: str | Path | None, reference: str | Path | None, settings: ReportSettings
 ) -> Path:
     """Where the report goes; refuses what would fail only after minutes of analysis."""
     if not run_dirs:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import pickle
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +27,8 @@ def model_record(
     arch_args: dict,
     num_classes: int,
     in_channels: int,
-    image_size: Optional[Sequence[int]] = None,
-    class_names: Optional[Sequence[str]] = None,
+    image_size: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict:
     """Everything needed to rebuild `model` without its code path: architecture, arguments, normalisation;
     and the (height, width) of the images it was trained on, when known, so other data can be refused,
@@ -176,7 +177,7 @@ def _check_record(ckpt: dict, path: Path) -> None:
             raise TopoatError(f"{path} is a damaged topoat checkpoint: '{key}' {state}")
 
 
-def state_mismatch(model: nn.Module, state: dict) -> Optional[str]:
+def state_mismatch(model: nn.Module, state: dict) -> str | None:
     """The first difference between a model's state and a checkpoint's, in one line (load_state_dict's
     own message spreads over many lines and begins with a header only)."""
     expected = model.state_dict()

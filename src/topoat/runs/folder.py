@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from ..errors import TopoatError
 from ..files import is_temp_name, write_atomic, write_text_atomic
@@ -61,7 +62,7 @@ class RunFolder:
     provenance = property(lambda self: self.root / PROVENANCE)
     board = property(lambda self: self.root / BOARD)
 
-    def run(self, name: str) -> "RunFolder":
+    def run(self, name: str) -> RunFolder:
         """The folder of run `name` inside this (study) folder."""
         return RunFolder(self.root / name)
 
@@ -164,7 +165,7 @@ class RunFolder:
             raise TopoatError(f"cannot read {path}: {e.strerror or e}") from None
         write_atomic(path, old + (json.dumps(record) + "\n").encode())
 
-    def repair_metrics(self, epochs_done: int, last_record: Optional[dict]) -> None:
+    def repair_metrics(self, epochs_done: int, last_record: dict | None) -> None:
         """Make metrics.jsonl hold exactly the lines of the epochs the checkpoint covers, one per epoch:
         later lines go (those epochs are trained again), so do a torn last line (a kill mid-write by an
         older topoat, or a full disk) and a repeated line (the last of an epoch's lines is kept), and the
@@ -211,7 +212,7 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _metrics_epoch(line: str) -> Optional[int]:
+def _metrics_epoch(line: str) -> int | None:
     try:
         return int(json.loads(line)["epoch"])
     except (ValueError, KeyError, TypeError, IndexError):  # json's errors are ValueErrors

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..config import TrainConfig
 from ..errors import TopoatError
@@ -26,7 +26,7 @@ from ..table_format import text_table
 from .folder import read_json, write_json_atomic
 
 
-def read_results(path: Path, run: Optional[str] = None) -> dict:
+def read_results(path: Path, run: str | None = None) -> dict:
     """A results.json checked against the contract above (types of the keys present), so a damaged or
     hand-edited file is one line naming the key rather than a traceback; with `run`, that run must be in it."""
     doc = read_json(path)
@@ -38,7 +38,7 @@ def read_results(path: Path, run: Optional[str] = None) -> dict:
     return doc
 
 
-def _results_problem(doc: Any) -> Optional[str]:
+def _results_problem(doc: Any) -> str | None:
     if not isinstance(doc, dict):
         return "the top level is not a mapping"
     if not isinstance(doc.get("runs"), dict):
@@ -55,7 +55,7 @@ def _results_problem(doc: Any) -> Optional[str]:
     return None
 
 
-def _entry_problem(entry: Any, prefix: str = "") -> Optional[str]:
+def _entry_problem(entry: Any, prefix: str = "") -> str | None:
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 

@@ -4,8 +4,9 @@ contract is in runs/results.py); or, for a run already scored, add the attacks o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -31,8 +32,8 @@ def train_and_evaluate(
     stage_name: str,
     resume_hint: str,
     dist: DistContext = SINGLE,
-    echo: Optional[Callable[[str], None]] = None,
-) -> Optional[dict]:
+    echo: Callable[[str], None] | None = None,
+) -> dict | None:
     """One run from start to results: train `cfg` into `run_dir` (or resume it), evaluate it and write its
     results.json. Returns its entry; None on the processes other than rank 0, which only train. The CLI
     and a study both run a run through here, holding the folder's lock from the first check to results.json."""
@@ -62,7 +63,7 @@ def _evaluated(
     summary: dict,
     stage_name: str,
     resume_hint: str,
-    echo: Optional[Callable[[str], None]],
+    echo: Callable[[str], None] | None,
 ) -> dict:
     from ..signals import stage
 
@@ -87,7 +88,7 @@ def evaluate_run(
     name: str,
     train_seconds: float,
     relative_to: Path,
-    dataset: Optional[ImageDataset] = None,
+    dataset: ImageDataset | None = None,
     progress: bool = True,
 ) -> dict:
     """The results.json entry of one run: its last checkpoint evaluated on the fixed test subset, and
@@ -239,7 +240,7 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
     return list(cfg.evaluation.attacks) if checkpoint in cfg.evaluation.checkpoints else []
 
 
-def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: Optional[list[str]] = None) -> EvalResult:
+def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: list[str] | None = None) -> EvalResult:
     ev = cfg.evaluation
     set_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
     if use_channels_last(cfg.runtime.channels_last):
@@ -274,7 +275,7 @@ def _extras(res: EvalResult) -> dict:
 
 def _evaluate_best(
     cfg: TrainConfig, path: Path, last_model, last: EvalResult, x, y, relative_to: Path, progress: bool
-) -> Optional[dict]:
+) -> dict | None:
     """best.pt on the same images; when it holds the last checkpoint's weights its scores are the same."""
     if not path.is_file():
         return None  # no validation split: nothing chose a best checkpoint

@@ -9,7 +9,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..config import TrainConfig, from_dict, load_config, override, preset_path, read_yaml
 from ..errors import TopoatError, TrainingDiverged
@@ -29,10 +28,10 @@ class StudyRun:
     name: str
     config: str  # relative to the study file
     set: list[str] = field(default_factory=list)
-    teacher: Optional[str] = None  # name of the run whose last checkpoint is the TRAIN teacher
+    teacher: str | None = None  # name of the run whose last checkpoint is the TRAIN teacher
     # A subset of the study's seeds for this run (e.g. an ablation on one seed). Such runs come after
     # the whole grid, so the runs every seed needs for paired comparisons finish first.
-    seeds: Optional[list[int]] = None
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -40,10 +39,10 @@ class StudySpec:
     name: str = "study"
     runs: list[StudyRun] = field(default_factory=list)
     set: list[str] = field(default_factory=list)  # overrides applied to every run
-    seeds: Optional[list[int]] = None  # each run once per seed, named NAME-sSEED
+    seeds: list[int] | None = None  # each run once per seed, named NAME-sSEED
     # Name of the standard run whose last checkpoint every later run logs its per-epoch topology
     # metrics against (validation.reference), so PGD-AT gets curves as well as TRAIN.
-    reference: Optional[str] = None
+    reference: str | None = None
 
 
 @dataclass
@@ -51,8 +50,8 @@ class PlannedRun:
     name: str
     config_path: Path
     overrides: list[str]
-    teacher: Optional[str]
-    reference: Optional[str] = None
+    teacher: str | None
+    reference: str | None = None
 
     @property
     def needs(self) -> list[str]:
@@ -60,7 +59,7 @@ class PlannedRun:
         return [r for r in (self.teacher, self.reference) if r is not None]
 
 
-def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[StudySpec, list[PlannedRun]]:
+def load_study(path: str | Path, extra: list[str] | None = None) -> tuple[StudySpec, list[PlannedRun]]:
     path = preset_path(path, "studies")
     raw = read_yaml(path)
     runs = raw.get("runs")
@@ -124,7 +123,7 @@ def load_study(path: str | Path, extra: Optional[list[str]] = None) -> tuple[Stu
     return spec, planned
 
 
-def selected(name: str, only: Optional[list[str]]) -> bool:
+def selected(name: str, only: list[str] | None) -> bool:
     """Run `name` is one `--runs` asks for (every run without --runs)."""
     return only is None or any(fnmatch.fnmatchcase(name, pattern) for pattern in only)
 
@@ -167,10 +166,10 @@ def run_study(
     path: str | Path,
     out: str | Path,
     resume: bool = False,
-    extra: Optional[list[str]] = None,
+    extra: list[str] | None = None,
     progress: bool = True,
     echo=print,
-    only: Optional[list[str]] = None,
+    only: list[str] | None = None,
 ) -> dict:
     """Train and evaluate every planned run (those matching a pattern of `only`, if given) not yet done.
 

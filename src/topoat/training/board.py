@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -29,7 +28,7 @@ class EpochBoard:
         self.writer = SummaryWriter(log_dir=str(folder))
         self.writer.add_text("config", "    " + config_text.replace("\n", "\n    "))  # indented: a code block
         self._queued: list[tuple[int, float, list[str], Tensor]] = []
-        self._since: Optional[float] = None
+        self._since: float | None = None
 
     def start_steps(self) -> None:
         """Steps are timed from here (an epoch's start), so validation and saving do not count as step time."""

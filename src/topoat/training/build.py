@@ -5,9 +5,10 @@ loops over them; the benchmark builds the same parts to time one step."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TypeVar, cast
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,20 +41,20 @@ class RunParts:
     channels_last: bool
     x_train: Tensor
     y_train: Tensor
-    x_val: Optional[Tensor]  # the validation images as floats in [0, 1], at most validation.n
-    y_val: Optional[Tensor]
+    x_val: Tensor | None  # the validation images as floats in [0, 1], at most validation.n
+    y_val: Tensor | None
     model: nn.Module  # the plain model: saved, validated and evaluated
     train_model: nn.Module  # what the objective trains through: the model, compiled and/or under DDP
-    teacher: Optional[nn.Module]  # TRAIN's frozen standard model
-    reference: Optional[nn.Module]  # what the per-epoch topology metrics compare with
-    distillation_teacher: Optional[nn.Module]
+    teacher: nn.Module | None  # TRAIN's frozen standard model
+    reference: nn.Module | None  # what the per-epoch topology metrics compare with
+    distillation_teacher: nn.Module | None
     objective: Objective
     optimizer: torch.optim.Optimizer
     loader: DeviceLoader
     data_generator: torch.Generator  # the loader's shuffling and augmentation (saved for resume)
 
 
-def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: DistContext = SINGLE) -> RunParts:
+def build_run(cfg: TrainConfig, dataset: ImageDataset | None = None, dist: DistContext = SINGLE) -> RunParts:
     """The parts of a run, built in a fixed order after seeding, so a run starts from the same weights
     and batches every time. Every mismatch (teacher for other data, a layer the model lacks, a batch
     larger than the data) is a one-line TopoatError before anything trains."""
@@ -129,7 +130,7 @@ def build_run(cfg: TrainConfig, dataset: Optional[ImageDataset] = None, dist: Di
 
 def _frozen_models(
     cfg: TrainConfig, model: nn.Module, frozen: Callable[..., nn.Module]
-) -> tuple[Optional[nn.Module], Optional[nn.Module], Optional[nn.Module]]:
+) -> tuple[nn.Module | None, nn.Module | None, nn.Module | None]:
     """TRAIN's teacher, the reference of the per-epoch topology metrics (validation.reference, else the
     teacher) and the distillation teacher; one model where two of them name the same checkpoint."""
     teacher = distillation_teacher = None
@@ -170,7 +171,7 @@ def _training_model(model: nn.Module, cfg: TrainConfig, device: torch.device, di
     return train_model
 
 
-def _student_width(cfg: TrainConfig, model: nn.Module, example: Tensor) -> Optional[int]:
+def _student_width(cfg: TrainConfig, model: nn.Module, example: Tensor) -> int | None:
     """The width of the student's representation at topology.layer, when a projection head needs it."""
     if cfg.topology is None or cfg.topology.projection <= 0:
         return None
@@ -200,9 +201,9 @@ def _sync_batchnorm(model: M, device: torch.device, dist: DistContext) -> M:
 def _objective(
     cfg: TrainConfig,
     device: torch.device,
-    teacher: Optional[nn.Module],
-    distillation_teacher: Optional[nn.Module],
-    student_width: Optional[int] = None,
+    teacher: nn.Module | None,
+    distillation_teacher: nn.Module | None,
+    student_width: int | None = None,
 ) -> Objective:
     """The objective, with its own parts (teachers, the topology terms) compiled where the training model is."""
     objective = build_objective(cfg, teacher, distillation_teacher, student_width)
@@ -257,5 +258,5 @@ def check_finished(ckpt: dict, path: str | Path, role: str) -> None:
         )
 
 
-def _same_file(a: str, b: Optional[str]) -> bool:
+def _same_file(a: str, b: str | None) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()

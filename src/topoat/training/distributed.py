@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -48,7 +48,7 @@ def launch_environment(env: Mapping[str, str]) -> DistContext:
     another: a rank outside the world or a missing MASTER_ADDR would otherwise wait in the rendezvous
     (deaf to SIGINT and SIGTERM, which Python handles only once torch returns) or fail with a traceback."""
 
-    def number(name: str, default: Optional[int] = None) -> int:
+    def number(name: str, default: int | None = None) -> int:
         text = env.get(name)
         if text is None or not text.strip():
             if default is None:

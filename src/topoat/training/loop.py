@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ class EpochTotals:
     seconds: float = 0.0  # wall time of the epoch before the last interruption
 
     @classmethod
-    def fresh(cls, device: torch.device) -> "EpochTotals":
+    def fresh(cls, device: torch.device) -> EpochTotals:
         return cls({}, torch.zeros((), device=device))
 
     def state(self) -> dict:
@@ -62,7 +63,7 @@ class EpochTotals:
         }
 
     @classmethod
-    def from_state(cls, state: Optional[dict], device: torch.device, zero: bool = False) -> "EpochTotals":
+    def from_state(cls, state: dict | None, device: torch.device, zero: bool = False) -> EpochTotals:
         """`zero`: the keys without the values (DDP ranks other than 0; rank 0 saved the summed totals)."""
         if not state:  # a checkpoint from before the totals were saved, or one at an epoch's end
             return cls.fresh(device)
@@ -95,7 +96,7 @@ def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
 @contextmanager
 def stop_on_signals() -> Iterator[dict]:
     """Turn SIGINT/SIGTERM into a flag the loop polls between steps (it then saves and stops)."""
-    flag: dict[str, Optional[int]] = {"signum": None}
+    flag: dict[str, int | None] = {"signum": None}
 
     def handler(signum, _frame):
         flag["signum"] = signum
@@ -123,7 +124,7 @@ class Trainer:
         cfg: TrainConfig,
         out: str | Path,
         resume: bool = False,
-        dataset: Optional[ImageDataset] = None,
+        dataset: ImageDataset | None = None,
         dist: DistContext = SINGLE,
     ):
         self.folder = RunFolder(out)
@@ -162,13 +163,13 @@ class Trainer:
         self.x_train, self.x_val, self.y_val = parts.x_train, parts.x_val, parts.y_val
         self.model, self.train_model, self.reference = parts.model, parts.train_model, parts.reference
         self.objective, self.optimizer, self.loader = parts.objective, parts.optimizer, parts.loader
-        self.reference_features: Optional[Tensor] = None  # frozen model, fixed split: computed once
+        self.reference_features: Tensor | None = None  # frozen model, fixed split: computed once
         self.reference_shape: dict[str, float] = {}
-        self.board: Optional[EpochBoard] = None
+        self.board: EpochBoard | None = None
         self.epoch, self.step_in_epoch = 0, 0
-        self.perm: Optional[Tensor] = None  # the epoch's shuffle, kept so a resume continues it
+        self.perm: Tensor | None = None  # the epoch's shuffle, kept so a resume continues it
         self.totals = EpochTotals.fresh(self.device)
-        self.last_record: Optional[dict] = None  # the last metrics line, kept in the checkpoint as well
+        self.last_record: dict | None = None  # the last metrics line, kept in the checkpoint as well
         self.best = {"metric": -1.0, "epoch": 0}
         self.train_seconds = 0.0
         if resume:
@@ -187,7 +188,7 @@ class Trainer:
             class_names=d.class_names,
         )
 
-    def _save_state(self, perm: Optional[Tensor], totals: Optional[EpochTotals] = None) -> None:
+    def _save_state(self, perm: Tensor | None, totals: EpochTotals | None = None) -> None:
         if self.rank != 0:
             return
         state = self._record()
@@ -456,9 +457,9 @@ class Trainer:
         return {f"val_{k}": v for k, v in m.items()}
 
 
-def _topology_loss(objective: Objective) -> Optional[TopologyLoss]:
+def _topology_loss(objective: Objective) -> TopologyLoss | None:
     """The topology loss of the TRAIN wrapper inside an objective (under AWP or distillation), or None."""
-    inner: Optional[Objective] = objective
+    inner: Objective | None = objective
     while inner is not None and not isinstance(inner, TopologyRegularized):
         inner = getattr(inner, "base", None) or getattr(inner, "inner", None)
     return inner.topology if inner is not None else None
