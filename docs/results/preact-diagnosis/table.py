@@ -5,7 +5,7 @@
 
 Reads the study's results.json and each run's metrics.jsonl (in STUDY_FOLDER/<run>/ or per-run/<run>/).
 Columns per run: natural and PGD-20 accuracy (%) and their difference from PGD-AT of the same network
-(points; cnn-* runs are the small CNN's); from the last
+(points; cnn-* runs are the small CNN's, e10-* runs the 10-epoch schedule's); from the last
 epoch: the natural and adversarial topology terms (first -> last epoch), the kNN overlap (k = 10) with the
 teacher at the run's layer, the row entropy of the penultimate features' softmax-cosine graph at T 0.1
 (nats; 4.84 is uniform for graphs of 128) and their mean pairwise cosine, the training adversarial
@@ -20,6 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ATTACK = "pgd-20"
+# Runs compared with their own PGD-AT: the small CNN's, and the 10-epoch schedule's.
+PREFIXES = ("cnn-", "e10-")
 
 
 def epochs(folder: Path, run: str) -> list[dict]:
@@ -37,9 +39,11 @@ def main(folder: Path) -> None:
     runs = json.loads((folder / "results.json").read_text())["runs"]
 
     def base_scores(name: str):
-        """PGD-AT's scores for the run's network and seed: cnn-* runs are the small CNN's."""
+        """PGD-AT's scores for the run's network, schedule and seed: cnn-* runs are the small CNN's,
+        e10-* runs are trained 10 epochs."""
         seed = name.rsplit("-", 1)[-1]
-        base = runs.get(f"cnn-pgd-at-{seed}" if name.startswith("cnn-") else f"pgd-at-{seed}")
+        prefix = next((p for p in PREFIXES if name.startswith(p)), "")
+        base = runs.get(f"{prefix}pgd-at-{seed}")
         return (base["best"]["natural_acc"], base["best"]["robust_acc"][ATTACK]) if base else None
 
     header = (
