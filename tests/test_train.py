@@ -108,7 +108,8 @@ def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
     x = np.zeros((64, 12, 12), dtype=np.uint8)
     np.savez(data, x_train=x, y_train=np.full(64, 3), x_test=x[:8], y_test=np.full(8, 3), num_classes=np.array(4))
     with pytest.raises(TopoatError, match="only one class .every label is 3.; a classifier needs at least 2"):
-        Trainer(tiny_config(**{"data.dataset": "npz", "data.args": "{}", "data.root": str(data), "data.val_size": 0}), tmp_path / "run")
+        npz = {"data.dataset": "npz", "data.args": "{}", "data.root": str(data), "data.val_size": 0}
+        Trainer(tiny_config(**npz), tmp_path / "run")
 
 
 def write_study_with_a_diverging_run(tmp_path):
