@@ -12,6 +12,7 @@ The constants 1.0001, 1e-12 and 1.0000001 are the reference code's guards agains
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ class MARTConfig(MethodConfig):
     beta: float = 6.0  # weight of the KL term
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(self.beta >= 0 and self.beta != float("inf"), "method.beta must be >= 0 and finite")]
+        return [(math.isfinite(self.beta) and self.beta >= 0, "method.beta must be >= 0 and finite")]
 
 
 class MART(Objective):

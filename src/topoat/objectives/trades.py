@@ -11,6 +11,7 @@ as in the reference, so the KL also pulls f(x) towards f(x').
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ class TRADESConfig(MethodConfig):
     beta: float = 6.0  # weight of the KL term
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(self.beta >= 0 and self.beta != float("inf"), "method.beta must be >= 0 and finite")]
+        return [(math.isfinite(self.beta) and self.beta >= 0, "method.beta must be >= 0 and finite")]
 
 
 class TRADES(Objective):
