@@ -194,10 +194,10 @@ def config_for(arch: str, mode: str, args, teacher: str) -> TrainConfig:
     method = mode.split("+")[0]
     sets = [
         "data.dataset=synthetic",
-        f"data.synthetic_shape=[{c}, {h}, {w}]",
+        f"data.args.shape=[{c}, {h}, {w}]",
         "data.val_size=0",
-        f"data.synthetic_train={args.batch_size * (args.steps + args.warmup)}",
-        "data.synthetic_test=8",
+        f"data.args.train={args.batch_size * (args.steps + args.warmup)}",
+        "data.args.test=8",
         f"model.arch={arch}",
         f"method.name={method}",
         "attack.steps=10",

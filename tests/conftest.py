@@ -20,9 +20,7 @@ def tiny_config(**overrides):
         "data": {
             "dataset": "synthetic",
             "val_size": 64,
-            "synthetic_shape": [1, 12, 12],
-            "synthetic_train": 256,
-            "synthetic_test": 64,
+            "args": {"shape": [1, 12, 12], "train": 256, "test": 64},
         },
         "model": {"arch": "small-cnn", "args": {"width": 4, "feature_dim": 16}},
         "method": {"name": "pgd-at"},
@@ -44,9 +42,7 @@ def tiny():
 def train_undefended(num_classes=10, seed=0, epochs=10, shape=(1, 12, 12), n_test=64):
     """A small CNN trained for a few seconds on easy synthetic data: accurate, and not robust."""
     torch.manual_seed(seed)
-    ds = load_dataset(
-        "synthetic", synthetic_shape=shape, synthetic_classes=num_classes, synthetic_train=512, synthetic_test=n_test
-    )
+    ds = load_dataset("synthetic", shape=shape, classes=num_classes, train=512, test=n_test)
     model = build_model("small-cnn", num_classes, shape[0], ds.mean, ds.std, width=8, feature_dim=32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = to_float(ds.x_train), ds.y_train

@@ -99,7 +99,7 @@ def test_widths_may_differ_and_small_sets_are_refused():
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    small = {"optim.epochs": 2, "data.synthetic_train": 160, "data.val_size": 32, "validation.n": 32}
+    small = {"optim.epochs": 2, "data.args.train": 160, "data.val_size": 32, "validation.n": 32}
     (root / "cfg.yaml").write_text(dump_config(tiny_config(**small)))
     spec = root / "study.yaml"
     spec.write_text(

@@ -108,7 +108,7 @@ def test_documented_off_values_can_be_written_bare(tmp_path):
         ("runtime.threads=0", "runtime.threads must be >= 1"),
         ("validation.n=0", "validation.n must be >= 1"),
         ("data.augment.crop_padding=-2", "data.augment.crop_padding must be >= 0"),
-        ("topology.kernel=perplexity", "topology.perplexity 30 needs graphs of more than 31 samples"),
+        ("topology.kernel=perplexity", "perplexity 30 needs a graph of more than 31 samples"),
         ("topology.lambda_adv=.inf", "topology.lambda_nat and lambda_adv must be >= 0 and finite"),
     ],
 )

@@ -50,7 +50,7 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
     overrides = {
         "optim.epochs": 1,
         "optim.batch_size": 32,
-        "data.synthetic_train": 128,
+        "data.args.train": 128,
         "data.val_size": 32,
         "attack.random_start": False,  # the only per-process randomness in PGD-AT
         # L2 steps move continuously with the gradient; an L-inf sign() can flip on a near-zero gradient

@@ -184,9 +184,7 @@ def test_sanity_checks_fail_on_a_gradient_masked_model(undefended):
 def save_as_checkpoint(model, path, num_classes=10):
     """A topoat checkpoint of a model trained outside topoat, naming the synthetic data it was trained on."""
     record = model_record(model, "small-cnn", {"width": 8, "feature_dim": 32}, num_classes, 1)
-    cfg = tiny_config(
-        **{"data.synthetic_shape": str(SHAPE), "data.synthetic_test": 64, "data.synthetic_classes": num_classes}
-    )
+    cfg = tiny_config(**{"data.args.shape": str(SHAPE), "data.args.test": 64, "data.args.classes": num_classes})
     record.update({"dataset": "synthetic", "config": to_dict(cfg)})
     save_atomic(record, path)
     return path

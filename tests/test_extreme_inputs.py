@@ -67,8 +67,8 @@ def test_a_huge_seed_on_the_command_line_is_one_line(command, capsys):
     "sets,message",
     [
         (["seed=1180591620717411303424"], "config: seed must be an integer between"),
-        (["data.synthetic_shape=[1, 100000, 100000]"], "would need 12,293 GiB to make; the limit is 8 GiB"),
-        (["data.synthetic_train=1000000000000"], "synthetic images of shape \\[1, 12, 12\\]"),
+        (["data.args.shape=[1, 100000, 100000]"], "would need 12,293 GiB to make; the limit is 8 GiB"),
+        (["data.args.train=1000000000000"], "synthetic images of shape \\[1, 12, 12\\]"),
         (["data.augment.crop_padding=100000"], "crop_padding 100000 must be smaller than the images \\(12x12\\)"),
         (["data.augment.crop_padding=12"], "crop_padding 12 must be smaller than the images"),
         (["runtime.threads=100000"], "runtime.threads 100000 is more than 4 per CPU of this machine"),

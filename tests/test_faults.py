@@ -730,7 +730,7 @@ def test_a_repeated_metrics_line_is_dropped_on_resume(tmp_path):
 
 def test_a_run_whose_data_fail_to_load_leaves_no_folder(tmp_path, capsys):
     cfg, run = write_config(tmp_path), tmp_path / "run"
-    argv = ["train", "--config", str(cfg), "--out", str(run), "--set", "data.dataset=npz"]
+    argv = ["train", "--config", str(cfg), "--out", str(run), "--set", "data.dataset=npz", "--set", "data.args={}"]
     assert main([*argv, "--set", f"data.root={tmp_path / 'missing.npz'}"]) == 2
     assert "npz file not found" in one_line(capsys.readouterr().err)
     assert not run.exists()

@@ -296,6 +296,7 @@ def test_cli_trains_on_an_image_folder_and_records_the_class_names(tree, tmp_pat
     cfg = tiny_config(
         **{
             "data.dataset": "image-folder",
+            "data.args": "{}",
             "data.root": str(archive),
             "data.name": "Tiny colours (test copy)",
             "data.val_size": 3,

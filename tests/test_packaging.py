@@ -14,9 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "data.dataset=synthetic",
-    "data.synthetic_shape=[1, 12, 12]",
-    "data.synthetic_train=128",
-    "data.synthetic_test=32",
+    "data.args.shape=[1, 12, 12]",
+    "data.args.train=128",
+    "data.args.test=32",
     "data.val_size=32",
     "data.train_subset=null",
     "model.args={width: 4, feature_dim: 16}",

@@ -138,10 +138,10 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(path, stub_teache
     shape, classes = SHAPES[dataset]
     overrides = [
         "data.dataset=synthetic",
-        f"data.synthetic_shape={list(shape)}",
-        f"data.synthetic_classes={classes}",
-        "data.synthetic_train=8",
-        "data.synthetic_test=4",
+        f"data.args.shape={list(shape)}",
+        f"data.args.classes={classes}",
+        "data.args.train=8",
+        "data.args.test=4",
         "data.val_size=4",
         "data.train_subset=null",
         f"model.args={TINY_ARGS[raw.model.arch]}",

@@ -224,17 +224,17 @@ def test_teacher_perplexity_sets_the_temperature_once_and_is_saved():
     x, y = torch.rand(16, 1, 12, 12), torch.arange(16) % 3
     objective = TopologyRegularized(PGDAT(attack), teacher, 1.0, 1.0, teacher_perplexity=4.0)
     out = objective.loss(model, x, y, (x + 0.05).clamp(0, 1))
-    temperature = objective.topology.temperature
+    temperature = objective.topology.kernel.temperature
     g = representation(teacher, x, "features")[1]
     assert row_entropy(affinity_log_probs(g, "softmax-cosine", temperature=temperature)).mean().item() == (
         pytest.approx(math.log(4.0), abs=1e-3)
     )
     assert out.parts["temperature"].item() == pytest.approx(temperature)
     objective.loss(model, x.flip(0), y, x)
-    assert objective.topology.temperature == temperature  # fixed after the first batch
+    assert objective.topology.kernel.temperature == temperature  # fixed after the first batch
     restored = TopologyRegularized(PGDAT(attack), teacher, 1.0, 1.0, teacher_perplexity=4.0)
     restored.load_state_dict(objective.state_dict())
-    assert restored.topology.temperature == pytest.approx(temperature)
+    assert restored.topology.kernel.temperature == pytest.approx(temperature)
 
 
 def test_pooled_layer_is_the_spatial_mean():

@@ -108,7 +108,8 @@ def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
     x = np.zeros((64, 12, 12), dtype=np.uint8)
     np.savez(data, x_train=x, y_train=np.full(64, 3), x_test=x[:8], y_test=np.full(8, 3), num_classes=np.array(4))
     with pytest.raises(TopoatError, match="only one class .every label is 3.; a classifier needs at least 2"):
-        Trainer(tiny_config(**{"data.dataset": "npz", "data.root": str(data), "data.val_size": 0}), tmp_path / "run")
+        npz = {"data.dataset": "npz", "data.args": "{}", "data.root": str(data), "data.val_size": 0}
+        Trainer(tiny_config(**npz), tmp_path / "run")
 
 
 def write_study_with_a_diverging_run(tmp_path):
@@ -137,7 +138,7 @@ def test_a_study_with_a_diverged_run_finishes_the_others_and_exits_1(tmp_path, c
         ({"model.args": "{width: 0}"}, "model.args.width must be an integer >= 1 for small-cnn, got 0"),
         ({"model.args": "{width: -3}"}, "model.args.width must be an integer >= 1"),
         ({"model.args": "{feature_dim: 2.5}"}, "model.args.feature_dim must be an integer >= 1"),
-        ({"data.synthetic_shape": "[1, 1, 1]"}, r"model small-cnn cannot take synthetic images of shape \[1, 1, 1\]"),
+        ({"data.args.shape": "[1, 1, 1]"}, r"model small-cnn cannot take synthetic images of shape \[1, 1, 1\]"),
         ({"topology.layer": "nope"}, "topology.layer: the model has no layer 'nope'; use features, logits or a module"),
         ({"topology.teacher_layer": "body.99"}, "topology.teacher_layer: the model has no layer 'body.99'"),
     ],
@@ -334,7 +335,7 @@ def test_study_resume_with_a_damaged_results_json_is_one_line(tmp_path, capsys, 
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    cfg = write_config(tmp_path, **{"optim.epochs": 200, "data.synthetic_train": 2048})
+    cfg = write_config(tmp_path, **{"optim.epochs": 200, "data.args.train": 2048})
     proc = subprocess.Popen(
         [sys.executable, "-m", "topoat", "train", "--config", str(cfg), "--out", str(tmp_path / "run")],
         stderr=subprocess.PIPE,

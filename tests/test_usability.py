@@ -147,9 +147,9 @@ def test_every_option_of_every_command_has_help():
 
 TINY_DATA = [
     "data.dataset=synthetic",
-    "data.synthetic_shape=[1, 12, 12]",
-    "data.synthetic_train=128",
-    "data.synthetic_test=32",
+    "data.args.shape=[1, 12, 12]",
+    "data.args.train=128",
+    "data.args.test=32",
     "data.val_size=32",
     "model.args={width: 4, feature_dim: 16}",
     "optim.epochs=1",

@@ -17,7 +17,12 @@ from torch import Tensor, nn
 
 from ..errors import TopoatError
 from .base import Attack
-from .names import COMPONENTS, VERSIONS
+from .names import AttackFamily, AttackSpec, register_attack
+
+# The attacks pyautoattack can run, by its own names, and its versions.
+COMPONENTS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
+VERSIONS = ("standard", "plus", "rand")
+AUTOATTACK_VERSIONS = {"autoattack": "standard", "autoattack-plus": "plus", "autoattack-rand": "rand"}
 
 # pyautoattack's standard and plus versions attack 9 target classes (all of CIFAR-10's wrong ones).
 DEFAULT_TARGET_CLASSES = 9
@@ -168,3 +173,40 @@ class AutoAttack(Attack):
             logger.propagate = propagate
             logger.setLevel(level)
         return x_adv
+
+
+def parse_autoattack(name: str) -> AttackSpec | None:
+    """A version (`autoattack`, `autoattack-plus`, ...), one component (`apgd-ce`) or a list (`aa:apgd-ce+apgd-t`)."""
+    if name in AUTOATTACK_VERSIONS:
+        return AttackSpec(name, "autoattack", version=AUTOATTACK_VERSIONS[name])
+    listed = name.startswith("aa:")
+    parts = tuple(name.removeprefix("aa:").split("+"))
+    if all(p in COMPONENTS for p in parts) and (listed or len(parts) == 1):
+        if len(set(parts)) != len(parts):
+            raise TopoatError(f"attack {name!r} lists an AutoAttack attack twice")
+        return AttackSpec(name, "autoattack", components=parts)
+    if listed:
+        bad = [p for p in parts if p not in COMPONENTS]
+        raise TopoatError(
+            f"attack {name!r}: unknown AutoAttack attack {', '.join(map(repr, bad))}; use {', '.join(COMPONENTS)}"
+        )
+    return None
+
+
+def build_autoattack(spec: AttackSpec, model: nn.Module, norm: str, eps: float, step: float, seed: int) -> Attack:
+    """AutoAttack is parameter-free (no step size) and draws its random starts from `seed`."""
+    return AutoAttack(
+        model, eps, norm=norm, version=spec.version or "standard", attacks=list(spec.components) or None, seed=seed
+    )
+
+
+register_attack(
+    AttackFamily(
+        "autoattack",
+        parse_autoattack,
+        build_autoattack,
+        "AutoAttack: autoattack (standard version), autoattack-plus, autoattack-rand, one of "
+        + ", ".join(COMPONENTS)
+        + ", or a list such as aa:apgd-ce+apgd-t",
+    )
+)

@@ -1,31 +1,29 @@
-"""The attack-name grammar (`pgd-20`, `cw-30-r5`, `autoattack`, `aa:apgd-ce+apgd-t`, ...), torch-free.
+"""Attacks by name (`pgd-20`, `cw-30-r5`, `autoattack`, `aa:apgd-ce+apgd-t`, ...): each attack family
+registers how its names parse and how a parsed name builds the attack (`register_attack`).
 
-Config validation checks attack names with `parse_attack` without building an attack, so this module
-imports nothing heavy; evaluate.build_attack turns a parsed name into an attack.
+Config validation checks attack names with `parse_attack` without building an attack; `build_attack`
+turns a name into an attack for an evaluation.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import TopoatError
+from ..registry import ATTACKS
 
-# The attacks pyautoattack can run, by its own names, and its versions.
-COMPONENTS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
-VERSIONS = ("standard", "plus", "rand")
+if TYPE_CHECKING:
+    from torch import nn
 
-AUTOATTACK_VERSIONS = {"autoattack": "standard", "autoattack-plus": "plus", "autoattack-rand": "rand"}
-ATTACK_HELP = (
-    "fgsm, pgd-K, pgd-K-rR (R restarts), cw-K, cw-K-rR; AutoAttack: autoattack (standard version), "
-    "autoattack-plus, autoattack-rand, one of " + ", ".join(COMPONENTS) + ", or a list such as aa:apgd-ce+apgd-t"
-)
+    from .base import Attack
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """A parsed attack name. `kind` is fgsm, pgd, cw or autoattack; AutoAttack has a `version` or a
-    custom list of `components`."""
+    """A parsed attack name. `kind` is its family's name (fgsm, pgd, cw, autoattack, ...); PGD-style
+    attacks have `steps` and `restarts`, AutoAttack a `version` or a custom list of `components`."""
 
     name: str
     kind: str
@@ -39,28 +37,48 @@ class AttackSpec:
         return self.kind == "autoattack"
 
 
+@dataclass(frozen=True)
+class AttackFamily:
+    """What an attack family's names stand for.
+
+    `parse(name)` gets the lower-cased name and returns its AttackSpec (kind = the family's name), None
+    for a name not of this family, or raises TopoatError for one of this family's names that is wrong.
+    `build(spec, model, norm, eps, step_size, seed)` makes the attack: `step_size` is the evaluation's
+    PGD-style step (eps / 4 unless set), `seed` the evaluation's seed for random starts. `help` describes
+    the names for error messages."""
+
+    name: str
+    parse: Callable[[str], AttackSpec | None]
+    build: Callable[[AttackSpec, nn.Module, str, float, float, int], Attack]
+    help: str
+
+
+def register_attack(family: AttackFamily) -> AttackFamily:
+    """Make a family's names usable in `evaluation.attacks` and `topoat eval --attacks`: call it once, in
+    the module that defines the attack."""
+    return ATTACKS.register(family.name, family)
+
+
+def attack_help() -> str:
+    """Every registered family's names, for messages."""
+    return "; ".join(family.help for family in ATTACKS)
+
+
 def parse_attack(spec: str) -> AttackSpec:
     """Check an attack name without building anything; unknown names are a one-line TopoatError."""
     s = str(spec).strip().lower()
-    if s == "fgsm":
-        return AttackSpec(s, "fgsm")
-    m = re.fullmatch(r"(pgd|cw)-(\d+)(?:-r(\d+))?", s)
-    if m:
-        steps, restarts = int(m.group(2)), int(m.group(3) or 1)
-        if steps < 1 or restarts < 1:
-            raise TopoatError(f"attack {spec!r}: steps and restarts must be >= 1")
-        return AttackSpec(s, m.group(1), steps, restarts)
-    if s in AUTOATTACK_VERSIONS:
-        return AttackSpec(s, "autoattack", version=AUTOATTACK_VERSIONS[s])
-    body = s[len("aa:") :] if s.startswith("aa:") else s
-    parts = tuple(body.split("+"))
-    if all(p in COMPONENTS for p in parts) and (s.startswith("aa:") or len(parts) == 1):
-        if len(set(parts)) != len(parts):
-            raise TopoatError(f"attack {spec!r} lists an AutoAttack attack twice")
-        return AttackSpec(s, "autoattack", components=parts)
-    if s.startswith("aa:"):
-        bad = [p for p in parts if p not in COMPONENTS]
-        raise TopoatError(
-            f"attack {spec!r}: unknown AutoAttack attack {', '.join(map(repr, bad))}; use {', '.join(COMPONENTS)}"
-        )
-    raise TopoatError(f"unknown attack {spec!r}; use {ATTACK_HELP}")
+    for family in ATTACKS:
+        parsed = family.parse(s)
+        if parsed is not None:
+            return parsed
+    raise TopoatError(f"unknown attack {spec!r}; use {attack_help()}")
+
+
+def build_attack(
+    spec: str, model: nn.Module, norm: str, eps: float, step_size: float | None = None, seed: int = 0
+) -> Attack:
+    """An attack from its name, e.g. `pgd-20`, `pgd-50-r5`, `cw-30`, `fgsm`, `autoattack`,
+    `aa:apgd-ce+apgd-t`. PGD-style attacks step `step_size` (default eps / 4); `seed` fixes random starts."""
+    parsed = parse_attack(spec)
+    step = step_size if step_size is not None else eps / 4
+    return ATTACKS.get(parsed.kind).build(parsed, model, norm, eps, step, seed)

@@ -5,14 +5,17 @@ Gradients are taken with respect to the input only (`torch.autograd.grad`), neve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import TopoatError
 from .base import Attack
+from .names import AttackFamily, AttackSpec, register_attack
 
 Norm = Literal["Linf", "L2"]
 
@@ -167,3 +170,40 @@ class CW(PGD):
         eval_mode: bool = True,
     ):
         super().__init__(model, eps, step_size, steps, norm, True, restarts, "margin", eval_mode)
+
+
+def _parse_fgsm(name: str) -> AttackSpec | None:
+    return AttackSpec(name, "fgsm") if name == "fgsm" else None
+
+
+def _parse_steps(kind: str) -> Callable[[str], AttackSpec | None]:
+    """The parser of `kind-K` and `kind-K-rR` (K steps, R restarts)."""
+
+    def parse(name: str) -> AttackSpec | None:
+        m = re.fullmatch(rf"{kind}-(\d+)(?:-r(\d+))?", name)
+        if m is None:
+            return None
+        steps, restarts = int(m.group(1)), int(m.group(2) or 1)
+        if steps < 1 or restarts < 1:
+            raise TopoatError(f"attack {name!r}: steps and restarts must be >= 1")
+        return AttackSpec(name, kind, steps, restarts)
+
+    return parse
+
+
+# the norm is a str in the evaluation API; PGD rejects any but Linf and L2 (ValueError)
+def _build_fgsm(spec: AttackSpec, model: nn.Module, norm: str, eps: float, step: float, seed: int) -> Attack:
+    return FGSM(model, eps, norm=cast(Norm, norm))
+
+
+def _build_pgd(spec: AttackSpec, model: nn.Module, norm: str, eps: float, step: float, seed: int) -> Attack:
+    return PGD(model, eps, step, spec.steps, norm=cast(Norm, norm), restarts=spec.restarts)
+
+
+def _build_cw(spec: AttackSpec, model: nn.Module, norm: str, eps: float, step: float, seed: int) -> Attack:
+    return CW(model, eps, step, spec.steps, norm=cast(Norm, norm), restarts=spec.restarts)
+
+
+register_attack(AttackFamily("fgsm", _parse_fgsm, _build_fgsm, "fgsm"))
+register_attack(AttackFamily("pgd", _parse_steps("pgd"), _build_pgd, "pgd-K, pgd-K-rR (R restarts)"))
+register_attack(AttackFamily("cw", _parse_steps("cw"), _build_cw, "cw-K, cw-K-rR"))

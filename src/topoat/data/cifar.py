@@ -19,6 +19,7 @@ from ..errors import TopoatError
 from .archive import OFFICIAL_MD5, read_tar_members
 from .archive import download as download_file
 from .base import ImageDataset
+from .registry import register_dataset
 
 DEFAULT_ROOT = Path("data")
 IMAGE_BYTES = 3 * 32 * 32
@@ -211,3 +212,7 @@ def load_cifar(
         mean=list(spec.mean),
         std=list(spec.std),
     )
+
+
+register_dataset("cifar10", lambda root, *, download=False: load_cifar("cifar10", root, download=download))
+register_dataset("cifar100", lambda root, *, download=False: load_cifar("cifar100", root, download=download))

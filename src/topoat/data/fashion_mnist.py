@@ -12,6 +12,7 @@ import torch
 
 from ..errors import TopoatError
 from .base import ImageDataset
+from .registry import register_dataset
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -77,3 +78,6 @@ def load_fashion_mnist(root: str | None = None, full_size: bool = True) -> Image
         num_classes=10,
         class_names=CLASS_NAMES,
     )
+
+
+register_dataset("fashion-mnist", lambda root: load_fashion_mnist(root))

@@ -39,6 +39,7 @@ from ..runtime import bar_disabled
 from .archive import SafeZip, file_digest, read_tar_tree
 from .base import ImageDataset, exact_channel_stats
 from .cache import read_array_cache
+from .registry import register_dataset
 
 NAME = "image-folder"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -401,3 +402,6 @@ def load_image_folder(root: str | None, progress: bool = True, cache: bool = Tru
         mean=[float(v) for v in arrays["mean"]],
         std=[float(v) for v in arrays["std"]],
     )
+
+
+register_dataset("image-folder", lambda root: load_image_folder(root))

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import TopoatError
 from .base import ImageDataset
+from .registry import register_dataset
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -120,3 +121,6 @@ def load_npz(path: str | None) -> ImageDataset:
         y_test,
         _class_count(p, arrays, y_train, y_test),
     )
+
+
+register_dataset("npz", lambda root: load_npz(root))

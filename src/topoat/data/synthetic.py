@@ -12,6 +12,7 @@ import torch
 
 from ..errors import TopoatError
 from .base import ImageDataset
+from .registry import register_dataset
 
 MAX_SYNTHETIC_BYTES = 8 * 2**30  # far beyond a test or benchmark; a typo (100000 for 100) stops here
 
@@ -41,3 +42,19 @@ def make_synthetic(
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)
     return ImageDataset("synthetic", x_train, y_train, x_test, y_test, num_classes)
+
+
+def load_synthetic(
+    root: str | None = None,
+    *,
+    seed: int = 0,
+    shape: tuple[int, ...] = (1, 28, 28),
+    classes: int = 10,
+    train: int = 512,
+    test: int = 256,
+) -> ImageDataset:
+    """The synthetic set as `data.args` describe it (`root` is unused: nothing is read)."""
+    return make_synthetic(tuple(shape), classes, train, test, seed)
+
+
+register_dataset("synthetic", load_synthetic)

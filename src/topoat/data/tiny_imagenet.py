@@ -28,6 +28,7 @@ from .archive import OFFICIAL_MD5, SafeZip
 from .archive import download as download_file
 from .base import ImageDataset, exact_channel_stats
 from .cache import read_array_cache
+from .registry import register_dataset
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ARCHIVE = "tiny-imagenet-200.zip"
@@ -282,3 +283,6 @@ def load_tiny_imagenet(
         mean=[float(v) for v in arrays["mean"]],
         std=[float(v) for v in arrays["std"]],
     )
+
+
+register_dataset("tiny-imagenet", lambda root, *, download=False: load_tiny_imagenet(root, download=download))

@@ -10,44 +10,18 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attacks import CW, FGSM, PGD, Attack, AutoAttack
-
-# The attack-name grammar lives at the attacks layer (torch-free, for config validation); its names stay
-# importable from here.
-from ..attacks.names import ATTACK_HELP as ATTACK_HELP
-from ..attacks.names import AUTOATTACK_VERSIONS as AUTOATTACK_VERSIONS
+# Attacks by name live at the attacks layer; these names stay importable from here.
 from ..attacks.names import AttackSpec as AttackSpec
+from ..attacks.names import build_attack as build_attack
 from ..attacks.names import parse_attack
-from ..attacks.pgd import Norm
 from ..data import ImageDataset, load_dataset, to_float
 from ..errors import TopoatError
 from ..runtime import bar_disabled
-
-
-def build_attack(
-    spec: str, model: nn.Module, norm: str, eps: float, step_size: float | None = None, seed: int = 0
-) -> Attack:
-    """An attack from its short name, e.g. `pgd-20`, `pgd-50-r5`, `cw-30`, `fgsm`, `autoattack`,
-    `aa:apgd-ce+apgd-t`. PGD and CW step `step_size` (default eps / 4); AutoAttack is parameter-free
-    and draws its random starts from `seed`."""
-    a = parse_attack(spec)
-    step = step_size if step_size is not None else eps / 4
-    pgd_norm = cast(Norm, norm)  # the norm is a str in this public API; PGD rejects any but Linf and L2 (ValueError)
-    if a.kind == "fgsm":
-        return FGSM(model, eps, norm=pgd_norm)
-    if a.kind == "pgd":
-        return PGD(model, eps, step, a.steps, norm=pgd_norm, restarts=a.restarts)
-    if a.kind == "cw":
-        return CW(model, eps, step, a.steps, norm=pgd_norm, restarts=a.restarts)
-    return AutoAttack(
-        model, eps, norm=norm, version=a.version or "standard", attacks=list(a.components) or None, seed=seed
-    )
 
 
 def fixed_subset(n_total: int, n: int | None, seed: int = 0) -> Tensor:

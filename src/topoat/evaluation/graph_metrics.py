@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import TopoatError
 from ..models import representation
-from ..topology import Kernel, TopologyLoss, affinity_log_probs, knn_overlap, row_entropy
+from ..topology import Kernel, SoftmaxCosine, TopologyLoss, affinity_log_probs, knn_overlap, row_entropy
 from .accuracy import build_attack, predicted_class
 
 TOPOLOGY_METRICS = ("graph_kl", "graph_kl_adv", "knn_overlap", "trustworthiness")
@@ -43,7 +43,7 @@ def extract(model: nn.Module, x: Tensor, layer: str = "features", batch_size: in
 
 
 def batched_graph_kl(
-    student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Kernel | TopologyLoss = "cosine"
+    student: Tensor, teacher: Tensor, graph_size: int = 128, kernel: Kernel | str | TopologyLoss = "cosine"
 ) -> float:
     """Mean graph KL over consecutive graphs of `graph_size` samples (the training loss's scale), under a
     kernel's default settings or a configured TopologyLoss.
@@ -68,7 +68,7 @@ def graph_shape(z: Tensor, graph_size: int = 128, temperature: float = 0.1) -> d
     for i in range(0, max(z.shape[0] - graph_size, 0) + 1, graph_size):
         zb = z[i : i + graph_size].float().flatten(1)
         n = zb.shape[0]
-        entropies.append(row_entropy(affinity_log_probs(zb, "softmax-cosine", temperature=temperature)).mean())
+        entropies.append(row_entropy(affinity_log_probs(zb, SoftmaxCosine(temperature))).mean())
         zn = torch.nn.functional.normalize(zb, dim=1)
         cosines.append(((zn @ zn.t()).sum() - n) / (n * (n - 1)))
     return {"graph_entropy": float(torch.stack(entropies).mean()), "mean_cosine": float(torch.stack(cosines).mean())}
@@ -89,7 +89,7 @@ def topology_metrics(
     teacher: Tensor,
     k: int = 10,
     graph_size: int = 128,
-    kernel: Kernel | TopologyLoss = "cosine",
+    kernel: Kernel | str | TopologyLoss = "cosine",
     student_adv: Tensor | None = None,
     with_trustworthiness: bool = False,
 ) -> dict[str, float]:
@@ -178,7 +178,11 @@ def representations(
 
 
 def compare(
-    model: Representations, reference: Representations, k: int = 10, graph_size: int = 128, kernel: Kernel = "cosine"
+    model: Representations,
+    reference: Representations,
+    k: int = 10,
+    graph_size: int = 128,
+    kernel: Kernel | str = "cosine",
 ) -> dict[str, float]:
     """The four topology metrics of `model` against `reference`, plus the model's accuracies on the set."""
     n = reference.natural.shape[0]
@@ -213,7 +217,7 @@ def analyze_checkpoints(
     k: int = 10,
     layer: str = "features",
     graph_size: int = 128,
-    kernel: Kernel = "cosine",
+    kernel: Kernel | str = "cosine",
     seed: int = 0,
 ) -> dict[str, dict]:
     """Topology metrics of each checkpoint against the `reference` checkpoint on (x, y), keyed by path.

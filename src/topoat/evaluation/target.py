@@ -62,7 +62,7 @@ def recorded_dataset(
     record: dict, dataset: str | None = None, root: str | None = None, command: str = "eval"
 ) -> ImageDataset:
     """The test data for a checkpoint: `dataset` (default: the one it records), read with the checkpoint's
-    own data settings (root, synthetic shape, name) when it names the same dataset; `root` overrides the root.
+    own data settings (root, args, name) when it names the same dataset; `root` overrides the root.
     The recorded name may be a display name (`data.name`): the recorded config says which loader it is."""
     recorded = record.get("dataset")
     data = None

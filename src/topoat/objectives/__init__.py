@@ -1,5 +1,9 @@
 """Objectives by name: one module per base method, wrapped by TRAIN (a topology term) and AWP (a weight
-perturbation), each written once for every method."""
+perturbation), each written once for every method.
+
+A base method's module registers it (`register_method(MethodSpec(...))`): its name, its config keys, its
+authors' BatchNorm mode for the training attack, its trade-off knob and how to build it. Importing this
+package imports the built-in ones."""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import TopoatError
 from ..models import representation
+from ..registry import METHODS
 from .awp import AdversarialWeightPerturbation
-from .base import Objective, ObjectiveOutput, Wrapper
+from .base import Knob, MethodSpec, Objective, ObjectiveOutput, Wrapper, register_method
 from .distillation import Distilled, distillation_loss
 from .mart import MART
 from .pgd_at import PGDAT
@@ -17,20 +22,10 @@ from .standard import Standard
 from .trades import TRADES
 from .train_wrapper import MemoryBank, TopologyRegularized
 
-METHODS = ("standard", "pgd-at", "trades", "mart")
-
 
 def build_base_objective(cfg: TrainConfig) -> Objective:
-    name = cfg.method.name
-    if name == "standard":
-        return Standard()
-    if name == "pgd-at":
-        return PGDAT(cfg.attack, cfg.method.natural_weight)
-    if name == "trades":
-        return TRADES(cfg.attack, cfg.method.beta)
-    if name == "mart":
-        return MART(cfg.attack, cfg.method.beta)
-    raise TopoatError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    """The registered method `cfg.method.name`, built from its section of a validated config."""
+    return METHODS.get(cfg.method.name).build(cfg.method, cfg.attack)
 
 
 def projection_head(in_features: int, width: int) -> nn.Module:
@@ -62,15 +57,13 @@ def build_objective(
             teacher,
             lambda_nat=t.lambda_nat,
             lambda_adv=t.lambda_adv,
-            kernel=t.kernel,
+            kernel=t.build_kernel(),
             layer=t.layer,
             teacher_layer=t.teacher_layer,
             class_aware=t.class_aware,
             memory_bank=t.memory_bank,
             global_graph=t.global_graph,
             attack_uses_topology=t.attack_uses_topology,
-            temperature=t.temperature,
-            perplexity=t.perplexity,
             divergence=t.divergence,
             entropy_weight=t.entropy_weight,
             center=t.center,
@@ -95,6 +88,8 @@ def build_objective(
 __all__ = [
     "MART",
     "METHODS",
+    "Knob",
+    "MethodSpec",
     "TRADES",
     "AdversarialWeightPerturbation",
     "Distilled",
@@ -109,5 +104,6 @@ __all__ = [
     "build_objective",
     "distillation_loss",
     "projection_head",
+    "register_method",
     "representation",
 ]

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import ascent_step, eval_mode, maximize, random_init
 from ..attacks.base import attack_view
-from ..config import AttackConfig
+from ..config import AttackConfig, MethodConfig
+from ..registry import METHODS
 
 
 @dataclass
@@ -162,3 +164,37 @@ class Wrapper(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.base.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A base method's own natural/robust trade-off setting: its key in the method's config and its symbol
+    (the frontier draws the method's curve along it)."""
+
+    key: str
+    symbol: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a config's `method.name` stands for.
+
+    `build(settings, attack)` makes the objective from the method's section of the config (an instance of
+    `config`, a MethodConfig subclass holding the method's own keys, e.g. TRADES' `beta`) and the training
+    attack's settings. `attack_eval_mode`: the BatchNorm mode of the training attack in the method's
+    authors' code (what `attack.eval_mode: null` means). `adversarial`: whether it makes adversarial
+    examples (AWP needs one that does)."""
+
+    name: str
+    build: Callable[[Any, AttackConfig], Objective]
+    config: type[MethodConfig] = MethodConfig
+    attack_eval_mode: bool = True
+    adversarial: bool = True
+    knob: Knob | None = None
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make `spec.name` usable as `method.name`: call it once, in the module that defines the method."""
+    if not (isinstance(spec.config, type) and issubclass(spec.config, MethodConfig)):
+        raise TypeError(f"method {spec.name}: its config must be a MethodConfig dataclass")
+    return METHODS.register(spec.name, spec)

@@ -12,13 +12,24 @@ The constants 1.0001, 1e-12 and 1.0000001 are the reference code's guards agains
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..config import AttackConfig
-from .base import Objective, ObjectiveOutput, cross_entropy_per_sample
+from ..config import AttackConfig, MethodConfig
+from .base import Knob, MethodSpec, Objective, ObjectiveOutput, cross_entropy_per_sample, register_method
 
 LOG_GUARD = 1e-12
+
+
+@dataclass
+class MARTConfig(MethodConfig):
+    beta: float = 6.0  # weight of the KL term
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(math.isfinite(self.beta) and self.beta >= 0, "method.beta must be >= 0 and finite")]
 
 
 class MART(Objective):
@@ -51,3 +62,11 @@ class MART(Objective):
             x_adv=x_adv,
             parts={"bce_adv": bce.detach(), "kl_weighted": robust.detach()},
         )
+
+
+def build_mart(settings: MARTConfig, attack: AttackConfig) -> MART:
+    return MART(attack, settings.beta)
+
+
+# MART's code attacks with BatchNorm in eval mode.
+register_method(MethodSpec("mart", build_mart, MARTConfig, attack_eval_mode=True, knob=Knob("beta", "β")))

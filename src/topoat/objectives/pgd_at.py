@@ -7,10 +7,22 @@ TRADES'. alpha = 0 is Madry et al.'s objective and costs no natural forward pass
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
-from ..config import AttackConfig
-from .base import Objective, ObjectiveOutput, cross_entropy_per_sample
+from ..config import AttackConfig, MethodConfig
+from .base import Knob, MethodSpec, Objective, ObjectiveOutput, cross_entropy_per_sample, register_method
+
+
+@dataclass
+class PGDATConfig(MethodConfig):
+    # (1 - natural_weight) * CE(f(x'), y) + natural_weight * CE(f(x), y), PGD-AT's own natural/robust
+    # knob (0 = Madry et al.)
+    natural_weight: float = 0.0
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(0 <= self.natural_weight <= 1, "method.natural_weight must be in [0, 1]")]
 
 
 class PGDAT(Objective):
@@ -36,3 +48,13 @@ class PGDAT(Objective):
             out.logits_nat, out.features_nat = logits_nat, feats_nat
             out.parts["ce_nat"] = ce_nat.detach()
         return out
+
+
+def build_pgd_at(settings: PGDATConfig, attack: AttackConfig) -> PGDAT:
+    return PGDAT(attack, settings.natural_weight)
+
+
+# Rice et al.'s robust_overfitting code attacks with BatchNorm in train mode.
+register_method(
+    MethodSpec("pgd-at", build_pgd_at, PGDATConfig, attack_eval_mode=False, knob=Knob("natural_weight", "α"))
+)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Objective, ObjectiveOutput
+from ..config import AttackConfig, MethodConfig
+from .base import MethodSpec, Objective, ObjectiveOutput, register_method
 
 
 class Standard(Objective):
@@ -15,3 +16,10 @@ class Standard(Objective):
         logits, feats = model(x, return_features=True)
         loss = F.cross_entropy(logits.float(), y)
         return ObjectiveOutput(loss, logits_nat=logits, features_nat=feats, parts={"ce": loss.detach()})
+
+
+def build_standard(settings: MethodConfig, attack: AttackConfig) -> Standard:
+    return Standard()
+
+
+register_method(MethodSpec("standard", build_standard, adversarial=False))

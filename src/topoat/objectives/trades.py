@@ -11,13 +11,24 @@ as in the reference, so the KL also pulls f(x) towards f(x').
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..config import AttackConfig
-from .base import Objective, ObjectiveOutput
+from ..config import AttackConfig, MethodConfig
+from .base import Knob, MethodSpec, Objective, ObjectiveOutput, register_method
 
 START_STD = 0.001
+
+
+@dataclass
+class TRADESConfig(MethodConfig):
+    beta: float = 6.0  # weight of the KL term
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(math.isfinite(self.beta) and self.beta >= 0, "method.beta must be >= 0 and finite")]
 
 
 class TRADES(Objective):
@@ -52,3 +63,11 @@ class TRADES(Objective):
             x_adv=x_adv,
             parts={"ce_nat": ce.detach(), "kl": kl.detach()},
         )
+
+
+def build_trades(settings: TRADESConfig, attack: AttackConfig) -> TRADES:
+    return TRADES(attack, settings.beta)
+
+
+# TRADES' code attacks with BatchNorm in eval mode.
+register_method(MethodSpec("trades", build_trades, TRADESConfig, attack_eval_mode=True, knob=Knob("beta", "β")))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import check_layer, representation
-from ..topology import Centering, Divergence, Kernel, TopologyLoss, temperature_for_perplexity
+from ..topology import Centering, Divergence, Kernel, SoftmaxCosine, TopologyLoss, temperature_for_perplexity
 from ..training.distributed import gather, gather_with_grad
 from .base import Objective, ObjectiveOutput, Wrapper
 
@@ -100,7 +100,7 @@ class TopologyRegularized(Wrapper):
         teacher: nn.Module,
         lambda_nat: float = 10.0,
         lambda_adv: float = 10.0,
-        kernel: Kernel = "softmax-cosine",
+        kernel: Kernel | str = "softmax-cosine",
         layer: str = "features",
         teacher_layer: str | None = None,
         class_aware: str = "off",
@@ -108,8 +108,8 @@ class TopologyRegularized(Wrapper):
         global_graph: bool = False,
         attack_uses_topology: bool = False,
         *,
-        temperature: float = 0.1,
-        perplexity: float = 30.0,
+        temperature: float | None = None,
+        perplexity: float | None = None,
         divergence: Divergence = "forward",
         entropy_weight: float = 0.0,
         center: Centering = "none",
@@ -138,6 +138,8 @@ class TopologyRegularized(Wrapper):
         self.balance = balance  # lambda is then the ratio of each term's gradient to the base loss's, at the features
         # the softmax-cosine temperature is chosen on the first batch so that the teacher's rows have this perplexity
         self.teacher_perplexity = teacher_perplexity
+        if teacher_perplexity is not None and not isinstance(self.topology.kernel, SoftmaxCosine):
+            raise ValueError("teacher_perplexity sets the softmax-cosine temperature: use kernel softmax-cosine")
         self.diagnose_every = diagnose_every
         # a learnable map from the student's representation to where its graph is built (teacher's: none)
         self.head = projection_head
@@ -205,7 +207,7 @@ class TopologyRegularized(Wrapper):
     def state_dict(self) -> dict:
         state = {f"base.{k}": v for k, v in self.base.state_dict().items()}
         if self.teacher_perplexity is not None and self._temperature_fitted:
-            state["temperature"] = torch.tensor(self.topology.temperature, dtype=torch.float64)
+            state["temperature"] = torch.tensor(self._fitted_kernel.temperature, dtype=torch.float64)
         if self.head is not None:
             state.update({f"head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()})
         for key, bank in (self.banks or {}).items():
@@ -222,7 +224,7 @@ class TopologyRegularized(Wrapper):
     def load_state_dict(self, state: dict) -> None:
         self.base.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("base.")})
         if "temperature" in state:
-            self.topology.temperature = float(state["temperature"])
+            self._fitted_kernel.temperature = float(state["temperature"])
             self._temperature_fitted = True
         if self.head is not None and any(k.startswith("head.") for k in state):
             self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
@@ -254,11 +256,17 @@ class TopologyRegularized(Wrapper):
 
         return objective
 
+    @property
+    def _fitted_kernel(self) -> SoftmaxCosine:
+        """The kernel whose temperature `teacher_perplexity` sets (checked at construction)."""
+        assert isinstance(self.topology.kernel, SoftmaxCosine)
+        return self.topology.kernel
+
     def _fit_temperature(self, teacher_repr: Tensor) -> None:
         """Once, on the first batch: the temperature at which the teacher's rows have the target perplexity."""
         if self.teacher_perplexity is None or self._temperature_fitted:
             return
-        self.topology.temperature = temperature_for_perplexity(
+        self._fitted_kernel.temperature = temperature_for_perplexity(
             teacher_repr, self.teacher_perplexity, self.topology.center
         )
         self._temperature_fitted = True
@@ -287,7 +295,7 @@ class TopologyRegularized(Wrapper):
         if self.diagnose_every > 0 and topo_total is not None:
             out.parts.update(self._diagnose(model, out.loss, topo_total))
         if self.teacher_perplexity is not None:
-            out.parts["temperature"] = torch.tensor(self.topology.temperature, device=x.device)
+            out.parts["temperature"] = torch.tensor(self._fitted_kernel.temperature, device=x.device)
         if topo_total is not None:
             out.loss = out.loss + topo_total
         return out

@@ -30,21 +30,29 @@ import numpy as np
 
 from ..config import TopologyConfig
 from ..files import write_figure_atomic
+from ..objectives import Knob
+from ..registry import KERNELS, METHODS
 from ..table_format import markdown_table
+from ..topology import kernel_from_settings
 
 HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
-KNOBS = {"pgd-at": ("natural_weight", "α"), "trades": ("beta", "β"), "mart": ("beta", "β")}
+
+
+def method_knob(method: str) -> Knob | None:
+    """A registered base method's own trade-off knob (None for an unknown method or one without a knob)."""
+    return METHODS.get(method).knob if method in METHODS else None
 
 
 def knob_value(run) -> float | None:
     """The base method's own trade-off setting of a run (None for methods without one)."""
-    key = KNOBS.get(run.method, (None, None))[0]
-    config = run.entry.get("method_config") or {}
-    if key is None:
+    knob = method_knob(run.method)
+    if knob is None:
         return None
-    if key in config:
-        return float(config[key])
-    return 0.0 if key == "natural_weight" else 6.0  # results written before the knob was recorded
+    config = run.entry.get("method_config") or {}
+    if knob.key in config:
+        return float(config[knob.key])
+    # results written before the knob was recorded: the method's default
+    return float(getattr(METHODS.get(run.method).config(), knob.key))
 
 
 def is_regularized(run) -> bool:
@@ -56,17 +64,21 @@ def point_label(entry: dict) -> str:
     topo, kd = entry.get("topology"), entry.get("distillation")
     parts = []
     if topo:
-        kernel = topo.get("kernel", "cosine")
-        extra = {
-            "softmax-cosine": f" T={topo.get('temperature', 0.1):g}",
-            "perplexity": f" perplexity={topo.get('perplexity', 30):g}",
-        }.get(kernel, "")
         nat, adv = topo.get("lambda_nat", 0), topo.get("lambda_adv", 0)
         lam = f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
-        parts.append(f"TRAIN {kernel}{extra}, {lam}{_option_labels(topo)}")
+        parts.append(f"TRAIN {_kernel_label(topo)}, {lam}{_option_labels(topo)}")
     if kd:
         parts.append(f"distillation T={kd.get('temperature', 4):g}, λ={kd.get('lambda', 1):g}")
     return " + ".join(parts)
+
+
+def _kernel_label(topo: dict) -> str:
+    """The kernel and its parameters as a results entry's topology section records them (results written
+    before a parameter was recorded: its default), e.g. `softmax-cosine T=0.1`."""
+    name = topo.get("kernel", "cosine")
+    if name not in KERNELS:
+        return name
+    return kernel_from_settings(name, topo, topo.get("kernel_args") or {}).label()
 
 
 # TRAIN options that name a variant when they differ from topology's defaults
@@ -184,7 +196,7 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
     groups: dict[str, list] = {}
     for r in runs:
         groups.setdefault(r.group, []).append(r)
-    for method, (_, symbol) in KNOBS.items():
+    for method, symbol in ((spec.name, spec.knob.symbol) for spec in METHODS if spec.knob is not None):
         base = {
             g: rs
             for g, rs in groups.items()
