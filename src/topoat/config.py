@@ -519,7 +519,8 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     merged left to right, and this file's keys are merged over them, section by section."""
     path = Path(path)
     if path.resolve() in _seen:
-        raise TopoatError(f"config file {path}: its base: chain comes back to it")
+        chain = " -> ".join(link.name for link in (*_seen, path))
+        raise TopoatError(f"config file {path}: its base: chain comes back to it ({chain})")
     raw = read_yaml(path)
     base = raw.pop("base", None)
     if base is None:
