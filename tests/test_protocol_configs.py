@@ -132,12 +132,14 @@ def value_at(data: dict, dotted: str) -> Any:
     return data
 
 
-def test_every_config_name_of_the_protocol_set_is_shipped_and_no_other():
-    assert preset_names("configs") == sorted(EXPECTED)
+@pytest.mark.parametrize("name", preset_names("configs"))
+def test_every_packaged_config_loads_by_name(name):
+    assert load_config(name).name == name.rpartition("/")[2]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_config_loads_by_name_with_its_protocol(name):
+def test_config_is_shipped_with_its_protocol(name):
+    assert name in preset_names("configs")  # a name users, studies and results use keeps working
     resolved = to_dict(load_config(name))
     assert {key: value_at(resolved, key) for key in EXPECTED[name]} == EXPECTED[name]
 
@@ -201,7 +203,7 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(name, stub_teache
         f"model.args={TINY_ARGS[raw.model.arch]}",
         "optim.batch_size=4",
         "optim.epochs=1",
-        "attack.steps=1",  # the real counts are checked in test_config_loads_by_name_with_its_protocol
+        "attack.steps=1",  # the real counts are checked in test_config_is_shipped_with_its_protocol
         f"validation.attack_steps={min(raw.validation.attack_steps, 1)}",
         "validation.n=4",
         "evaluation.n=4",
