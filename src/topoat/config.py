@@ -118,9 +118,11 @@ def preset_path(name: str | Path, kind: str = "configs") -> Path:
 
 
 def preset_names(kind: str = "configs") -> list[str]:
-    """The packaged configs or studies, by the names `preset_path` accepts."""
+    """The packaged configs or studies, by the names `preset_path` accepts; files and folders named `_*` are
+    layers that configs build on with `base:` (a data set's protocol, a method), not runs of their own."""
     root = PRESETS / kind
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+    paths = (p.relative_to(root) for p in root.rglob("*.yaml"))
+    return sorted(p.with_suffix("").as_posix() for p in paths if not any(part.startswith("_") for part in p.parts))
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -149,25 +151,40 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping with its `base:` chain resolved: `base: pgd-at.yaml` (relative to the file)
-    starts from that config, and this file's keys are merged over it, section by section."""
+    """A config file's mapping with its `base:` resolved: `base: pgd-at.yaml`, or a list such as
+    `base: [_protocol.yaml, ../_methods/trades.yaml]` (paths relative to the file), starts from those configs
+    merged left to right, and this file's keys are merged over them, section by section."""
     path = Path(path)
     if path.resolve() in _seen:
-        raise TopoatError(f"config file {path}: its base: chain comes back to it")
+        chain = " -> ".join(link.name for link in (*_seen, path))
+        raise TopoatError(f"config file {path}: its base: chain comes back to it ({chain})")
     raw = read_yaml(path)
     base = raw.pop("base", None)
     if base is None:
         return raw
-    if not isinstance(base, str) or not base:
-        raise TopoatError(f"config file {path}: base must be the path of another config file, got {base!r}")
-    inherited = read_config_yaml(path.parent / base, _seen + (path.resolve(),))
-    for key, value in raw.items():
+    bases = [base] if isinstance(base, str) else base
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise TopoatError(
+            f"config file {path}: base must be the path of another config file or a list of them, got {base!r}"
+        )
+    merged: dict = {}
+    for name in bases:
+        source = path.parent / name
+        if not source.exists():
+            raise TopoatError(f"config file {path}: its base {name} is not found")
+        merged = _layer_over(merged, read_config_yaml(source, (*_seen, path.resolve())), source)
+    return _layer_over(merged, raw, path)
+
+
+def _layer_over(inherited: dict, layer: dict, source: Path) -> dict:
+    """`layer`, read from `source`, merged over what it inherits; an empty section would drop the inherited one."""
+    for key, value in layer.items():
         if value is None and isinstance(inherited.get(key), dict):  # `optim:` with its keys lost or forgotten
             raise TopoatError(
-                f"config file {path}: '{key}:' is empty, which would drop the {key} section of its base; "
+                f"config file {source}: '{key}:' is empty, which would drop the {key} section of its base; "
                 f"give its keys, or remove the line to keep the base's (--set {key}=null drops it on purpose)"
             )
-    return merge_sections(inherited, raw)
+    return merge_sections(inherited, layer)
 
 
 def merge_sections(base: dict, over: dict) -> dict:
