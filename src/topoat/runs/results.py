@@ -1,4 +1,5 @@
-"""results.json: its contract as typed records, the one reader and the one writer, and merging new scores in.
+"""results.json: its contract as typed records, the one reader and the one writer, and its text table
+(runs/merge.py merges later scores in).
 
 The contract (every key a run's evaluation writes; `?` marks those written only when they apply):
 {"dataset": str, "threat": {"norm": "Linf"|"L2", "eps": float},
@@ -9,7 +10,8 @@ ENTRY (`ResultEntry`):
   SCORES of the last checkpoint, "train_seconds": float, "n_eval": int (test images),
   "best": null | SCORES of best.pt (best validation robust accuracy, on the same images) and its "epoch": int}
 SCORES (`CheckpointScores`):
- {"checkpoint": path relative to results.json, "natural_acc": float, "robust_acc": {ATTACK: float},
+ {"checkpoint": path relative to results.json, "natural_acc": float,
+  "robust_acc": {ATTACK: float, "worst"?: float (per image, the worst of the attacks)},
   "n_by_attack"?: {ATTACK: int} (attacks run on fewer images, e.g. AutoAttack),
   "autoattack_subset"?: {every score on those images}, "eval_seconds": {ATTACK: float},
   "sanity"?: {"passed": bool, "failed": [check names]} (`topoat eval --sanity --results`),
@@ -149,7 +151,7 @@ class ResultEntry:
 
     @property
     def checkpoints(self) -> dict[str, CheckpointScores]:
-        """ "last", and "best" when there is one."""
+        """Its checkpoints' scores by name: "last", and "best" when there is one."""
         return {"last": self.last} | ({} if self.best is None else {"best": self.best})
 
     @property
