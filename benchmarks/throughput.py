@@ -223,7 +223,7 @@ class TrainerTimer:
     their seconds are kept apart."""
 
     def __init__(self, cfg: TrainConfig, out: Path, warmup: int):
-        self.trainer = Trainer(cfg, out)
+        self.trainer = Trainer.from_config(cfg, out)
         self.device = self.trainer.device
         sync(self.device)
         start = time.perf_counter()

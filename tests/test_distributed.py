@@ -46,7 +46,7 @@ def torchrun(nproc, config, out):
 
 def test_two_processes_match_one_on_the_global_batch(tmp_path):
     teacher_dir = tmp_path / "teacher"
-    Trainer(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0}), teacher_dir).run()
+    Trainer.from_config(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0}), teacher_dir).run()
     overrides = {
         "optim.epochs": 1,
         "optim.batch_size": 32,
@@ -85,7 +85,7 @@ def test_two_processes_match_one_on_the_global_batch(tmp_path):
         gap = (value - b["model_state"][key]).abs().max().item()
         assert torch.allclose(value, b["model_state"][key], rtol=1e-4, atol=1e-6), f"{key}: max gap {gap:.3g}"
     # the step really moved the weights, so the comparison means something
-    init = Trainer(tiny_config(**overrides), tmp_path / "fresh").model.state_dict()
+    init = Trainer.from_config(tiny_config(**overrides), tmp_path / "fresh").model.state_dict()
     assert any(not torch.allclose(init[k], v) for k, v in a["model_state"].items())
     # only rank 0 wrote files, once
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()

@@ -67,7 +67,7 @@ def untimed(lines):
 
 def interrupted_in_epoch_two(run, **overrides):
     """A 2-epoch run stopped mid-way through its second epoch (6 steps an epoch)."""
-    trainer = Trainer(tiny_config(**overrides), run)
+    trainer = Trainer.from_config(tiny_config(**overrides), run)
     trainer.objective = SignalAfter(trainer.objective, 9)
     with pytest.raises(TrainingInterrupted):
         trainer.run()
@@ -271,19 +271,19 @@ KILL_AT = {
         import topoat.training.loop as t
         _step = t.Trainer.train_step
         def train_step(self, *a):
-            if self.step_in_epoch == 2:
+            if self.state.step == 2:
                 os.kill(os.getpid(), SIGNUM)
             return _step(self, *a)
         t.Trainer.train_step = train_step
         """,
     "validation": """
         import topoat.training.loop as t
-        _validate = t.Trainer._validate
-        def _validate_last(self):
-            if self.epoch == self.cfg.optim.epochs:
+        _validated = t.Trainer.validated
+        def validated_last(self):
+            if self.state.epoch == self.cfg.optim.epochs:
                 os.kill(os.getpid(), SIGNUM)
-            return _validate(self)
-        t.Trainer._validate = _validate_last
+            return _validated(self)
+        t.Trainer.validated = validated_last
         """,
     "evaluation": """
         import topoat.runs.scoring as r
@@ -433,9 +433,9 @@ def test_sigterm_while_the_program_ends_is_one_line(tmp_path):
 
 
 def test_a_resumed_epoch_has_the_same_metrics_line_as_an_uninterrupted_one(tmp_path):
-    Trainer(tiny_config(), tmp_path / "straight").run()
+    Trainer.from_config(tiny_config(), tmp_path / "straight").run()
     interrupted_in_epoch_two(tmp_path / "stopped")
-    Trainer(tiny_config(), tmp_path / "stopped", resume=True).run()
+    Trainer.from_config(tiny_config(), tmp_path / "stopped", resume=True).run()
     assert untimed(records(tmp_path / "stopped")) == untimed(records(tmp_path / "straight"))
 
 
@@ -443,7 +443,7 @@ def test_sigkill_between_the_metrics_line_and_the_checkpoint_loses_no_line(tmp_p
     cfg, run = write_config(tmp_path), tmp_path / "run"
     patch = """
         import topoat.runs.folder as f
-        import topoat.training.loop as t
+        import topoat.training.checkpoints as c
         writes = []
         def die_before_the_second(write):  # epoch 1's metrics line and checkpoint: a kill between the two
             def wrapped(self, *a):
@@ -453,7 +453,7 @@ def test_sigkill_between_the_metrics_line_and_the_checkpoint_loses_no_line(tmp_p
                 return write(self, *a)
             return wrapped
         f.RunFolder.append_metrics = die_before_the_second(f.RunFolder.append_metrics)
-        t.Trainer._save_state = die_before_the_second(t.Trainer._save_state)
+        c.save_last = die_before_the_second(c.save_last)
         """
     proc = run_topoat(["train", "--config", cfg, "--out", run], patch)
     assert proc.returncode == -signal.SIGKILL
@@ -493,7 +493,7 @@ def test_a_torn_metrics_line_is_repaired_on_resume(tmp_path):
     interrupted_in_epoch_two(run)
     line = (run / "metrics.jsonl").read_text()
     (run / "metrics.jsonl").write_text(line[: len(line) // 2])  # epoch 1's line, cut by a kill or a full disk
-    Trainer(tiny_config(), run, resume=True).run()
+    Trainer.from_config(tiny_config(), run, resume=True).run()
     assert [r["epoch"] for r in records(run)] == [1, 2]  # epoch 1's line comes back from the checkpoint
 
 
@@ -502,7 +502,7 @@ def test_a_broken_metrics_line_inside_the_file_is_refused_in_one_line(tmp_path):
     interrupted_in_epoch_two(run)
     (run / "metrics.jsonl").write_text("not json\n" + (run / "metrics.jsonl").read_text())
     with pytest.raises(TopoatError, match="line 1 is not a metrics record"):
-        Trainer(tiny_config(), run, resume=True)
+        Trainer.from_config(tiny_config(), run, resume=True)
 
 
 # -- 6. no dead-end folders ------------------------------------------------------------------------------
@@ -511,13 +511,13 @@ def test_a_broken_metrics_line_inside_the_file_is_refused_in_one_line(tmp_path):
 def test_a_run_that_diverged_in_epoch_one_can_be_rerun_or_resumed(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TopoatError, match="diverged") as e:
-        Trainer(tiny_config(**{"optim.max_loss": 1e-3}), run).run()
+        Trainer.from_config(tiny_config(**{"optim.max_loss": 1e-3}), run).run()
     assert "last.pt" not in str(e.value) and (run / "config.yaml").exists() and not (run / "last.pt").exists()
-    Trainer(tiny_config(**{"optim.epochs": 1}), run).run()  # rerun into the same folder
+    Trainer.from_config(tiny_config(**{"optim.epochs": 1}), run).run()  # rerun into the same folder
     assert [r["epoch"] for r in records(run)] == [1]
     with pytest.raises(TopoatError, match="diverged"):
-        Trainer(tiny_config(**{"optim.max_loss": 1e-3}), tmp_path / "again").run()
-    Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "again", resume=True).run()  # --resume starts it
+        Trainer.from_config(tiny_config(**{"optim.max_loss": 1e-3}), tmp_path / "again").run()
+    Trainer.from_config(tiny_config(**{"optim.epochs": 1}), tmp_path / "again", resume=True).run()  # --resume starts it
     assert (tmp_path / "again" / "last.pt").is_file()
 
 
@@ -625,7 +625,7 @@ def test_a_student_refuses_a_teacher_that_was_interrupted(tmp_path, capsys):
     assert not (out / "student").exists()
     # the library refuses such a checkpoint as a teacher wherever it comes from
     with pytest.raises(TopoatError, match="unfinished run .stopped after epoch 1 of 2, step 3 of epoch 2"):
-        Trainer(tiny_config(**{"topology.teacher": str(out / "standard" / "last.pt")}), tmp_path / "s")
+        Trainer.from_config(tiny_config(**{"topology.teacher": str(out / "standard" / "last.pt")}), tmp_path / "s")
 
 
 def test_a_student_waits_for_its_teacher_trained_by_another_process(tmp_path, capsys, monkeypatch):
@@ -724,7 +724,7 @@ def test_a_repeated_metrics_line_is_dropped_on_resume(tmp_path):
     interrupted_in_epoch_two(run)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines + lines) + "\n")
-    Trainer(tiny_config(), run, resume=True).run()
+    Trainer.from_config(tiny_config(), run, resume=True).run()
     assert [r["epoch"] for r in records(run)] == [1, 2]
 
 

@@ -11,8 +11,12 @@ from topoat.report.frontier import (
     frontier_section,
     gain_rows,
     plot_frontier,
-    point_label,
 )
+from topoat.runs.results import ResultEntry, added_term
+
+
+def point_label(entry):
+    return added_term(ResultEntry.from_dict(entry))
 
 
 @dataclass

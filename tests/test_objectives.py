@@ -414,7 +414,7 @@ def test_trainer_runs_awp_trades_with_train_and_logs_both_parts(tmp_path):
     from topoat.training.loop import Trainer
 
     teacher_dir = tmp_path / "teacher"
-    Trainer(
+    Trainer.from_config(
         tiny_config(**{"method.name": "standard", "validation.attack_steps": 0, "optim.epochs": 1}), teacher_dir
     ).run()
     cfg = tiny_config(
@@ -427,7 +427,7 @@ def test_trainer_runs_awp_trades_with_train_and_logs_both_parts(tmp_path):
             "topology.kernel": "cosine",
         }
     )
-    trainer = Trainer(cfg, tmp_path / "run")
+    trainer = Trainer.from_config(cfg, tmp_path / "run")
     calls = []
     perturbation = trainer.objective.perturbation
     trainer.objective.perturbation = lambda *a: calls.append(trainer.objective.epoch) or perturbation(*a)

@@ -214,7 +214,7 @@ def test_config_trains_one_step_on_synthetic_data_of_its_shape(name, stub_teache
     if raw.topology is not None:
         overrides.append(f"topology.teacher={stub_teachers[raw.data.dataset]}")
     cfg = load_config(name, overrides)
-    summary = Trainer(cfg, tmp_path / "run").run()
+    summary = Trainer.from_config(cfg, tmp_path / "run").run()
     assert summary["epochs"] == 1
     assert (tmp_path / "run" / "last.pt").is_file()
 

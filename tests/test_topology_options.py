@@ -272,7 +272,7 @@ def test_bad_option_values_are_one_line_errors(key, value, message):
 
 def test_a_run_logs_the_diagnostics_and_the_validation_graph_uses_the_configured_loss(tmp_path):
     teacher_dir = tmp_path / "teacher"
-    Trainer(tiny_config(**{"method.name": "standard", "optim.epochs": 1}), teacher_dir).run()
+    Trainer.from_config(tiny_config(**{"method.name": "standard", "optim.epochs": 1}), teacher_dir).run()
     cfg = tiny_config(
         **{
             "topology.teacher": str(teacher_dir / "last.pt"),
@@ -283,7 +283,7 @@ def test_a_run_logs_the_diagnostics_and_the_validation_graph_uses_the_configured
             "optim.epochs": 1,
         }
     )
-    Trainer(cfg, tmp_path / "student").run()
+    Trainer.from_config(cfg, tmp_path / "student").run()
     record = json.loads((tmp_path / "student" / "metrics.jsonl").read_text())
     for key in ("grad_norm_base", "grad_norm_topo", "grad_cosine", "val_graph_entropy", "val_mean_cosine"):
         assert math.isfinite(record[key]), key
@@ -307,7 +307,7 @@ def test_projection_head_is_trained_with_the_model_and_saved(tmp_path):
     from topoat.training.build import build_run
 
     teacher_dir = tmp_path / "teacher"
-    Trainer(tiny_config(**{"method.name": "standard", "optim.epochs": 1}), teacher_dir).run()
+    Trainer.from_config(tiny_config(**{"method.name": "standard", "optim.epochs": 1}), teacher_dir).run()
     cfg = tiny_config(**{"topology.teacher": str(teacher_dir / "last.pt"), "topology.projection": 8})
     parts = build_run(cfg)
     head = parts.objective.head

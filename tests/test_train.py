@@ -23,13 +23,13 @@ def weights(path):
 
 def train_teacher(tmp_path):
     out = tmp_path / "teacher"
-    Trainer(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0}), out).run()
+    Trainer.from_config(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0}), out).run()
     return out / "last.pt"
 
 
 def test_standard_and_pgd_at_write_a_run_folder(tmp_path):
     out = tmp_path / "run"
-    summary = Trainer(tiny_config(), out).run()
+    summary = Trainer.from_config(tiny_config(), out).run()
     assert summary["epochs"] == 2
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
@@ -39,7 +39,7 @@ def test_standard_and_pgd_at_write_a_run_folder(tmp_path):
     assert not load_model(out / "last.pt").training
     assert load_checkpoint(out / "last.pt")["image_size"] == [12, 12]  # so other data can be refused
     with pytest.raises(TopoatError, match="already exists"):
-        Trainer(tiny_config(), out)
+        Trainer.from_config(tiny_config(), out)
 
 
 def test_train_adds_topology_logs_and_accepts_another_teacher_architecture(tmp_path):
@@ -54,7 +54,7 @@ def test_train_adds_topology_logs_and_accepts_another_teacher_architecture(tmp_p
             "optim.epochs": 1,
         }
     )
-    Trainer(cfg, tmp_path / "train").run()
+    Trainer.from_config(cfg, tmp_path / "train").run()
     record = json.loads((tmp_path / "train" / "metrics.jsonl").read_text())
     assert record["topo_nat"] > 0 and record["topo_adv"] > 0
     assert 0 <= record["val_knn_overlap"] <= 1 and record["val_graph_kl"] >= 0
@@ -83,9 +83,11 @@ def test_a_teacher_or_reference_from_other_data_is_refused(tmp_path, key, made_f
     # broadcasts them) and adaptive pooling takes any size
     path = foreign_checkpoint(tmp_path / "other.pt", **made_for)
     with pytest.raises(TopoatError, match=f"{key} {path} {message}"):
-        Trainer(tiny_config(**{key: path}), tmp_path / "run")
+        Trainer.from_config(tiny_config(**{key: path}), tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()
-    Trainer(tiny_config(**{key: foreign_checkpoint(tmp_path / "same.pt")}), tmp_path / "ok")  # the data's own: fine
+    Trainer.from_config(
+        tiny_config(**{key: foreign_checkpoint(tmp_path / "same.pt")}), tmp_path / "ok"
+    )  # the data's own: fine
 
 
 def test_a_teacher_or_reference_trained_on_another_data_set_of_the_same_shape_is_refused(tmp_path):
@@ -96,9 +98,9 @@ def test_a_teacher_or_reference_trained_on_another_data_set_of_the_same_shape_is
         with pytest.raises(
             TopoatError, match=f"{key} {path} was trained on fashion-mnist, but this run trains on synthetic"
         ):
-            Trainer(tiny_config(**{key: str(path)}), tmp_path / "run")
+            Trainer.from_config(tiny_config(**{key: str(path)}), tmp_path / "run")
     save_atomic(dict(ckpt, dataset="synthetic"), path)
-    Trainer(tiny_config(**{"topology.teacher": str(path)}), tmp_path / "ok")
+    Trainer.from_config(tiny_config(**{"topology.teacher": str(path)}), tmp_path / "ok")
 
 
 def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
@@ -109,7 +111,7 @@ def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
     np.savez(data, x_train=x, y_train=np.full(64, 3), x_test=x[:8], y_test=np.full(8, 3), num_classes=np.array(4))
     with pytest.raises(TopoatError, match="only one class .every label is 3.; a classifier needs at least 2"):
         npz = {"data.dataset": "npz", "data.args": "{}", "data.root": str(data), "data.val_size": 0}
-        Trainer(tiny_config(**npz), tmp_path / "run")
+        Trainer.from_config(tiny_config(**npz), tmp_path / "run")
 
 
 def write_study_with_a_diverging_run(tmp_path):
@@ -147,7 +149,7 @@ def test_bad_model_and_layer_settings_fail_before_training(tmp_path, overrides, 
     if any(k.startswith("topology") for k in overrides):
         overrides = dict(overrides, **{"topology.teacher": foreign_checkpoint(tmp_path / "teacher.pt")})
     with pytest.raises(TopoatError, match=message):
-        Trainer(tiny_config(**overrides), tmp_path / "run")
+        Trainer.from_config(tiny_config(**overrides), tmp_path / "run")
 
 
 # 7 steps per epoch: mid-epoch, an epoch boundary, and mid-epoch with TRAIN's memory bank (saved with the
@@ -162,13 +164,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_after, mem
         "data.augment.flip": True,
         "topology.memory_bank": memory_bank,
     }
-    Trainer(tiny_config(**overrides), tmp_path / "straight").run()
+    Trainer.from_config(tiny_config(**overrides), tmp_path / "straight").run()
 
-    trainer = Trainer(tiny_config(**overrides), tmp_path / "stopped")
+    trainer = Trainer.from_config(tiny_config(**overrides), tmp_path / "stopped")
     trainer.objective = SignalAfter(trainer.objective, stop_after)
     with pytest.raises(TrainingInterrupted):
         trainer.run()
-    Trainer(tiny_config(**overrides), tmp_path / "stopped", resume=True).run()
+    Trainer.from_config(tiny_config(**overrides), tmp_path / "stopped", resume=True).run()
 
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -177,18 +179,18 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_after, mem
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "r").run()
+    Trainer.from_config(tiny_config(**{"optim.epochs": 1}), tmp_path / "r").run()
     with pytest.raises(TopoatError, match="differs"):
-        Trainer(tiny_config(**{"optim.epochs": 2}), tmp_path / "r", resume=True)
+        Trainer.from_config(tiny_config(**{"optim.epochs": 2}), tmp_path / "r", resume=True)
     with pytest.raises(TopoatError, match="nothing to resume"):
-        Trainer(tiny_config(), tmp_path / "empty", resume=True)
+        Trainer.from_config(tiny_config(), tmp_path / "empty", resume=True)
 
 
 def test_divergence_stops_with_a_clear_error(tmp_path):
     teacher = train_teacher(tmp_path)
     cfg = tiny_config(**{"topology.teacher": str(teacher), "optim.max_loss": 1e-3})
     with pytest.raises(TopoatError, match="diverged"):
-        Trainer(cfg, tmp_path / "boom").run()
+        Trainer.from_config(cfg, tmp_path / "boom").run()
 
 
 def test_schedules():
@@ -454,7 +456,7 @@ def test_study_grows_a_finished_run_to_more_images_as_a_fresh_evaluation_would(t
     assert "done on 24 test images; scoring the 40 more" in capsys.readouterr().out
     grown = json.loads((out / "results.json").read_text())["runs"]["at"]
     cfg = load_config(tmp_path / "cfg.yaml", ["evaluation.n=null"])
-    fresh = evaluate_run(cfg, out / "at", "at", 0.0, relative_to=out / "at", progress=False)
+    fresh = evaluate_run(cfg, out / "at", "at", 0.0, relative_to=out / "at", progress=False).to_dict()
     assert grown["n_eval"] == fresh["n_eval"] == 64
     for part in ([grown, fresh], [grown["best"], fresh["best"]]):
         assert part[0]["natural_acc"] == pytest.approx(part[1]["natural_acc"], abs=1e-12)
@@ -473,12 +475,12 @@ def test_evaluation_can_attack_only_the_best_checkpoint(tmp_path):
     from topoat.training.loop import Trainer
 
     cfg = tiny_config(**{"evaluation.checkpoints": "[best]", "evaluation.attacks": "[pgd-2]"})
-    summary = Trainer(cfg, tmp_path / "run").run()
+    summary = Trainer.from_config(cfg, tmp_path / "run").run()
     entry = evaluate_run(
         cfg, tmp_path / "run", "run", summary["train_seconds"], relative_to=tmp_path / "run", progress=False
     )
-    assert entry["robust_acc"] == {} and 0 <= entry["natural_acc"] <= 1  # the last checkpoint: natural only
-    assert set(entry["best"]["robust_acc"]) == {"pgd-2"}
+    assert entry.last.robust_acc == {} and 0 <= (entry.last.natural_acc or -1) <= 1  # the last: natural only
+    assert entry.best is not None and set(entry.best.robust_acc) == {"pgd-2"}
     with pytest.raises(TopoatError, match="evaluation.checkpoints"):
         tiny_config(**{"evaluation.checkpoints": "[final]"})
 
@@ -487,7 +489,7 @@ def test_evaluation_follows_the_runtime_layout_and_threads(tmp_path):
     from topoat.runs.checkpoint import load_model
     from topoat.runs.scoring import _evaluate_model
 
-    Trainer(tiny_config(**{"optim.epochs": 1}), tmp_path / "run").run()
+    Trainer.from_config(tiny_config(**{"optim.epochs": 1}), tmp_path / "run").run()
     x = torch.rand(48, 1, 12, 12, generator=torch.Generator().manual_seed(0))
     y = torch.arange(48) % 10
     scores = {}
@@ -520,9 +522,9 @@ def test_version_and_the_resolved_config_print_without_training(tmp_path, capsys
 
 def test_each_epoch_prints_one_plain_line(tmp_path, capsys):
     from topoat.runtime import bar_disabled
-    from topoat.training.loop import epoch_line
+    from topoat.training.sinks import epoch_line
 
-    Trainer(tiny_config(**{"optim.epochs": 2}), tmp_path / "run").run()
+    Trainer.from_config(tiny_config(**{"optim.epochs": 2}), tmp_path / "run").run()
     lines = [line for line in capsys.readouterr().out.splitlines() if "] epoch " in line]
     assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
     assert "val natural" in lines[0] and "val robust" in lines[0] and "\r" not in lines[0]
@@ -538,16 +540,16 @@ def test_runs_and_results_record_what_produced_them(tmp_path):
     from topoat.runs.scoring import evaluate_run
 
     cfg = tiny_config(**{"optim.epochs": 1})
-    summary = Trainer(cfg, tmp_path / "run").run()
+    summary = Trainer.from_config(cfg, tmp_path / "run").run()
     starts = json.loads((tmp_path / "run" / "provenance.json").read_text())["starts"]
     assert len(starts) == 1 and starts[0]["torch"] == torch.__version__ and starts[0]["resumed_at_epoch"] is None
-    Trainer(cfg, tmp_path / "run", resume=True).run()  # a resume adds its own entry
+    Trainer.from_config(cfg, tmp_path / "run", resume=True).run()  # a resume adds its own entry
     starts = json.loads((tmp_path / "run" / "provenance.json").read_text())["starts"]
     assert [s["resumed_at_epoch"] for s in starts] == [None, 1]
     entry = evaluate_run(cfg, tmp_path / "run", "run", summary["train_seconds"], relative_to=tmp_path, progress=False)
     doc = results_document(cfg, {"run": entry})
     for key in ("topoat", "torch", "python", "git_commit", "device", "threads", "command", "time"):
-        assert key in doc["provenance"]
+        assert key in (doc.provenance or {})
 
 
 class _FakeWriter:
@@ -576,7 +578,7 @@ def test_tensorboard_gets_each_epochs_metrics_and_the_config(tmp_path, monkeypat
 
     _FakeWriter.calls = []
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
-    Trainer(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run").run()
+    Trainer.from_config(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run").run()
     calls = _FakeWriter.calls
     assert calls[0] == ("open", str(tmp_path / "run" / "tensorboard")) and calls[-1] == ("close",)
     assert calls[1][:2] == ("text", "config") and "tensorboard: true" in calls[1][2]
@@ -585,13 +587,13 @@ def test_tensorboard_gets_each_epochs_metrics_and_the_config(tmp_path, monkeypat
         assert ("scalar", "val_natural_acc", record["val_natural_acc"], record["epoch"]) in calls
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     with pytest.raises(TopoatError, match="needs the tensorboard package"):
-        Trainer(tiny_config(**{"runtime.tensorboard": True}), tmp_path / "run2").run()
+        Trainer.from_config(tiny_config(**{"runtime.tensorboard": True}), tmp_path / "run2").run()
 
 
 def test_the_compiled_training_model_gives_the_eager_outputs_and_gradients(tmp_path):
     # torch.compile (inductor, on CPU here) of the training model, in train mode (the training step,
     # PGD-AT's attack) and in eval mode (TRADES' and MART's attack: a second graph)
-    trainer = Trainer(tiny_config(**{"runtime.compile": "on"}), tmp_path / "run")
+    trainer = Trainer.from_config(tiny_config(**{"runtime.compile": "on"}), tmp_path / "run")
     model, graph = trainer.model, trainer.train_model
     assert graph is not model
     x, y = next(trainer.loader.batches())
@@ -618,7 +620,8 @@ def test_a_compiled_training_step_matches_the_eager_one(tmp_path, method):
     if method.endswith("+train"):
         overrides["topology.teacher"] = str(train_teacher(tmp_path))
     trainers = {
-        mode: Trainer(tiny_config(**overrides, **{"runtime.compile": mode}), tmp_path / mode) for mode in ("off", "on")
+        mode: Trainer.from_config(tiny_config(**overrides, **{"runtime.compile": mode}), tmp_path / mode)
+        for mode in ("off", "on")
     }
     assert trainers["on"].objective.attack_step is not ascent_step  # the attack's update is compiled too
     if method.endswith("+train"):

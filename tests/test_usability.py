@@ -263,7 +263,7 @@ def test_tensorboard_gets_per_step_scalars_as_well_as_per_epoch(tmp_path, monkey
     _Writer.scalars = []
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_Writer))
     monkeypatch.setattr("topoat.training.loop.GUARD_EVERY", 3)  # flushes inside the epoch as well as at its end
-    trainer = Trainer(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run")
+    trainer = Trainer.from_config(tiny_config(**{"optim.epochs": 2, "runtime.tensorboard": True}), tmp_path / "run")
     trainer.run()
     steps = 2 * len(trainer.loader)
     by_tag: dict = {}

@@ -231,7 +231,7 @@ def _checked_eval_arguments(args) -> list[str]:
 
 def _check_results_fit(args, target, norm: str, eps: float) -> None:
     """--results names a run this checkpoint belongs to, scored on the same threat model and images."""
-    from .runs.results import find_run_slot
+    from .runs.merge import find_run_slot
 
     find_run_slot(Path(args.results), args.run, Path(args.checkpoint), norm=norm, eps=eps, dataset=target.data.name)
     config = target.record.get("config")
@@ -273,7 +273,7 @@ def _write_eval_outputs(args, res, report, dataset: str, norm: str, eps: float) 
             document["sanity"] = report.as_dict()
         write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
     if args.results:
-        from .runs.results import merge_evaluation
+        from .runs.merge import merge_evaluation
 
         slot = merge_evaluation(
             Path(args.results), args.run, Path(args.checkpoint), res, norm=norm, eps=eps, dataset=dataset, sanity=report

@@ -16,7 +16,7 @@ from torch import nn
 from ..config import TrainConfig, from_dict
 from ..data import ImageDataset, load_configured, load_dataset, to_float
 from ..errors import TopoatError
-from ..runs.checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
+from ..runs.checkpoint import CheckpointRecord, check_fits_data, check_takes_images, model_from_record, read_checkpoint
 
 
 @dataclass
@@ -51,24 +51,31 @@ def load_target(
     description = exported_description(checkpoint)
     if description is not None:
         return _exported(checkpoint, description, device, dataset, root, command, role)
-    record = load_checkpoint(checkpoint)
-    data = recorded_dataset(record, dataset, root, command)
-    model = model_from_record(record, device).eval()
+    saved = read_checkpoint(checkpoint)
+    data = recorded_dataset(saved, dataset, root, command)
+    model = model_from_record(saved.model, device).eval()
+    record = saved.to_dict()
     check_fits(model, record, data, checkpoint, device, role)
     return Target(model, record, data, str(checkpoint))
 
 
+def _as_record(record: CheckpointRecord | dict) -> CheckpointRecord:
+    """A checkpoint's record, also from its dict or from what --arch / --model / an export tell in its place."""
+    return record if isinstance(record, CheckpointRecord) else CheckpointRecord.from_dict(record)
+
+
 def recorded_dataset(
-    record: dict, dataset: str | None = None, root: str | None = None, command: str = "eval"
+    record: CheckpointRecord | dict, dataset: str | None = None, root: str | None = None, command: str = "eval"
 ) -> ImageDataset:
     """The test data for a checkpoint: `dataset` (default: the one it records), read with the checkpoint's
     own data settings (root, args, name) when it names the same dataset; `root` overrides the root.
     The recorded name may be a display name (`data.name`): the recorded config says which loader it is."""
-    recorded = record.get("dataset")
+    saved = _as_record(record)
+    recorded = saved.dataset
     data = None
-    if isinstance(record.get("config"), dict):
+    if saved.config is not None:
         try:
-            data = from_dict(TrainConfig, record["config"]).data
+            data = from_dict(TrainConfig, saved.config).data
         except TopoatError:
             data = None  # a config from another topoat version: use the dataset name alone
     if data is not None and dataset in (None, data.dataset, recorded):
@@ -80,15 +87,14 @@ def recorded_dataset(
 
 
 def recorded_threat(
-    record: dict,
+    record: CheckpointRecord | dict,
     norm: str | None = None,
     eps: float | None = None,
     step_size: float | None = None,
     command: str = "eval",
 ) -> tuple[str, float]:
     """The norm and radius to attack with: those given, else those the checkpoint's config records."""
-    config = record.get("config")
-    attack = config.get("attack") if isinstance(config, dict) else None
+    attack = (_as_record(record).config or {}).get("attack")
     attack = attack if isinstance(attack, dict) else {}
     norm = norm or attack.get("norm", "Linf")
     value: Any = eps if eps is not None else attack.get("eps")

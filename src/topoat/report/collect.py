@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import TopoatError
 from ..runs.folder import LAST, RunFolder
+from ..runs.results import CheckpointScores, ResultEntry, weights_label
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -24,7 +25,8 @@ SEED_SUFFIX = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 
 @dataclass
 class Run:
-    """One run of a results.json: its entry, its folder (config.yaml, metrics.jsonl) and checkpoint."""
+    """One run of a results.json: its entry (as written; `result` reads it), its folder (config.yaml,
+    metrics.jsonl) and checkpoint."""
 
     name: str
     entry: dict
@@ -44,6 +46,14 @@ class Run:
     def seed(self) -> int | None:
         m = SEED_SUFFIX.match(self.name)
         return int(m.group("seed")) if m else None
+
+    @property
+    def result(self) -> ResultEntry:
+        return ResultEntry.from_dict(self.entry)
+
+    def scores(self, which: str) -> CheckpointScores | None:
+        """The scores of its checkpoint "last" or "best" (None: it has no best)."""
+        return self.result.scores(which)
 
     @property
     def is_train(self) -> bool:
@@ -66,26 +76,14 @@ class Run:
         return lines
 
 
-def checkpoint_entry(run: Run, key: str = "") -> dict:
-    """The run's results entry (last checkpoint), or a sub-entry of it, e.g. key "best": the
-    best-by-validation checkpoint's; {} when the run has none."""
-    if not key:
-        return run.entry
-    sub = run.entry.get(key)
-    return sub if isinstance(sub, dict) else {}
-
-
 def robust_attacks(entries: Iterable[dict]) -> list[str]:
     """The attacks these results entries report robust accuracy under, in order of first appearance."""
     return list(dict.fromkeys(a for e in entries for a in e.get("robust_acc", {})))
 
 
 def lambda_label(entry: dict) -> str:
-    topo = entry.get("topology")
-    if not topo:
-        return "λ=0"
-    nat, adv = topo.get("lambda_nat", 0), topo.get("lambda_adv", 0)
-    return f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
+    """TRAIN's weights in a results entry (see `weights_label`)."""
+    return weights_label(entry.get("topology"))
 
 
 def primary_attack(runs: Sequence[Run]) -> str | None:
@@ -144,15 +142,14 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
     for folder in map(Path, run_dirs):
         doc = read_results(_results_file(folder))
         info["sources"].append(str(folder))
-        if doc.get("dataset") not in info["datasets"]:
-            info["datasets"].append(doc.get("dataset"))
-        info["failed"].update(doc.get("failed", {}))
-        for name, entry in doc["runs"].items():
-            checkpoint = (folder / entry.get("checkpoint", LAST)).resolve()
+        if doc.dataset not in info["datasets"]:
+            info["datasets"].append(doc.dataset)
+        info["failed"].update(doc.failed)
+        for name, entry in doc.runs.items():
+            checkpoint = (folder / (entry.last.checkpoint or LAST)).resolve()
             name = _unique_name(name, folder, runs)
-            runs.append(
-                Run(name, entry, checkpoint.parent, checkpoint, doc.get("threat", {}), _read_config(checkpoint.parent))
-            )
+            config = _read_config(checkpoint.parent)
+            runs.append(Run(name, entry.to_dict(), checkpoint.parent, checkpoint, doc.threat, config))
     if len(info["datasets"]) > 1:
         raise TopoatError(f"report: the runs use different datasets ({', '.join(map(str, info['datasets']))})")
     return runs, info

@@ -25,15 +25,18 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import TopologyConfig
 from ..files import write_figure_atomic
 from ..objectives import Knob
-from ..registry import KERNELS, METHODS
+from ..registry import METHODS
+from ..runs.results import added_term, as_entry
 from ..table_format import markdown_table
-from ..topology import kernel_from_settings
+
+if TYPE_CHECKING:
+    from .collect import Run
 
 HEADLINE_ATTACK = "aa:apgd-ce+apgd-t"
 
@@ -43,88 +46,36 @@ def method_knob(method: str) -> Knob | None:
     return METHODS.get(method).knob if method in METHODS else None
 
 
-def knob_value(run) -> float | None:
+def knob_value(run: Run) -> float | None:
     """The base method's own trade-off setting of a run (None for methods without one)."""
     knob = method_knob(run.method)
     if knob is None:
         return None
-    config = run.entry.get("method_config") or {}
+    config = as_entry(run.entry).method_config or {}
     if knob.key in config:
         return float(config[knob.key])
     # results written before the knob was recorded: the method's default
     return float(getattr(METHODS.get(run.method).config(), knob.key))
 
 
-def is_regularized(run) -> bool:
-    return bool(run.entry.get("topology")) or bool(run.entry.get("distillation"))
+def is_regularized(run: Run) -> bool:
+    return as_entry(run.entry).is_regularized
 
 
-def point_label(entry: dict) -> str:
-    """What a regularized run adds to its base method, e.g. 'TRAIN softmax-cosine T=0.1, λ=10'."""
-    topo, kd = entry.get("topology"), entry.get("distillation")
-    parts = []
-    if topo:
-        nat, adv = topo.get("lambda_nat", 0), topo.get("lambda_adv", 0)
-        lam = f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
-        parts.append(f"TRAIN {_kernel_label(topo)}, {lam}{_option_labels(topo)}")
-    if kd:
-        parts.append(f"distillation T={kd.get('temperature', 4):g}, λ={kd.get('lambda', 1):g}")
-    return " + ".join(parts)
-
-
-def _kernel_label(topo: dict) -> str:
-    """The kernel and its parameters as a results entry's topology section records them (results written
-    before a parameter was recorded: its default), e.g. `softmax-cosine T=0.1`."""
-    name = topo.get("kernel", "cosine")
-    if name not in KERNELS:
-        return name
-    return kernel_from_settings(name, topo, topo.get("kernel_args") or {}).label()
-
-
-# TRAIN options that name a variant when they differ from topology's defaults
-_OPTION_KEYS = (
-    "layer",
-    "divergence",
-    "entropy_weight",
-    "center",
-    "clean_batchnorm",
-    "warmup_epochs",
-    "balance",
-    "teacher_perplexity",
-    "projection",
-)
-# the value of an option a results entry does not record: runs from before the option existed trained without it
-_UNRECORDED = {"warmup_epochs": 0.0}
-
-
-def _option_labels(topo: dict) -> str:
-    defaults = TopologyConfig()
-    return "".join(
-        f", {key}={value:g}" if isinstance(value, float) else f", {key}={value}"
-        for key in _OPTION_KEYS
-        if (value := topo.get(key, _UNRECORDED.get(key, getattr(defaults, key)))) != getattr(defaults, key)
-    )
-
-
-def _checkpoint_scores(entry: dict, checkpoint: str) -> dict:
-    """The part of a results entry that scores `checkpoint`: its "best" block, else the entry (the last)."""
-    return entry["best"] if checkpoint == "best" and isinstance(entry.get("best"), dict) else entry
-
-
-def scores(run, attack: str, checkpoint: str = "best") -> tuple[float, float] | None:
+def scores(run: Run, attack: str, checkpoint: str = "best") -> tuple[float, float] | None:
     """(robust, natural) accuracy of one run in [0, 1]: its best-by-validation checkpoint (else the
     last), under `attack`; None if that attack was not run."""
-    part = _checkpoint_scores(run.entry, checkpoint)
-    robust = (part.get("robust_acc") or {}).get(attack)
-    if robust is None or part.get("natural_acc") is None:
+    part = as_entry(run.entry).scores_or_last(checkpoint)
+    robust = part.robust_acc.get(attack)
+    if robust is None or part.natural_acc is None:
         return None
-    return float(robust), float(part["natural_acc"])
+    return float(robust), float(part.natural_acc)
 
 
-def scored_on(run, attack: str, checkpoint: str = "best") -> tuple[int | None, int | None]:
+def scored_on(run: Run, attack: str, checkpoint: str = "best") -> tuple[int | None, int | None]:
     """How many test images a run's natural and `attack` accuracies were taken on (None: not recorded)."""
-    n = run.entry.get("n_eval")
-    return n, (_checkpoint_scores(run.entry, checkpoint).get("n_by_attack") or {}).get(attack, n)
+    entry = as_entry(run.entry)
+    return entry.n_eval, entry.scores_or_last(checkpoint).n_of(attack, entry.n_eval)
 
 
 def envelope(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -228,7 +179,7 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
         method = rs[0].method
         if method not in curves or not is_regularized(rs[0]):
             continue
-        point = FrontierPoint(method, g, point_label(rs[0].entry))
+        point = FrontierPoint(method, g, added_term(as_entry(rs[0].entry)))
         for r in sorted(rs, key=lambda r: (r.seed is None, r.seed)):
             s = scores(r, attack, checkpoint)
             curve = curves[method].by_seed.get(r.seed)

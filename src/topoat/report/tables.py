@@ -7,8 +7,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..runs.results import CheckpointScores
 from ..table_format import markdown_table, text_table
-from .collect import SEED_SUFFIX, Run, checkpoint_entry, groups_of, lambda_label, robust_attacks
+from .collect import SEED_SUFFIX, Run, groups_of, lambda_label, robust_attacks
 from .stats import PairedGroups, accuracy, format_signed_spread, format_spread, mean_std, paired_with_base
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ def _seeds_text(members: Sequence[Run]) -> str:
 def results_section(runs: Sequence[Run], key: str = "") -> str:
     """Markdown results table: one row per group, mean ± std over its seeds (percent). `key` "best":
     the best-by-validation checkpoints' results, with their epochs instead of training time."""
-    attacks = robust_attacks(checkpoint_entry(r, key) for r in runs)
+    which = key or "last"
+    attacks = list(dict.fromkeys(a for r in runs for a in (r.scores(which) or CheckpointScores()).robust_acc))
     with_seeds = any(r.seed is not None for r in runs)
     header = (
         ["run", "method", "TRAIN"]
@@ -66,15 +68,15 @@ def results_section(runs: Sequence[Run], key: str = "") -> str:
     )
     rows = []
     for group, members in groups_of(runs).items():
-        entries = [checkpoint_entry(r, key) for r in members]
-        if not any("natural_acc" in e for e in entries):
+        entries = [r.scores(which) or CheckpointScores() for r in members]
+        if all(e.natural_acc is None for e in entries):
             continue
         first = members[0]
         row = [group, first.method, lambda_label(first.entry) if first.is_train else "-"]
         row += [_seeds_text(members)] if with_seeds else []
-        row += [", ".join(str(e.get("epoch", "?")) for e in entries)] if key else []
-        row += [format_spread([e.get("natural_acc") for e in entries])]
-        row += [format_spread([e.get("robust_acc", {}).get(a) for e in entries]) for a in attacks]
+        row += [", ".join(str(e.epoch or "?") for e in entries)] if key else []
+        row += [format_spread([e.natural_acc for e in entries])]
+        row += [format_spread([e.robust_acc.get(a) for e in entries]) for a in attacks]
         row += [] if key else [format_spread([r.entry.get("train_seconds") for r in members], scale=1, digits=0)]
         rows.append(row)
     return markdown_table(header, rows) if rows else ""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import TopoatError
 from ..files import write_text_atomic
+from ..runs.results import as_entry
 from .collect import Run, assign_references, collect_runs
 from .figures import plot_accuracy_curves, plot_lambda_ablation, plot_topology_curves, plot_tradeoff, plot_tsne
 from .html import markdown_to_html
@@ -161,11 +162,9 @@ def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tu
     AutoAttack's APGD-CE + APGD-T first."""
     from .frontier import HEADLINE_ATTACK, frontier, frontier_section, plot_frontier
 
-    scored = [part for r in runs for part in (r.entry, r.entry.get("best") or {})]
+    scored = [part for r in runs for part in as_entry(r.entry).checkpoints.values()]
     attacks = [HEADLINE_ATTACK] + [
-        a
-        for a in dict.fromkeys(a for part in scored for a in part.get("robust_acc", {}))
-        if a not in (HEADLINE_ATTACK, "worst")
+        a for a in dict.fromkeys(a for part in scored for a in part.robust_acc) if a not in (HEADLINE_ATTACK, "worst")
     ]
     sections = []
     for attack in attacks:
@@ -217,7 +216,7 @@ def _markdown(
 def _results_part(runs: Sequence[Run], failed: dict[str, str]) -> list[str]:
     parts = ["## Results", "", results_section(runs)]
     parts += [line for note in fewer_images_notes(runs) for line in ("", note)]
-    if any(isinstance(r.entry.get("best"), dict) and "natural_acc" in r.entry["best"] for r in runs):
+    if any((best := r.scores("best")) is not None and best.natural_acc is not None for r in runs):
         parts += ["", "Best checkpoint by validation robust accuracy:", "", results_section(runs, "best")]
     paired = paired_section(runs)
     if paired:

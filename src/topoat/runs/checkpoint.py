@@ -1,4 +1,10 @@
-"""Checkpoints: written atomically, read with weights_only=True so a hostile pickle cannot run code."""
+"""Checkpoints: written atomically, read with weights_only=True so a hostile pickle cannot run code.
+
+A checkpoint is a `CheckpointRecord`: the model record (what rebuilds the model without its code path),
+what it was trained on and, by kind, what chose it (best.pt: the validation line) or what resumes it
+(last.pt: a `ResumeState`). On disk it is the plain dict `CheckpointRecord.to_dict` writes; `read_checkpoint`
+and `write_checkpoint` are the reader and the writer, `load_checkpoint` the checked dict underneath.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import io
 import pickle
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,6 +56,135 @@ def model_record(
     if class_names is not None:
         record["class_names"] = [str(v) for v in class_names]
     return record
+
+
+MODEL_KEYS = ("format", "version", "arch", "arch_args", "num_classes", "in_channels", "normalization", "model_state")
+RESUME_KEYS = (
+    "optimizer",
+    "objective",
+    "step",
+    "perm",
+    "rng",
+    "data_rng",
+    "best",
+    "train_seconds",
+    "epoch_totals",
+    "last_record",
+)
+
+
+@dataclass
+class ResumeState:
+    """What last.pt holds beyond the model so a run continues exactly where it stopped."""
+
+    optimizer: dict
+    objective: dict
+    step: int  # steps done in epoch `epoch + 1` (0 at an epoch's end)
+    perm: Tensor | None  # that epoch's shuffle, None at an epoch's end
+    rng: dict  # the global generators (torch, CUDA, numpy, random)
+    data_rng: Tensor  # the loader's generator
+    best: dict  # {"metric": best validation score so far, "epoch": its epoch}
+    train_seconds: float
+    epoch_totals: dict | None  # the running sums of an interrupted epoch
+    last_record: dict | None  # the last metrics line (a torn metrics.jsonl gets it back)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ResumeState:
+        """KeyError when a resume key is missing; the two optional ones came later."""
+        return cls(
+            optimizer=d["optimizer"],
+            objective=d.get("objective", {}),
+            step=int(d["step"]),
+            perm=d["perm"],
+            rng=d["rng"],
+            data_rng=d["data_rng"],
+            best=dict(d["best"]),
+            train_seconds=float(d["train_seconds"]),
+            epoch_totals=d.get("epoch_totals"),
+            last_record=d.get("last_record"),
+        )
+
+
+@dataclass
+class CheckpointRecord:
+    """One checkpoint. `model` is the model record (`model_record`: architecture, its arguments, classes,
+    channels, normalisation, weights, image size and class names when known); `config` and `dataset` say
+    what it was trained with (a run's checkpoints have them, a hand-made one may not); `epoch` is the
+    epochs done. best.pt has `validation` (the validation line that chose it), last.pt `resume`."""
+
+    model: dict
+    config: dict | None = None
+    dataset: str | None = None
+    epoch: int | None = None
+    validation: dict | None = None
+    resume: ResumeState | None = None
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they are
+
+    @property
+    def arch(self) -> str:
+        return self.model["arch"]
+
+    @property
+    def step(self) -> int | None:
+        return None if self.resume is None else self.resume.step
+
+    def to_dict(self) -> dict:
+        """The on-disk dict, key for key as the training loop has always written it."""
+        d = dict(self.model)
+        if self.resume is not None:
+            r = self.resume
+            d.update({"config": self.config, "dataset": self.dataset, "optimizer": r.optimizer})
+            d.update({"objective": r.objective, "epoch": self.epoch, "step": r.step, "perm": r.perm, "rng": r.rng})
+            d.update({"data_rng": r.data_rng, "best": r.best, "train_seconds": r.train_seconds})
+            d.update({"epoch_totals": r.epoch_totals, "last_record": r.last_record})
+        else:
+            optional = {"epoch": self.epoch, "config": self.config, "dataset": self.dataset}
+            d.update({k: v for k, v in optional.items() if v is not None})
+            if self.validation is not None:
+                d["validation"] = self.validation
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CheckpointRecord:
+        """The record of a checked checkpoint dict (`load_checkpoint`). Resume keys that do not make a whole
+        `ResumeState` (a damaged last.pt) stay in `extra`, so a resume can refuse it while a teacher loads."""
+        model_keys = (*MODEL_KEYS, "image_size", "class_names")
+        try:
+            resume = ResumeState.from_dict(d) if "optimizer" in d else None
+        except (KeyError, TypeError, ValueError):
+            resume = None
+        epoch, config, dataset = d.get("epoch"), d.get("config"), d.get("dataset")
+        typed: dict[str, Any] = {
+            "epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+            "config": config if isinstance(config, dict) else None,
+            "dataset": dataset if isinstance(dataset, str) else None,
+        }
+        known = {*model_keys, "validation", *(RESUME_KEYS if resume else ())}
+        known |= {k for k, v in typed.items() if v is not None or d.get(k) is None}  # odd values stay as they are
+        return cls(
+            model={k: d[k] for k in model_keys if k in d},
+            validation=d.get("validation"),
+            resume=resume,
+            extra={k: v for k, v in d.items() if k not in known},
+            epoch=typed["epoch"],
+            config=typed["config"],
+            dataset=typed["dataset"],
+        )
+
+    @property
+    def is_training_checkpoint(self) -> bool:
+        """last.pt (it holds the optimiser), rather than best.pt or a model made elsewhere."""
+        return self.resume is not None or "optimizer" in self.extra
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> CheckpointRecord:
+    """A topoat checkpoint as a record (one-line TopoatError for anything else, as `load_checkpoint`)."""
+    return CheckpointRecord.from_dict(load_checkpoint(path, map_location))
+
+
+def write_checkpoint(record: CheckpointRecord, path: str | Path) -> None:
+    save_atomic(record.to_dict(), path)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,209 +1,364 @@
-"""results.json: its contract, reading it checked against that contract, and merging new scores in.
+"""results.json: its contract as typed records, the one reader and the one writer, and its text table
+(runs/merge.py merges later scores in).
 
-The contract:
+The contract (every key a run's evaluation writes; `?` marks those written only when they apply):
 {"dataset": str, "threat": {"norm": "Linf"|"L2", "eps": float},
- "runs": {NAME: {"method": str, "topology": null | {...}, "checkpoint": path relative to results.json,
-                 "natural_acc": float, "robust_acc": {ATTACK: float}, "train_seconds": float,
-                 "best": null | {"checkpoint": str, "epoch": int, "natural_acc": float,
-                                 "robust_acc": {ATTACK: float}}}}}
-The top-level scores are the last checkpoint's; `best` is best.pt (best validation robust accuracy) on
-the same test images. Optional extras: "n_eval" (test images), "n_by_attack" (attacks run on fewer
-images, e.g. AutoAttack), "autoattack_subset" (every score on those images), "eval_seconds"; at the top
-level "provenance" (versions, git commit, device, command line: what produced the file).
+ "runs": {NAME: ENTRY}, "failed"?: {NAME: why it has no entry}, "provenance": {...}}
+ENTRY (`ResultEntry`):
+ {"method": str (e.g. "pgd-at", "awp-trades"), "topology": null | {the topology config},
+  "method_config": {the method's settings but its name}, "distillation": null | {the distillation config},
+  SCORES of the last checkpoint, "train_seconds": float, "n_eval": int (test images),
+  "best": null | SCORES of best.pt (best validation robust accuracy, on the same images) and its "epoch": int}
+SCORES (`CheckpointScores`):
+ {"checkpoint": path relative to results.json, "natural_acc": float,
+  "robust_acc": {ATTACK: float, "worst"?: float (per image, the worst of the attacks)},
+  "n_by_attack"?: {ATTACK: int} (attacks run on fewer images, e.g. AutoAttack),
+  "autoattack_subset"?: {every score on those images}, "eval_seconds": {ATTACK: float},
+  "sanity"?: {"passed": bool, "failed": [check names]} (`topoat eval --sanity --results`),
+  "same_as_last"?: true (best only: best.pt holds the last checkpoint's weights)}
+"provenance": versions, git commit, device, command line: what produced the file. Files written before a
+key existed lack it (`method_config`, `n_eval`, ...); keys this version does not know are kept as they are.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import TopologyConfig, TrainConfig
 from ..errors import TopoatError
-from ..evaluation.accuracy import EvalResult
 from ..runtime import provenance, resolve_device
 from ..table_format import text_table
 from .folder import read_json, write_json_atomic
 
 
-def read_results(path: Path, run: str | None = None) -> dict:
-    """A results.json checked against the contract above (types of the keys present), so a damaged or
-    hand-edited file is one line naming the key rather than a traceback; with `run`, that run must be in it."""
-    doc = read_json(path)
-    problem = _results_problem(doc)
-    if problem is None and run is not None and run not in doc["runs"]:
-        problem = f"it has no run {run!r}"
-    if problem is not None:
-        raise TopoatError(f"{path} is not a usable topoat results.json: {problem}")
-    return doc
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _results_problem(doc: Any) -> str | None:
-    if not isinstance(doc, dict):
-        return "the top level is not a mapping"
-    if not isinstance(doc.get("runs"), dict):
-        return "'runs' is missing or not a mapping"
-    for key, kind in (("dataset", str), ("threat", dict), ("failed", dict)):
-        if key in doc and not isinstance(doc[key], kind):
-            return f"'{key}' is not a {kind.__name__}"
-    for name, entry in doc["runs"].items():
-        problem = _entry_problem(entry)
-        if problem is None and entry.get("best") is not None:
-            problem = _entry_problem(entry["best"], "best.")
-        if problem is not None:
-            return f"run {name!r}: {problem}"
-    return None
-
-
-def _entry_problem(entry: Any, prefix: str = "") -> str | None:
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if not isinstance(entry, dict):
-        return f"'{prefix[:-1]}' must be a mapping" if prefix else "the entry is not a mapping"
-    checks = [
-        ("checkpoint", lambda v: isinstance(v, str), "a path"),
-        ("method", lambda v: isinstance(v, str), "a string"),
-        ("natural_acc", number, "a number"),
-        (
-            "robust_acc",
-            lambda v: isinstance(v, dict) and all(number(a) for a in v.values()),
-            "a mapping of attacks to numbers",
-        ),
-        ("n_by_attack", lambda v: isinstance(v, dict), "a mapping"),
-        ("topology", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
-        ("best", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
-    ]
+def _check(d: dict, prefix: str, checks: list[tuple[str, Any, str]]) -> None:
     for key, ok, what in checks:
-        if key in entry and not ok(entry[key]):
-            return f"'{prefix}{key}' must be {what}"
-    return None
+        if key in d and not ok(d[key]):
+            raise ValueError(f"'{prefix}{key}' must be {what}")
 
 
-def results_document(cfg: TrainConfig, runs: dict[str, dict]) -> dict:
-    return {
-        "dataset": cfg.data.display_name,
-        "threat": {"norm": cfg.attack.norm, "eps": cfg.attack.eps},
-        "runs": runs,
-        "provenance": provenance(resolve_device(cfg.runtime.device)),
-    }
+SCORE_CHECKS: list[tuple[str, Any, str]] = [
+    ("checkpoint", lambda v: isinstance(v, str), "a path"),
+    ("natural_acc", _number, "a number"),
+    (
+        "robust_acc",
+        lambda v: isinstance(v, dict) and all(_number(a) for a in v.values()),
+        "a mapping of attacks to numbers",
+    ),
+    ("n_by_attack", lambda v: isinstance(v, dict), "a mapping"),
+]
+ENTRY_CHECKS: list[tuple[str, Any, str]] = [
+    ("method", lambda v: isinstance(v, str), "a string"),
+    ("topology", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+    ("best", lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+]
+SCORE_KEYS: tuple[str, ...] = ("checkpoint", "epoch", "natural_acc", "robust_acc", "n_by_attack", "autoattack_subset")
+SCORE_KEYS += ("eval_seconds", "sanity", "same_as_last")
+ENTRY_KEYS = ("method", "topology", "method_config", "distillation", "train_seconds", "n_eval", "best")
 
 
-def rebase_checkpoints(entry: dict, prefix: str) -> dict:
-    """The entry with its checkpoint paths (last and best) made relative to the folder above the run's."""
-    entry = dict(entry, checkpoint=f"{prefix}/{entry['checkpoint']}")
-    if isinstance(entry.get("best"), dict):
-        entry["best"] = dict(entry["best"], checkpoint=f"{prefix}/{entry['best']['checkpoint']}")
-    return entry
+@dataclass
+class CheckpointScores:
+    """One checkpoint's scores on the run's test images (the SCORES of the contract)."""
 
+    checkpoint: str | None = None
+    natural_acc: float | None = None
+    robust_acc: dict[str, float] = field(default_factory=dict)
+    epoch: int | None = None  # best.pt: the epoch validation chose it at
+    n_by_attack: dict[str, int] = field(default_factory=dict)
+    autoattack_subset: dict | None = None
+    eval_seconds: dict[str, float] | None = None
+    sanity: dict | None = None
+    same_as_last: bool = False
+    extra: dict = field(default_factory=dict)
 
-def find_run_slot(
-    results: Path, run: str, checkpoint: Path, *, norm: str, eps: float, dataset: str
-) -> tuple[dict, dict, str]:
-    """The results.json document, and the part of run `run` that `checkpoint` belongs to (the run itself for
-    its last checkpoint, its `best` entry for best.pt) with that part's label. One-line errors when the
-    file, the run, the threat model or the dataset do not match."""
-    doc = read_results(results)
-    runs = doc["runs"]
-    if run not in runs:
-        raise TopoatError(f"{results} has no run {run!r} (it has: {', '.join(runs) or 'none'})")
-    if doc.get("dataset") != dataset:
-        raise TopoatError(f"{results} is for dataset {doc.get('dataset')}, but this evaluation uses {dataset}")
-    threat = doc.get("threat") or {}
-    if (
-        threat.get("norm") != norm
-        or not isinstance(threat.get("eps"), (int, float))
-        or not math.isclose(float(threat["eps"]), eps, rel_tol=1e-9, abs_tol=1e-12)
-    ):
-        raise TopoatError(
-            f"{results} is for {threat.get('norm')} eps {threat.get('eps')}, but this evaluation "
-            f"uses {norm} eps {eps:.6g}"
+    def head(self, with_epoch: bool) -> dict:
+        """The keys written before an entry's own: the checkpoint, its epoch (best only) and its scores."""
+        d: dict[str, Any] = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
+        if with_epoch:
+            d["epoch"] = self.epoch
+        if self.natural_acc is not None:
+            d["natural_acc"] = self.natural_acc
+        d["robust_acc"] = self.robust_acc
+        return d
+
+    def tail(self) -> dict:
+        """The optional keys, written after."""
+        d: dict[str, Any] = {"n_by_attack": self.n_by_attack} if self.n_by_attack else {}
+        optional = {"autoattack_subset": self.autoattack_subset, "eval_seconds": self.eval_seconds}
+        optional["sanity"] = self.sanity
+        d.update({k: v for k, v in optional.items() if v is not None})
+        if self.same_as_last:
+            d["same_as_last"] = True
+        return d
+
+    def to_dict(self) -> dict:
+        """A best block as written."""
+        return {**self.head(with_epoch=True), **self.tail(), **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict, prefix: str = "", known: tuple[str, ...] = ()) -> CheckpointScores:
+        """ValueError naming the key when one has the wrong type; `known`: keys that belong to someone else."""
+        _check(d, prefix, SCORE_CHECKS)
+        epoch = d.get("epoch")
+        return cls(
+            checkpoint=d.get("checkpoint"),
+            natural_acc=d.get("natural_acc"),
+            robust_acc=dict(d.get("robust_acc", {})),
+            epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+            n_by_attack=dict(d.get("n_by_attack", {})),
+            autoattack_subset=d.get("autoattack_subset"),
+            eval_seconds=d.get("eval_seconds"),
+            sanity=d.get("sanity"),
+            same_as_last=bool(d.get("same_as_last", False)),
+            extra={k: v for k, v in d.items() if k not in SCORE_KEYS and k not in known},
         )
-    entry = runs[run]
-    slots = {"last": entry}
-    if isinstance(entry.get("best"), dict):
-        slots["best"] = entry["best"]
-    target = Path(checkpoint).resolve()
-    for label, slot in slots.items():
-        if (Path(results).parent / slot.get("checkpoint", "")).resolve() == target:
-            return doc, slot, label
-    listed = " or ".join(str(s.get("checkpoint")) for s in slots.values())
-    raise TopoatError(
-        f"{checkpoint} is not a checkpoint of run {run!r} in {results} (that is {listed}, "
-        f"relative to {Path(results).parent})"
+
+    def n_of(self, attack: str, n_eval: int | None) -> int | None:
+        """How many test images `attack` ran on."""
+        return self.n_by_attack.get(attack, n_eval)
+
+
+@dataclass
+class ResultEntry:
+    """One run of results.json (the ENTRY of the contract): what it is, and its checkpoints' scores."""
+
+    method: str
+    last: CheckpointScores
+    best: CheckpointScores | None = None
+    topology: dict | None = None
+    method_config: dict | None = None
+    distillation: dict | None = None
+    train_seconds: float | None = None
+    n_eval: int | None = None
+
+    def scores(self, which: str) -> CheckpointScores | None:
+        """The scores of checkpoint "last" or "best" (None: the run has no best checkpoint)."""
+        if which not in ("last", "best"):
+            raise ValueError(f"checkpoint must be 'last' or 'best', not {which!r}")
+        return self.last if which == "last" else self.best
+
+    def scores_or_last(self, which: str) -> CheckpointScores:
+        """The scores of checkpoint `which`, the last checkpoint's when it has no best."""
+        return self.scores(which) or self.last
+
+    @property
+    def checkpoints(self) -> dict[str, CheckpointScores]:
+        """Its checkpoints' scores by name: "last", and "best" when there is one."""
+        return {"last": self.last} | ({} if self.best is None else {"best": self.best})
+
+    @property
+    def is_regularized(self) -> bool:
+        """It adds a term to its base method (TRAIN or distillation)."""
+        return bool(self.topology) or bool(self.distillation)
+
+    def to_dict(self) -> dict:
+        """The entry as written, key for key."""
+        d: dict[str, Any] = {"method": self.method, "topology": self.topology}
+        if self.method_config is not None:
+            d["method_config"] = self.method_config
+        d["distillation"] = self.distillation
+        d.update(self.last.head(with_epoch=False))
+        if self.train_seconds is not None:
+            d["train_seconds"] = self.train_seconds
+        if self.n_eval is not None:
+            d["n_eval"] = self.n_eval
+        d.update(self.last.tail())
+        d["best"] = None if self.best is None else self.best.to_dict()
+        d.update(self.last.extra)  # keys of other versions
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ResultEntry:
+        """ValueError naming the first key of the wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError("the entry is not a mapping")
+        _check(d, "", ENTRY_CHECKS)
+        best = None if d.get("best") is None else CheckpointScores.from_dict(d["best"], "best.")
+        return cls(
+            method=d.get("method", "?"),
+            last=CheckpointScores.from_dict(d, known=ENTRY_KEYS),
+            best=best,
+            topology=d.get("topology"),
+            method_config=d.get("method_config"),
+            distillation=d.get("distillation"),
+            train_seconds=d.get("train_seconds"),
+            n_eval=d.get("n_eval"),
+        )
+
+    def rebased(self, prefix: str) -> ResultEntry:
+        """The entry with its checkpoint paths made relative to the folder above the run's."""
+
+        def moved(s: CheckpointScores) -> CheckpointScores:
+            return replace(s, checkpoint=f"{prefix}/{s.checkpoint}")
+
+        return replace(self, last=moved(self.last), best=None if self.best is None else moved(self.best))
+
+
+def weights_label(topology: Mapping | None) -> str:
+    """TRAIN's weights: "λ=10", or "λnat=1, λadv=6" when they differ ("λ=0" without TRAIN)."""
+    if not topology:
+        return "λ=0"
+    nat, adv = topology.get("lambda_nat", 0), topology.get("lambda_adv", 0)
+    return f"λ={nat:g}" if nat == adv else f"λnat={nat:g}, λadv={adv:g}"
+
+
+# TRAIN options that name a variant when they differ from topology's defaults
+_OPTION_KEYS = (
+    "layer",
+    "divergence",
+    "entropy_weight",
+    "center",
+    "clean_batchnorm",
+    "warmup_epochs",
+    "balance",
+    "teacher_perplexity",
+    "projection",
+)
+# the value of an option a results entry does not record: runs from before the option existed trained without it
+_UNRECORDED = {"warmup_epochs": 0.0}
+
+
+def added_term(entry: ResultEntry) -> str:
+    """What a run adds to its base method, e.g. 'TRAIN softmax-cosine T=0.1, λ=10' ("" for none)."""
+    topo, kd = entry.topology, entry.distillation
+    parts = []
+    if topo:
+        parts.append(f"TRAIN {_kernel_label(topo)}, {weights_label(topo)}{_option_labels(topo)}")
+    if kd:
+        parts.append(f"distillation T={kd.get('temperature', 4):g}, λ={kd.get('lambda', 1):g}")
+    return " + ".join(parts)
+
+
+def _kernel_label(topo: Mapping) -> str:
+    """The kernel and its parameters as a results entry's topology section records them (results written
+    before a parameter was recorded: its default), e.g. `softmax-cosine T=0.1`."""
+    from ..registry import KERNELS  # the kernels import torch; reading results.json does not need it
+    from ..topology import kernel_from_settings
+
+    name = topo.get("kernel", "cosine")
+    if name not in KERNELS:
+        return str(name)
+    return kernel_from_settings(name, topo, topo.get("kernel_args") or {}).label()
+
+
+def _option_labels(topo: Mapping) -> str:
+    defaults = TopologyConfig()
+    return "".join(
+        f", {key}={value:g}" if isinstance(value, float) else f", {key}={value}"
+        for key in _OPTION_KEYS
+        if (value := topo.get(key, _UNRECORDED.get(key, getattr(defaults, key)))) != getattr(defaults, key)
     )
 
 
-def merge_evaluation(
-    results: Path, run: str, checkpoint: Path, res: EvalResult, *, norm: str, eps: float, dataset: str, sanity=None
-) -> str:
-    """Write `res`'s robust accuracies into run `run` of results.json, atomically; returns "last" or "best".
+@dataclass
+class ResultsFile:
+    """A whole results.json: a run's (one entry) or a study's (one per run, and those that failed)."""
 
-    A stored per-sample "worst" that this evaluation cannot recompute (it lacks some of the stored attacks
-    or ran on other images) is removed rather than left stale."""
-    doc, slot, label = find_run_slot(results, run, checkpoint, norm=norm, eps=eps, dataset=dataset)
-    n_eval = doc["runs"][run].get("n_eval", res.n)
-    robust = slot.setdefault("robust_acc", {})
-    new = {k: v for k, v in res.robust_acc.items() if k != "worst"}
-    covered = (set(robust) - {"worst"}) <= set(new) and res.n == n_eval
-    robust.update(new)
-    if covered and "worst" in res.robust_acc:
-        robust["worst"] = res.robust_acc["worst"]
-    elif not covered:
-        robust.pop("worst", None)
-    fewer = slot.get("n_by_attack", {})
-    for k in new:
-        if res.n_of(k) != n_eval:
-            fewer[k] = res.n_of(k)
-        else:
-            fewer.pop(k, None)
-    if fewer:
-        slot["n_by_attack"] = fewer
-    else:
-        slot.pop("n_by_attack", None)
-    if res.subset is not None:
-        slot["autoattack_subset"] = res.subset
-    slot.setdefault("eval_seconds", {}).update({k: round(v, 2) for k, v in res.seconds.items()})
-    if sanity is not None:
-        slot["sanity"] = {"passed": sanity.passed, "failed": [c.name for c in sanity.failed]}
-    write_json_atomic(doc, Path(results))
-    return label
+    dataset: str | None
+    threat: dict
+    runs: dict[str, ResultEntry]
+    failed: dict[str, str] = field(default_factory=dict)
+    provenance: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"dataset": self.dataset, "threat": self.threat}
+        d["runs"] = {name: entry.to_dict() for name, entry in self.runs.items()}
+        if self.provenance is not None:
+            d["provenance"] = self.provenance
+        if self.failed:
+            d["failed"] = self.failed
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ResultsFile:
+        """ValueError naming the first key of the wrong type."""
+        if not isinstance(doc, dict):
+            raise ValueError("the top level is not a mapping")
+        if not isinstance(doc.get("runs"), dict):
+            raise ValueError("'runs' is missing or not a mapping")
+        for key, kind in (("dataset", str), ("threat", dict), ("failed", dict)):
+            if key in doc and not isinstance(doc[key], kind):
+                raise ValueError(f"'{key}' is not a {kind.__name__}")
+        runs = {}
+        for name, entry in doc["runs"].items():
+            try:
+                runs[name] = ResultEntry.from_dict(entry)
+            except ValueError as e:
+                raise ValueError(f"run {name!r}: {e}") from None
+        known = ("dataset", "threat", "runs", "failed", "provenance")
+        return cls(
+            dataset=doc.get("dataset"),
+            threat=doc.get("threat", {}),
+            runs=runs,
+            failed=dict(doc.get("failed", {})),
+            provenance=doc.get("provenance"),
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
 
 
-def format_table(runs: dict[str, dict]) -> str:
+def read_results(path: Path, run: str | None = None) -> ResultsFile:
+    """A results.json checked against the contract above (types of the keys present), so a damaged or
+    hand-edited file is one line naming the key rather than a traceback; with `run`, that run must be in it."""
+    doc = read_json(path)
+    try:
+        results = ResultsFile.from_dict(doc)
+    except ValueError as e:
+        raise TopoatError(f"{path} is not a usable topoat results.json: {e}") from None
+    if run is not None and run not in results.runs:
+        raise TopoatError(f"{path} is not a usable topoat results.json: it has no run {run!r}")
+    return results
+
+
+def write_results(results: ResultsFile, path: Path) -> None:
+    write_json_atomic(results.to_dict(), Path(path))
+
+
+def results_document(
+    cfg: TrainConfig, runs: dict[str, ResultEntry], failed: dict[str, str] | None = None
+) -> ResultsFile:
+    """The results.json of runs trained and evaluated under `cfg`'s data and threat model, on this machine."""
+    return ResultsFile(
+        dataset=cfg.data.display_name,
+        threat={"norm": cfg.attack.norm, "eps": cfg.attack.eps},
+        runs=runs,
+        failed=dict(failed or {}),
+        provenance=provenance(resolve_device(cfg.runtime.device)),
+    )
+
+
+def as_entry(entry: ResultEntry | dict) -> ResultEntry:
+    """An entry, also from its dict (a results.json read by hand)."""
+    return entry if isinstance(entry, ResultEntry) else ResultEntry.from_dict(entry)
+
+
+def format_table(runs: Mapping[str, ResultEntry | dict]) -> str:
     """A plain-text results table: one row per run (its last checkpoint) and one per best checkpoint,
     `NAME (best@EPOCH)`; accuracies in percent. Attacks run on fewer images are footnoted."""
-    attacks: list[str] = []
-    for r in runs.values():
-        for scores in (r, r.get("best") or {}):
-            attacks += [a for a in scores.get("robust_acc", {}) if a not in attacks]
+    entries = {name: as_entry(e) for name, e in runs.items()}
+    attacks = list(dict.fromkeys(a for e in entries.values() for s in e.checkpoints.values() for a in s.robust_acc))
     header = ["run", "method", "added term", "natural"] + attacks + ["train s"]
     rows = []
     notes: dict[str, str] = {}
-    for name, r in runs.items():
-        topo = r.get("topology")
-        topo_text = (
-            "-"
-            if not topo
-            else (
-                f"{topo.get('kernel', 'cosine')} {topo['layer']} nat={topo['lambda_nat']:g} adv={topo['lambda_adv']:g}"
-            )
-        )
-        kd = r.get("distillation")
-        if kd:
-            topo_text = (
-                "" if topo_text == "-" else topo_text + " + "
-            ) + f"distillation λ={kd['lambda']:g} T={kd['temperature']:g}"
-        parts = [(name, r, f"{r['train_seconds']:.0f}")]
-        if isinstance(r.get("best"), dict):
-            parts.append((f"{name} (best@{r['best'].get('epoch')})", r["best"], "-"))
-        for label, scores, seconds in parts:
-            robust = scores.get("robust_acc", {})
+    for name, e in entries.items():
+        for which, scores in e.checkpoints.items():
+            label = name if which == "last" else f"{name} (best@{scores.epoch})"
+            seconds = f"{e.train_seconds:.0f}" if which == "last" and e.train_seconds is not None else "-"
+            natural = "-" if scores.natural_acc is None else f"{100 * scores.natural_acc:.2f}"
             rows.append(
-                [label, r["method"], topo_text, f"{100 * scores['natural_acc']:.2f}"]
-                + [f"{100 * robust[a]:.2f}" if a in robust else "-" for a in attacks]
+                [label, e.method, added_term(e) or "-", natural]
+                + [f"{100 * scores.robust_acc[a]:.2f}" if a in scores.robust_acc else "-" for a in attacks]
                 + [seconds]
             )
-            for a, k in scores.get("n_by_attack", {}).items():
-                notes.setdefault(a, f"{a}: on a fixed {k} of the {r.get('n_eval', '?')} test images")
+            for a, k in scores.n_by_attack.items():
+                notes.setdefault(a, f"{a}: on a fixed {k} of the {e.n_eval or '?'} test images")
     return "\n".join([text_table(header, rows)] + list(notes.values()))

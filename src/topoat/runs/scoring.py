@@ -6,18 +6,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from ..config import TrainConfig, to_dict
 from ..data import ImageDataset, dataset_from_config, to_float
 from ..evaluation.accuracy import EvalResult, evaluate, fixed_subset, held_out_subset
 from ..runtime import as_channels_last, resolve_device, set_threads, use_channels_last
 from ..training.distributed import SINGLE, DistContext
-from .checkpoint import load_checkpoint, load_model, model_from_record
-from .folder import RunFolder, read_json, write_json_atomic
-from .results import merge_evaluation, read_results, results_document
+from .checkpoint import load_model, model_from_record, read_checkpoint
+from .folder import RunFolder
+from .merge import merge_evaluation
+from .results import CheckpointScores, ResultEntry, read_results, results_document, write_results
 
 
 def method_name(cfg: TrainConfig) -> str:
@@ -33,7 +34,7 @@ def train_and_evaluate(
     resume_hint: str,
     dist: DistContext = SINGLE,
     echo: Callable[[str], None] | None = None,
-) -> dict | None:
+) -> ResultEntry | None:
     """One run from start to results: train `cfg` into `run_dir` (or resume it), evaluate it and write its
     results.json. Returns its entry; None on the processes other than rank 0, which only train. The CLI
     and a study both run a run through here, holding the folder's lock from the first check to results.json."""
@@ -41,11 +42,11 @@ def train_and_evaluate(
 
     folder = RunFolder(run_dir)
     if not dist.is_main:  # rank 0 holds the folder's lock for all of them
-        Trainer(cfg, run_dir, resume=resume, dist=dist).run()
+        Trainer.from_config(cfg, run_dir, resume=resume, dist=dist).run()
         return None
     check_startable(folder, resume)  # before the lock file goes into a folder that is not a run's
     with folder.locked():
-        summary = Trainer(cfg, run_dir, resume=resume, dist=dist).run()
+        summary = Trainer.from_config(cfg, run_dir, resume=resume, dist=dist).run()
         return _evaluated(cfg, run_dir, summary, stage_name, resume_hint, echo)
 
 
@@ -64,7 +65,7 @@ def _evaluated(
     stage_name: str,
     resume_hint: str,
     echo: Callable[[str], None] | None,
-) -> dict:
+) -> ResultEntry:
     from ..signals import stage
 
     if echo is not None:
@@ -78,7 +79,7 @@ def _evaluated(
         entry = evaluate_run(
             cfg, run_dir, cfg.name, summary["train_seconds"], relative_to=run_dir, progress=cfg.runtime.progress
         )
-        write_json_atomic(results_document(cfg, {cfg.name: entry}), RunFolder(run_dir).results)
+        write_results(results_document(cfg, {cfg.name: entry}), RunFolder(run_dir).results)
     return entry
 
 
@@ -90,7 +91,7 @@ def evaluate_run(
     relative_to: Path,
     dataset: ImageDataset | None = None,
     progress: bool = True,
-) -> dict:
+) -> ResultEntry:
     """The results.json entry of one run: its last checkpoint evaluated on the fixed test subset, and
     under `best` its best-by-validation checkpoint on the same images (robust overfitting is real)."""
     device = resolve_device(cfg.runtime.device)
@@ -100,70 +101,60 @@ def evaluate_run(
     checkpoint = folder.last
     model = load_model(checkpoint, device)
     res = _evaluate_model(cfg, model, x, y, progress, attacks_for(cfg, "last"))
-    entry = {
-        "method": method_name(cfg),
-        "topology": None if cfg.topology is None else to_dict(cfg.topology),
-        "method_config": {k: v for k, v in to_dict(cfg.method).items() if k != "name"},
-        "distillation": None if cfg.distillation is None else to_dict(cfg.distillation),
-        "checkpoint": os.path.relpath(checkpoint, relative_to),
-        "natural_acc": res.natural_acc,
-        "robust_acc": res.robust_acc,
-        "train_seconds": round(train_seconds, 3),
-        "n_eval": res.n,
-    }
-    entry.update(_extras(res))
-    entry["best"] = _evaluate_best(cfg, folder.best, model, res, x, y, relative_to, progress)
-    return entry
+    return ResultEntry(
+        method=method_name(cfg),
+        topology=None if cfg.topology is None else to_dict(cfg.topology),
+        method_config={k: v for k, v in to_dict(cfg.method).items() if k != "name"},
+        distillation=None if cfg.distillation is None else to_dict(cfg.distillation),
+        last=_scores(res, os.path.relpath(checkpoint, relative_to)),
+        train_seconds=round(train_seconds, 3),
+        n_eval=res.n,
+        best=_evaluate_best(cfg, folder.best, model, res, x, y, relative_to, progress),
+    )
 
 
-def evaluate_missing(cfg: TrainConfig, run_dir: Path, name: str, attacks: list[str], progress: bool = True) -> dict:
+def evaluate_missing(
+    cfg: TrainConfig, run_dir: Path, name: str, attacks: list[str], progress: bool = True
+) -> ResultEntry:
     """A finished run's entry (its results.json) with `attacks` evaluated on the same images and merged
     in, for the last checkpoint and, unless it holds the same weights, the best one."""
     results = RunFolder(run_dir).results
-    entry = read_results(results, name)["runs"][name]
+    entry = read_results(results, name).runs[name]
     device = resolve_device(cfg.runtime.device)
     ds = dataset_from_config(cfg.data)
     # the images the run was scored on, even if the study now asks for more: scores of one entry share images
-    n = entry.get("n_eval", cfg.evaluation.n)
+    n = entry.n_eval if entry.n_eval is not None else cfg.evaluation.n
     x, y = held_out_subset(ds, n, cfg.evaluation.seed, device)
-    slots = [("last", entry["checkpoint"])]
-    best = entry.get("best")
-    if isinstance(best, dict) and (not best.get("same_as_last") or "last" not in cfg.evaluation.checkpoints):
-        slots.append(("best", best["checkpoint"]))
-    for kind, checkpoint in slots:
+    copies_last = entry.best is not None and entry.best.same_as_last and "last" in cfg.evaluation.checkpoints
+    for kind, slot in entry.checkpoints.items():
         wanted = [a for a in attacks if a in attacks_for(cfg, kind)]
-        if not wanted:
+        if not wanted or (kind == "best" and copies_last):
             continue
-        path = (run_dir / checkpoint).resolve()
+        path = (run_dir / str(slot.checkpoint)).resolve()
         res = _evaluate_model(cfg, load_model(path, device), x, y, progress, wanted)
         merge_evaluation(
             results, name, path, res, norm=cfg.attack.norm, eps=cfg.attack.eps, dataset=cfg.data.display_name
         )
-    entry = read_json(results)["runs"][name]
-    if (
-        isinstance(entry.get("best"), dict)
-        and entry["best"].get("same_as_last")
-        and "last" in cfg.evaluation.checkpoints
-    ):
-        for key in ("robust_acc", "n_by_attack", "autoattack_subset", "eval_seconds"):
-            if key in entry:
-                entry["best"][key] = entry[key]
-        doc = read_json(results)
-        doc["runs"][name] = entry
-        write_json_atomic(doc, results)
+    doc = read_results(results, name)
+    entry = doc.runs[name]
+    if copies_last and entry.best is not None:
+        last = entry.last
+        entry.best.robust_acc, entry.best.n_by_attack = last.robust_acc, last.n_by_attack
+        entry.best.autoattack_subset, entry.best.eval_seconds = last.autoattack_subset, last.eval_seconds
+        write_results(doc, results)
     return entry
 
 
-def images_to_add(cfg: TrainConfig, entry: dict, n_test: int) -> int:
+def images_to_add(cfg: TrainConfig, entry: ResultEntry, n_test: int) -> int:
     """How many test images a finished run lacks for `cfg.evaluation.n` (all of them when None): 0 when
     it was scored on at least as many (a study that asks for fewer keeps the larger sample)."""
     wanted = n_test if cfg.evaluation.n is None else min(cfg.evaluation.n, n_test)
-    return max(wanted - int(entry.get("n_eval", wanted)), 0)
+    return max(wanted - int(entry.n_eval if entry.n_eval is not None else wanted), 0)
 
 
 def evaluate_more_images(
     cfg: TrainConfig, run_dir: Path, name: str, progress: bool = True, echo: Callable[[str], None] = lambda line: None
-) -> dict:
+) -> ResultEntry:
     """A finished run's entry grown to `cfg.evaluation.n` test images: the images it lacks are scored
     with every attack it already holds, and each score becomes the count-weighted mean of both parts.
 
@@ -173,15 +164,18 @@ def evaluate_more_images(
     still gets the same attack. A run whose AutoAttack ran on a fixed fraction (`autoattack_n`) is
     evaluated again from scratch instead: its subsets do not nest."""
     results = RunFolder(run_dir).results
-    entry = read_results(results, name)["runs"][name]
+    doc = read_results(results, name)
+    entry = doc.runs[name]
     device = resolve_device(cfg.runtime.device)
     ds = dataset_from_config(cfg.data)
     n_test = ds.x_test.shape[0]
     if not images_to_add(cfg, entry, n_test):
         return entry
-    n_old = int(entry["n_eval"])
-    slots = [("last", entry)] + ([("best", entry["best"])] if isinstance(entry.get("best"), dict) else [])
-    if cfg.evaluation.autoattack_n is not None or any("n_by_attack" in s or "autoattack_subset" in s for _, s in slots):
+    n_old = int(entry.n_eval or 0)
+    slots = entry.checkpoints
+    if cfg.evaluation.autoattack_n is not None or any(
+        s.n_by_attack or s.autoattack_subset is not None for s in slots.values()
+    ):
         echo(
             f"[{name}] done on {n_old} test images; evaluating it again on {cfg.evaluation.n or 'all'} "
             "(its AutoAttack ran on a fraction of them, which does not grow)"
@@ -190,12 +184,12 @@ def evaluate_more_images(
             cfg,
             run_dir,
             name,
-            float(entry.get("train_seconds", 0.0)),
+            float(entry.train_seconds or 0.0),
             relative_to=run_dir,
             dataset=ds,
             progress=progress,
         )
-        write_json_atomic(results_document(cfg, {name: entry}), results)
+        write_results(results_document(cfg, {name: entry}), results)
         return entry
     echo(
         f"[{name}] done on {n_old} test images; scoring the {images_to_add(cfg, entry, n_test)} more that "
@@ -205,33 +199,38 @@ def evaluate_more_images(
     added = new_idx[~torch.isin(new_idx, fixed_subset(n_test, n_old, cfg.evaluation.seed))]
     x, y = to_float(ds.x_test[added].to(device)), ds.y_test[added].to(device)
     scored: dict[str, tuple[EvalResult, list[str]]] = {}
-    for kind, slot in slots:
-        attacks = [a for a in slot.get("robust_acc", {}) if a != "worst"]
-        reuse = kind == "best" and slot.get("same_as_last") and attacks == scored["last"][1]
-        if reuse:
+    for kind, slot in slots.items():
+        attacks = [a for a in slot.robust_acc if a != "worst"]
+        if kind == "best" and slot.same_as_last and attacks == scored["last"][1]:
             scored[kind] = scored["last"]
             continue
-        model = load_model((run_dir / slot["checkpoint"]).resolve(), device)
+        model = load_model((run_dir / str(slot.checkpoint)).resolve(), device)
         scored[kind] = (_evaluate_model(cfg, model, x, y, progress, attacks), attacks)
     n_new = n_old + len(added)
-    for kind, slot in slots:
-        res, _ = scored[kind]
-        mean = lambda old, new: (round(old * n_old) + round(new * res.n)) / n_new
-        slot["natural_acc"] = mean(slot["natural_acc"], res.natural_acc)
-        robust = slot.get("robust_acc", {})
-        for a in list(robust):
-            if a in res.robust_acc:
-                robust[a] = mean(robust[a], res.robust_acc[a])
-            else:
-                del robust[a]  # a per-sample worst case over attacks that were not all rerun
-        seconds = slot.setdefault("eval_seconds", {})
-        for a, s in res.seconds.items():
-            seconds[a] = round(seconds.get(a, 0.0) + s, 2)
-    entry["n_eval"] = n_new
-    doc = read_json(results)
-    doc["runs"][name] = entry
-    write_json_atomic(doc, results)
+    for kind, slot in slots.items():
+        _grow(slot, scored[kind][0], n_old, n_new)
+    entry.n_eval = n_new
+    write_results(doc, results)
     return entry
+
+
+def _grow(slot: CheckpointScores, res: EvalResult, n_old: int, n_new: int) -> None:
+    """`slot`'s scores on `n_old` images joined by `res` on the images added: count-weighted means."""
+
+    def mean(old: float, new: float) -> float:
+        return (round(old * n_old) + round(new * res.n)) / n_new
+
+    slot.natural_acc = mean(slot.natural_acc or 0.0, res.natural_acc)
+    robust = slot.robust_acc
+    for a in list(robust):
+        if a in res.robust_acc:
+            robust[a] = mean(robust[a], res.robust_acc[a])
+        else:
+            del robust[a]  # a per-sample worst case over attacks that were not all rerun
+    seconds = slot.eval_seconds if slot.eval_seconds is not None else {}
+    for a, s in res.seconds.items():
+        seconds[a] = round(seconds.get(a, 0.0) + s, 2)
+    slot.eval_seconds = seconds
 
 
 def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
@@ -240,7 +239,9 @@ def attacks_for(cfg: TrainConfig, checkpoint: str) -> list[str]:
     return list(cfg.evaluation.attacks) if checkpoint in cfg.evaluation.checkpoints else []
 
 
-def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: list[str] | None = None) -> EvalResult:
+def _evaluate_model(
+    cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor, progress: bool, attacks: list[str] | None = None
+) -> EvalResult:
     ev = cfg.evaluation
     set_threads(cfg.runtime.threads)  # a resumed study evaluates without building a Trainer
     if use_channels_last(cfg.runtime.channels_last):
@@ -261,38 +262,39 @@ def _evaluate_model(cfg: TrainConfig, model, x, y, progress: bool, attacks: list
     )
 
 
-def _extras(res: EvalResult) -> dict:
-    """The optional fields of an entry: where attacks ran on fewer images, and what the evaluation cost."""
-    out: dict[str, Any] = {}
-    fewer = {k: res.n_of(k) for k in res.robust_acc if k != "worst" and res.n_of(k) != res.n}
-    if fewer:
-        out["n_by_attack"] = fewer
-    if res.subset is not None:
-        out["autoattack_subset"] = res.subset
-    out["eval_seconds"] = {k: round(v, 2) for k, v in res.seconds.items()}
-    return out
+def _scores(res: EvalResult, checkpoint: str, epoch: int | None = None) -> CheckpointScores:
+    """A checkpoint's scores: its accuracies, where attacks ran on fewer images, what the evaluation cost."""
+    return CheckpointScores(
+        checkpoint=checkpoint,
+        natural_acc=res.natural_acc,
+        robust_acc=res.robust_acc,
+        epoch=epoch,
+        n_by_attack={k: res.n_of(k) for k in res.robust_acc if k != "worst" and res.n_of(k) != res.n},
+        autoattack_subset=res.subset,
+        eval_seconds={k: round(v, 2) for k, v in res.seconds.items()},
+    )
 
 
 def _evaluate_best(
-    cfg: TrainConfig, path: Path, last_model, last: EvalResult, x, y, relative_to: Path, progress: bool
-) -> dict | None:
+    cfg: TrainConfig,
+    path: Path,
+    last_model: nn.Module,
+    last: EvalResult,
+    x: Tensor,
+    y: Tensor,
+    relative_to: Path,
+    progress: bool,
+) -> CheckpointScores | None:
     """best.pt on the same images; when it holds the last checkpoint's weights its scores are the same."""
     if not path.is_file():
         return None  # no validation split: nothing chose a best checkpoint
-    ckpt = load_checkpoint(path)
-    model = model_from_record(ckpt, x.device).eval()
+    ckpt = read_checkpoint(path)
+    model = model_from_record(ckpt.model, x.device).eval()
     last_state = last_model.state_dict()
     same = all(torch.equal(v, last_state[k]) for k, v in model.state_dict().items())
     attacks = attacks_for(cfg, "best")
     reuse = same and attacks == attacks_for(cfg, "last")
     res = last if reuse else _evaluate_model(cfg, model, x, y, progress, attacks)
-    best = {
-        "checkpoint": os.path.relpath(path, relative_to),
-        "epoch": ckpt.get("epoch"),
-        "natural_acc": res.natural_acc,
-        "robust_acc": res.robust_acc,
-    }
-    best.update(_extras(res))
-    if same:
-        best["same_as_last"] = True
+    best = _scores(res, os.path.relpath(path, relative_to), ckpt.epoch)
+    best.same_as_last = same
     return best

@@ -7,6 +7,7 @@ import fnmatch
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from ..config import TrainConfig, from_dict, load_config, override, preset_path,
 from ..errors import TopoatError, TrainingDiverged
 from ..files import write_atomic
 from ..signals import stage
-from .folder import LOCK, RESULTS, STUDY_FILE, STUDY_LEFTOVERS, RunFolder, write_json_atomic
-from .results import format_table, read_results, rebase_checkpoints, results_document
+from .folder import LOCK, RESULTS, STUDY_FILE, STUDY_LEFTOVERS, RunFolder
+from .results import ResultEntry, format_table, read_results, results_document, write_results
 from .scoring import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
 
 # What a study folder holds besides its runs (report.md, figures/ and analysis.json come from `report`).
@@ -203,7 +204,7 @@ def run_study(
         study.prepare(resume=False, leftovers=STUDY_LEFTOVERS)
     if not (resume and (out / STUDY_FILE).resolve() == Path(path).resolve()):
         _copy_study_file(path, out / STUDY_FILE)  # the study file as last run
-    runs: dict[str, dict] = {}
+    runs: dict[str, ResultEntry] = {}
     failed: dict[str, str] = {}
     for p in planned:
         cfg = configs[p.name]
@@ -214,7 +215,7 @@ def run_study(
         elif folder.results.is_file():
             with folder.locked():
                 finished = _complete_finished_run(cfg, folder, p.name, hint, progress, echo)
-            runs[p.name] = rebase_checkpoints(finished, p.name)
+            runs[p.name] = finished.rebased(p.name)
             continue
         unfinished = [r for r in p.needs if r in failed or not _wait_until_finished(study, r, p.name, echo)]
         if unfinished:
@@ -242,20 +243,18 @@ def run_study(
             echo(f"[{p.name}] failed: {e}")
             continue
         assert entry is not None  # a study runs in one process, which is the main one
-        runs[p.name] = rebase_checkpoints(entry, p.name)
+        runs[p.name] = entry.rebased(p.name)
     first = configs[planned[0].name]
     if only is not None:  # processes sharing the folder (--runs) each write the whole study's results.json
         runs, failed = _with_runs_done_elsewhere(whole_study, runs, failed, study)
-    document = results_document(first, runs)
-    if failed:
-        document["failed"] = failed
-    write_json_atomic(document, study.results)
+    document = results_document(first, runs, failed)
+    write_results(document, study.results)
     echo("")
     echo(format_table(runs))
     for name, why in failed.items():
         echo(f"{name}: FAILED: {why}")
     echo(f"\nresults: {out / 'results.json'}")
-    return document
+    return document.to_dict()
 
 
 def _validated_configs(planned: list[PlannedRun], study: RunFolder, progress: bool) -> dict[str, TrainConfig]:
@@ -309,16 +308,18 @@ def _wait_until_finished(study: RunFolder, name: str, waiting: str, echo) -> boo
     return True
 
 
-def _complete_finished_run(cfg: TrainConfig, folder: RunFolder, name: str, hint: str, progress: bool, echo) -> dict:
+def _complete_finished_run(
+    cfg: TrainConfig, folder: RunFolder, name: str, hint: str, progress: bool, echo: Callable[[str], None]
+) -> ResultEntry:
     """A trained run's entry, first scored on the images and with the attacks the study now asks for
     and it lacks (a study may grow its evaluation after a screening phase without retraining)."""
-    entry = read_results(folder.results, name)["runs"][name]
-    n_eval = entry.get("n_eval")
+    entry = read_results(folder.results, name).runs[name]
+    n_eval = entry.n_eval
     if isinstance(n_eval, int) and (cfg.evaluation.n is None or cfg.evaluation.n > n_eval):
         with stage(f"during the evaluation of run {name}", hint):
             entry = evaluate_more_images(cfg, folder.root, name, progress=progress, echo=echo)
-    best = entry.get("best") or {}
-    scored = entry.get("robust_acc", {}) if "last" in cfg.evaluation.checkpoints else best.get("robust_acc", {})
+    scores = entry.scores("last" if "last" in cfg.evaluation.checkpoints else "best")
+    scored = scores.robust_acc if scores is not None else {}
     missing = [a for a in cfg.evaluation.attacks if a not in scored]
     if not missing:
         echo(f"[{name}] already done")
@@ -329,15 +330,15 @@ def _complete_finished_run(cfg: TrainConfig, folder: RunFolder, name: str, hint:
 
 
 def _with_runs_done_elsewhere(
-    whole_study: list[PlannedRun], runs: dict[str, dict], failed: dict[str, str], study: RunFolder
-) -> tuple[dict[str, dict], dict[str, str]]:
+    whole_study: list[PlannedRun], runs: dict[str, ResultEntry], failed: dict[str, str], study: RunFolder
+) -> tuple[dict[str, ResultEntry], dict[str, str]]:
     """This invocation's runs and failures, joined by the finished runs of the rest of the study (read
     from their folders, never evaluated here) and the failures the study's results.json already lists,
     in the study's order."""
     earlier: dict[str, str] = {}
     if study.results.is_file() and not _torn(study.results):
         try:
-            earlier = read_results(study.results).get("failed", {})
+            earlier = read_results(study.results).failed
         except TopoatError:
             pass  # a damaged study results.json is written anew below
     joined, failures = {}, {}
@@ -349,7 +350,7 @@ def _with_runs_done_elsewhere(
             failures[p.name] = failed[p.name]
         elif folder.results.is_file() and not _torn(folder.results):
             try:
-                joined[p.name] = rebase_checkpoints(read_results(folder.results, p.name)["runs"][p.name], p.name)
+                joined[p.name] = read_results(folder.results, p.name).runs[p.name].rebased(p.name)
             except TopoatError:
                 pass  # its own process, or a later --resume, reports it
         elif p.name in earlier:

@@ -53,7 +53,7 @@ class EpochBoard:
         seconds = (now - self._since) / len(self._queued) if self._since is not None else None
         for i, (global_step, lr, names, values) in enumerate(self._queued):
             row = host[i] if host is not None else values.cpu().tolist()
-            for name, value in zip(names, row):
+            for name, value in zip(names, row, strict=True):
                 self.writer.add_scalar(STEP + name, value, global_step)
             self.writer.add_scalar(STEP + "lr", lr, global_step)
             if seconds is not None:

@@ -18,7 +18,13 @@ from ..data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from ..errors import TopoatError
 from ..models import build_model, check_layer, representation
 from ..objectives import Objective, build_objective
-from ..runs.checkpoint import check_fits_data, check_takes_images, load_checkpoint, model_from_record
+from ..runs.checkpoint import (
+    CheckpointRecord,
+    check_fits_data,
+    check_takes_images,
+    model_from_record,
+    read_checkpoint,
+)
 from ..runtime import (
     as_channels_last,
     compiled,
@@ -227,30 +233,29 @@ def frozen_model(
 ) -> nn.Module:
     """A teacher (or reference) checkpoint made for this data, eval-mode on `device`. One from other data
     is refused: it would still run (see check_fits_data) and train against a meaningless graph."""
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)
     check_finished(ckpt, path, role)
-    check_fits_data(ckpt, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
-    trained_on = ckpt.get("dataset")
-    if isinstance(trained_on, str) and trained_on != data.name:  # same shape, other images: nothing else sees it
+    check_fits_data(ckpt.model, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
+    trained_on = ckpt.dataset
+    if trained_on is not None and trained_on != data.name:  # same shape, other images: nothing else sees it
         raise TopoatError(
             f"{role} {path} was trained on {trained_on}, but this run trains on {data.name} "
             "(name both alike with data.name if they are the same images)"
         )
-    model = model_from_record(ckpt, device).eval()
+    model = model_from_record(ckpt.model, device).eval()
     check_takes_images(model, example, f"{role} {path}", data.name)
     return as_channels_last(model) if channels_last else model
 
 
-def check_finished(ckpt: dict, path: str | Path, role: str) -> None:
+def check_finished(ckpt: CheckpointRecord, path: str | Path, role: str) -> None:
     """A training checkpoint (last.pt: it holds the optimiser) of a run stopped before its last epoch is a
     half-trained model; a best.pt or an exported model is whatever its maker chose, and is taken as it is."""
-    if "optimizer" not in ckpt:
+    if not ckpt.is_training_checkpoint:
         return
-    epoch, step = ckpt.get("epoch"), ckpt.get("step")
-    config = ckpt.get("config")
-    optim = config.get("optim") if isinstance(config, dict) else None
+    epoch, step = ckpt.epoch, ckpt.step
+    optim = (ckpt.config or {}).get("optim")
     epochs = optim.get("epochs") if isinstance(optim, dict) else None
-    if isinstance(epoch, int) and isinstance(epochs, int) and (epoch < epochs or (isinstance(step, int) and step > 0)):
+    if epoch is not None and isinstance(epochs, int) and (epoch < epochs or (step is not None and step > 0)):
         where = f"epoch {epoch} of {epochs}" + (f", step {step} of epoch {epoch + 1}" if step else "")
         raise TopoatError(
             f"{role} {path} is the checkpoint of an unfinished run (stopped after {where}); "
