@@ -145,7 +145,7 @@ def test_each_toy_is_known_by_name_and_checked_like_a_built_in():
 
 def test_a_run_of_the_toy_method_and_kernel_on_the_toy_data_trains_and_is_evaluated_by_the_toy_attack(tmp_path):
     teacher = tmp_path / "teacher"
-    Trainer(toy_config(**{"method.name": "standard", "validation.attack_steps": 0}), teacher).run()
+    Trainer.from_config(toy_config(**{"method.name": "standard", "validation.attack_steps": 0}), teacher).run()
     cfg = toy_config(
         **{
             "method.name": "mixed-at",
@@ -178,14 +178,17 @@ def test_a_run_of_the_toy_method_and_kernel_on_the_toy_data_trains_and_is_evalua
 def test_the_validation_graph_uses_the_configured_kernel(tmp_path):
     """val_graph_kl is the run's own topology loss (here softmax-cosine at temperature 0.5), not the default."""
     teacher = tmp_path / "teacher"
-    Trainer(tiny_config(**{"method.name": "standard", "validation.attack_steps": 0, "optim.epochs": 1}), teacher).run()
+    Trainer.from_config(
+        tiny_config(**{"method.name": "standard", "validation.attack_steps": 0, "optim.epochs": 1}), teacher
+    ).run()
     cfg = tiny_config(**{"topology.teacher": str(teacher / "last.pt"), "topology.temperature": 0.5, "optim.epochs": 1})
-    trainer = Trainer(cfg, tmp_path / "run")
+    trainer = Trainer.from_config(cfg, tmp_path / "run")
     trainer.run()
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["val_graph_kl"]
-    assert trainer.reference is not None and trainer.x_val is not None
-    student = extract(trainer.model, trainer.x_val)
-    reference = extract(trainer.reference, trainer.x_val)
+    parts = trainer.parts
+    assert parts.reference is not None and parts.x_val is not None
+    student = extract(parts.model, parts.x_val)
+    reference = extract(parts.reference, parts.x_val)
 
     def graph_kl(loss):
         return topology_metrics(student, reference, graph_size=cfg.optim.batch_size, kernel=loss)["graph_kl"]
