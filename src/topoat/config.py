@@ -14,6 +14,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .attacks.names import parse_attack  # a misspelt attack fails at validation, not after the training
+from .attacks.threat import ThreatModel
 from .errors import TopoatError
 from .yamltext import read_yaml_text, safe_load
 
@@ -211,13 +212,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         o = self.optim
+        ThreatModel(self.attack.norm, self.attack.eps, "attack")
         checks = [
-            (_finite(self.attack.eps) and self.attack.eps >= 0, "attack.eps must be >= 0 and finite"),
-            # images live in [0, 1]: an L-inf ball wider than 1 contains every image, so it is a typo (8, not 8/255)
-            (
-                self.attack.norm != "Linf" or self.attack.eps <= 1,
-                "attack.eps must be <= 1 for the Linf norm (images are in [0, 1]; write 8/255 as 0.0314)",
-            ),
             (_finite(self.attack.step_size) and self.attack.step_size > 0, "attack.step_size must be > 0 and finite"),
             (self.attack.steps >= 0, "attack.steps must be >= 0"),
             (o.epochs >= 1, "optim.epochs must be >= 1"),

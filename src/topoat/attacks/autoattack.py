@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..errors import TopoatError
 from .base import Attack
 from .names import COMPONENTS, VERSIONS
+from .threat import ThreatModel
 
 # pyautoattack's standard and plus versions attack 9 target classes (all of CIFAR-10's wrong ones).
 DEFAULT_TARGET_CLASSES = 9
@@ -93,8 +94,7 @@ class AutoAttack(Attack):
         eval_mode: bool = True,
     ):
         super().__init__(model, eval_mode)
-        if norm not in ("Linf", "L2"):
-            raise TopoatError(f"AutoAttack: norm must be Linf or L2, got {norm!r}")
+        threat = ThreatModel(norm, eps, "AutoAttack")
         if attacks is not None:
             unknown = [a for a in attacks if a not in COMPONENTS]
             if unknown or not attacks:
@@ -104,7 +104,7 @@ class AutoAttack(Attack):
             version = "custom"
         elif version not in VERSIONS:
             raise TopoatError(f"AutoAttack: version must be one of {', '.join(VERSIONS)}, got {version!r}")
-        self.eps, self.norm, self.version, self.seed = float(eps), norm, version, int(seed)
+        self.eps, self.norm, self.version, self.seed = threat.eps, threat.norm, version, int(seed)
         self.attacks = None if attacks is None else list(attacks)
         self.notes: list[str] = []
         self._note_keys: set[str] = set()

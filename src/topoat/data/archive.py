@@ -11,6 +11,7 @@ read. An archive bearing an official archive's name (OFFICIAL_MD5) must also mat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
@@ -134,10 +135,8 @@ def download(
 
 
 def _remove_quietly(path: str | Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 # -- member checks ----------------------------------------------------------------------------------

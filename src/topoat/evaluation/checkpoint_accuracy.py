@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..attacks.threat import ThreatModel
 from ..data import ImageDataset
 from ..errors import TopoatError
 from ..files import check_output_folder, write_text_atomic
@@ -26,11 +27,10 @@ Echo = Callable[[str], None]
 
 @dataclass
 class CheckpointEvaluation:
-    """What `evaluate_checkpoint` measured: on `result.n` test images of `target.data`, under `norm`/`eps`."""
+    """What `evaluate_checkpoint` measured: on `result.n` test images of `target.data`, under `threat`."""
 
     target: Target
-    norm: str
-    eps: float
+    threat: ThreatModel
     result: EvalResult
     sanity: SanityReport | None = None  # the gradient-masking checks, when asked for
     merged: str | None = None  # the checkpoint of the run the scores went into ("last" or "best")
@@ -93,21 +93,21 @@ def evaluate_checkpoint(
         factory=model,
         arch_args=arch_args,
     )
-    norm, eps = recorded_threat(target.record, norm, eps, step_size)
-    if sanity and eps == 0:
+    threat = recorded_threat(target.record, norm, eps, step_size)
+    if sanity and threat.eps == 0:
         raise TopoatError("eval: --sanity needs --eps > 0")
     if results and run is not None:  # a results.json that does not fit fails before the attacks run
-        _check_results_fit(Path(results), run, checkpoint, target, norm, eps, seed)
+        _check_results_fit(Path(results), run, checkpoint, target, threat, seed)
     standard = _sanity_reference(reference, target.data, on)
     x, y = held_out_subset(target.data, n, seed, on)
-    _say_what(say, target, x, seed, norm, eps)
+    _say_what(say, target, x, seed, threat)
     res = evaluate(
         target.model,
         x,
         y,
         list(attacks),
-        norm=norm,
-        eps=eps,
+        norm=threat.norm,
+        eps=threat.eps,
         step_size=step_size,
         batch_size=batch_size,
         progress=progress,
@@ -117,7 +117,7 @@ def evaluate_checkpoint(
     say(format_result(res))
     for note in res.notes:
         say(f"note: {note}")
-    outcome = CheckpointEvaluation(target, norm, eps, res)
+    outcome = CheckpointEvaluation(target, threat, res)
     if sanity:
         from . import sanity as checks  # looked up when called, so a test can stand in for the checks
 
@@ -125,8 +125,8 @@ def evaluate_checkpoint(
             target.model,
             x,
             y,
-            norm=norm,
-            eps=eps,
+            norm=threat.norm,
+            eps=threat.eps,
             step_size=step_size,
             steps=sanity_steps,
             reference=standard,
@@ -155,9 +155,9 @@ def eval_document(
         outcome.result.as_dict(),
         checkpoint=str(checkpoint),
         dataset=outcome.target.data.name,
-        norm=outcome.norm,
-        eps=outcome.eps,
-        step_size=step_size if step_size is not None else outcome.eps / 4,
+        norm=outcome.threat.norm,
+        eps=outcome.threat.eps,
+        step_size=outcome.threat.step(step_size),
         seed=seed,
     )
     if outcome.sanity is not None:
@@ -194,12 +194,12 @@ def _check_request(
 
 
 def _check_results_fit(
-    results: Path, run: str, checkpoint: str | Path | None, target: Target, norm: str, eps: float, seed: int
+    results: Path, run: str, checkpoint: str | Path | None, target: Target, threat: ThreatModel, seed: int
 ) -> None:
     """`results` names a run this checkpoint belongs to, scored on the same threat model and images."""
     from ..runs.results import find_run_slot
 
-    find_run_slot(results, run, Path(str(checkpoint)), norm=norm, eps=eps, dataset=target.data.name)
+    find_run_slot(results, run, Path(str(checkpoint)), norm=threat.norm, eps=threat.eps, dataset=target.data.name)
     config = target.record.get("config")
     evaluation = config.get("evaluation") if isinstance(config, dict) else None
     run_seed = evaluation.get("seed", seed) if isinstance(evaluation, dict) else seed
@@ -222,13 +222,13 @@ def _sanity_reference(reference: str | Path | None, data: ImageDataset, device: 
     return model
 
 
-def _say_what(say: Echo, target: Target, x: Tensor, seed: int, norm: str, eps: float) -> None:
+def _say_what(say: Echo, target: Target, x: Tensor, seed: int, threat: ThreatModel) -> None:
     epoch = f", epoch {target.record['epoch']}" if isinstance(target.record.get("epoch"), int) else ""
     for note in target.record.get("notes", []):
         say(f"note: {note}")
     say(
         f"{target.label} ({target.record['arch']}{epoch}) on {target.data.name} test: {x.shape[0]} images "
-        f"(seed {seed}), {norm} eps {eps:.6g}"
+        f"(seed {seed}), {threat}"
     )
 
 
@@ -240,8 +240,8 @@ def _merge(outcome: CheckpointEvaluation, results: Path, run: str, checkpoint: s
         run,
         Path(str(checkpoint)),
         outcome.result,
-        norm=outcome.norm,
-        eps=outcome.eps,
+        norm=outcome.threat.norm,
+        eps=outcome.threat.eps,
         dataset=outcome.target.data.name,
         sanity=outcome.sanity,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..attacks.threat import ThreatModel
 from ..errors import TopoatError
 from ..files import check_output_folder, write_text_atomic
 from .accuracy import held_out_subset
@@ -43,17 +44,15 @@ def analyze_against_reference(
     if n <= 2 * k:
         raise TopoatError(f"analyze: --n must be more than twice --k (got n={n}, k={k})")
     check_output_folder("--json", json_path)
-    x, y, norm, eps = _checked_inputs(
-        checkpoints, reference, dataset, root, n, seed, norm, eps, step_size, layer, device
-    )
+    x, y, threat = _checked_inputs(checkpoints, reference, dataset, root, n, seed, norm, eps, step_size, layer, device)
     attack = f"pgd-{attack_steps}"
     metrics = analyze_checkpoints(
         checkpoints,
         reference,
         x,
         y,
-        norm=norm,
-        eps=eps,
+        norm=threat.norm,
+        eps=threat.eps,
         attack=attack,
         step_size=step_size,
         k=k,
@@ -62,7 +61,7 @@ def analyze_against_reference(
     )
     say = echo or (lambda line: None)
     say(
-        f"topology against {reference}: {x.shape[0]} test images, {norm} eps={eps:.4g}, "
+        f"topology against {reference}: {x.shape[0]} test images, {threat.norm} eps={threat.eps:.4g}, "
         f"adversarial = {attack} against each model, k={k}"
     )
     say(format_topology_table(metrics, k))
@@ -71,8 +70,8 @@ def analyze_against_reference(
         "n": int(x.shape[0]),
         "k": k,
         "attack": attack,
-        "norm": norm,
-        "eps": eps,
+        "norm": threat.norm,
+        "eps": threat.eps,
         "layer": layer,
         "seed": seed,
         "models": metrics,
@@ -95,7 +94,7 @@ def _checked_inputs(
     step_size: float | None,
     layer: str,
     device: str,
-) -> tuple[torch.Tensor, torch.Tensor, str, float]:
+) -> tuple[torch.Tensor, torch.Tensor, ThreatModel]:
     """The test images and the threat model, after every file has been read and every model checked to fit
     them: a bad path or a model for other data fails before any attack runs."""
     from ..models import check_layer
@@ -105,7 +104,7 @@ def _checked_inputs(
 
     reference_record = load_checkpoint(reference)
     records = {path: load_checkpoint(path) for path in checkpoints}
-    norm, eps = recorded_threat(reference_record, norm, eps, step_size, command="analyze")
+    threat = recorded_threat(reference_record, norm, eps, step_size, command="analyze")
     on = resolve_device(device)
     data = recorded_dataset(reference_record, dataset, root, command="analyze")
     for path, record in [(reference, reference_record), *records.items()]:
@@ -113,7 +112,7 @@ def _checked_inputs(
         check_fits(model, record, data, path, on, role="--reference" if path == reference else "checkpoint")
         check_layer(model, layer, "analyze: --layer")
     x, y = held_out_subset(data, n, seed, on)
-    return x, y, norm, eps
+    return x, y, threat
 
 
 def common_folder(paths: Sequence[str | Path]) -> Path:
