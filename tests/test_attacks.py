@@ -2,6 +2,8 @@ import pytest
 from conftest import train_undefended
 
 from topoat import CW, FGSM, PGD, evaluate
+from topoat.attacks.threat import ThreatModel
+from topoat.errors import TopoatError
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +42,30 @@ def test_evaluate_worst_case_is_per_sample(undefended):
     small = evaluate(model, x, y, ["pgd-10"], eps=0.02, progress=False).robust_acc["pgd-10"]
     large = evaluate(model, x, y, ["pgd-10"], eps=0.3, progress=False).robust_acc["pgd-10"]
     assert large <= small and large < 0.05
+
+
+@pytest.mark.parametrize(
+    "norm,eps,message",
+    [
+        ("L1", 0.1, "evaluate: norm must be Linf or L2, got 'L1'"),
+        ("Linf", float("nan"), "evaluate: eps must be a finite number >= 0, got nan"),
+        ("L2", -1.0, "evaluate: eps must be a finite number >= 0, got -1.0"),
+        ("Linf", 8, "evaluate: Linf eps must be <= 1 (images are in [0, 1]), got 8"),
+    ],
+)
+def test_a_bad_threat_model_is_one_line_where_it_is_made(undefended, norm, eps, message):
+    model, x, y = undefended
+    with pytest.raises(TopoatError) as error:
+        evaluate(model, x, y, ["fgsm"], norm=norm, eps=eps, progress=False)
+    assert str(error.value) == message
+    with pytest.raises(TopoatError, match="^threat model: "):
+        ThreatModel(norm, eps)
+
+
+def test_a_threat_model_is_a_value():
+    threat = ThreatModel("L2", 1)
+    assert threat == ThreatModel("L2", 1.0, "elsewhere") and isinstance(threat.eps, float)
+    assert threat.step() == 0.25 and threat.step(0.1) == 0.1 and str(threat) == "L2 eps 1"
+    assert ThreatModel("L2", 1.5).eps == 1.5  # an L2 ball may be wider than 1
+    with pytest.raises(AttributeError):
+        threat.eps = 2.0  # type: ignore[misc]

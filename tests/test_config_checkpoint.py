@@ -16,7 +16,7 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(data={"optim": {"epochs": "ten"}})
     with pytest.raises(TopoatError, match="topology.kernel must be one of"):
         load_config(data={}, overrides=["topology.kernel=rbf"])
-    with pytest.raises(TopoatError, match="attack.eps must be >= 0"):
+    with pytest.raises(TopoatError, match="attack: eps must be a finite number >= 0"):
         load_config(data={}, overrides=["attack.eps=-1"])
     with pytest.raises(TopoatError, match="key=value"):
         load_config(data={}, overrides=["nonsense"])
@@ -97,8 +97,8 @@ def test_documented_off_values_can_be_written_bare(tmp_path):
     "override,message",
     [
         ("attack.eps=.nan", "attack.eps must be a number, got nan"),
-        ("attack.eps=.inf", "attack.eps must be >= 0 and finite"),
-        ("attack.eps=8", "attack.eps must be <= 1 for the Linf norm"),
+        ("attack.eps=.inf", "attack: eps must be a finite number >= 0, got inf"),
+        ("attack.eps=8", r"attack: Linf eps must be <= 1 \(images are in \[0, 1\]\), got 8"),
         ("attack.step_size=.inf", "attack.step_size must be > 0 and finite"),
         ("evaluation.step_size=.nan", "evaluation.step_size must be a number"),
         ("optim.momentum=-0.9", "optim.momentum must be >= 0 and finite"),

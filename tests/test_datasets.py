@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from topoat.data import archive, cifar, load_dataset, tiny_imagenet
-from topoat.data.archive import SafeZip, download, read_tar_members, safe_extract, verify_checksum
+from topoat.data.archive import SafeZip, download, read_tar_members, verify_checksum
 from topoat.data.cifar import CIFAR10, CIFAR100, load_cifar
+from topoat.data.extract import safe_extract
 from topoat.data.tiny_imagenet import decode_jpeg, load_tiny_imagenet
 from topoat.errors import TopoatError
 

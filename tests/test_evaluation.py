@@ -9,10 +9,12 @@ from torch import nn
 
 from topoat.attacks import AutoAttack
 from topoat.attacks.autoattack import plan_for_classes
+from topoat.attacks.threat import ThreatModel
 from topoat.cli import main
 from topoat.config import to_dict
 from topoat.errors import TopoatError
 from topoat.evaluation.accuracy import evaluate, fixed_subset, parse_attack
+from topoat.evaluation.checkpoint_accuracy import evaluate_checkpoint
 from topoat.evaluation.sanity import Check, SanityReport, sanity_checks
 from topoat.runs.checkpoint import model_record, save_atomic
 from topoat.runs.results import format_table
@@ -225,6 +227,22 @@ def test_cli_eval_prints_a_table_and_writes_json(checkpoints, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["n"] == 32 and doc["eps"] == pytest.approx(8 / 255) and doc["dataset"] == "synthetic"
     assert set(doc["robust_acc"]) == {"fgsm", "pgd-5", "apgd-ce"} and doc["autoattack_subset"]["n"] == 16
+
+
+def test_evaluate_checkpoint_is_the_command_without_its_printing(checkpoints, tmp_path, capsys):
+    model, _ = checkpoints
+    argv = ["eval", str(model), "--attacks", "fgsm,pgd-3", "--n", "32", "--no-progress"]
+    assert main([*argv, "--json", str(tmp_path / "cli.json")]) == 0
+    printed = capsys.readouterr().out
+    outcome = evaluate_checkpoint(model, ["fgsm", "pgd-3"], n=32, json_path=tmp_path / "library.json")
+    assert capsys.readouterr().out == ""  # silent unless given an echo
+    assert outcome.threat == ThreatModel("Linf", 0.1) and outcome.passed and outcome.sanity is None
+    cli, library = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("cli", "library"))
+    assert library.pop("seconds").keys() == cli.pop("seconds").keys() and library == cli
+    lines: list[str] = []
+    evaluate_checkpoint(model, ["fgsm", "pgd-3"], n=32, echo=lines.append)
+    table = "\n".join(lines).splitlines()
+    assert len(table) == len(printed.splitlines()) and table[0] == printed.splitlines()[0]  # all but the seconds
 
 
 def test_cli_sanity_passes_on_a_sane_model(checkpoints, capsys):

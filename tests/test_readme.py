@@ -42,7 +42,8 @@ def make_run_folder(tmp_path, monkeypatch):
         for module in (
             topoat,
             importlib.import_module("topoat.evaluation.accuracy"),
-        ):  # benchmark() reads its data itself
+            importlib.import_module("topoat.evaluation.target"),
+        ):  # benchmark() and evaluate_checkpoint() read their data themselves
             monkeypatch.setattr(module, "load_dataset", lambda name, *args, **kwargs: data)
     monkeypatch.chdir(tmp_path)
 

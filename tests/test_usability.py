@@ -42,7 +42,8 @@ def test_downloads_and_extracted_archives_honour_the_umask(tmp_path):
     import hashlib
     import tarfile
 
-    from topoat.data.archive import download, safe_extract
+    from topoat.data.archive import download
+    from topoat.data.extract import safe_extract
 
     (tmp_path / "src" / "inner").mkdir(parents=True)
     (tmp_path / "src" / "inner" / "x.txt").write_text("x")

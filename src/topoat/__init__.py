@@ -8,6 +8,7 @@ The names most users need:
     PGD, FGSM, CW     attacks with the call shape attack(x, y) -> x_adv
     evaluate          natural and robust accuracy of a model on given images
     benchmark         ... of any [0, 1] -> logits model on a dataset's fixed test subset, as `topoat eval`
+    evaluate_checkpoint  `topoat eval` itself: a saved model's accuracies (and sanity checks), printed or not
 """
 
 # The names are imported on first use, not with the package: `topoat` on the command line must install its
@@ -29,6 +30,7 @@ _HOMES = {
     "build_model": ".models",
     "build_model_for": ".models",
     "evaluate": ".evaluation.accuracy",
+    "evaluate_checkpoint": ".evaluation.checkpoint_accuracy",
     "load_dataset": ".data",
     "load_model": ".runs.checkpoint",
     "to_float": ".data",
@@ -44,6 +46,7 @@ __all__ = [
     "build_model",
     "build_model_for",
     "evaluate",
+    "evaluate_checkpoint",
     "load_dataset",
     "load_model",
     "to_float",
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from .data import DeviceLoader, load_dataset, to_float
     from .errors import TopoatError
     from .evaluation.accuracy import benchmark, evaluate
+    from .evaluation.checkpoint_accuracy import evaluate_checkpoint
     from .models import build_model, build_model_for
     from .runs.checkpoint import load_model
     from .topology import TopologyLoss

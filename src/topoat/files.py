@@ -125,3 +125,9 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def check_output_folder(flag: str, path: str | Path | None) -> None:
+    """An output file whose folder does not exist fails before the work, not after it."""
+    if path is not None and not Path(path).parent.is_dir():
+        raise TopoatError(f"{flag} {path}: folder {Path(path).parent} does not exist")

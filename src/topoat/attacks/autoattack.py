@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..errors import TopoatError
 from .base import Attack
 from .names import AttackFamily, AttackSpec, register_attack
+from .threat import ThreatModel
 
 # The attacks pyautoattack can run, by its own names, and its versions.
 COMPONENTS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
@@ -98,8 +99,7 @@ class AutoAttack(Attack):
         eval_mode: bool = True,
     ):
         super().__init__(model, eval_mode)
-        if norm not in ("Linf", "L2"):
-            raise TopoatError(f"AutoAttack: norm must be Linf or L2, got {norm!r}")
+        threat = ThreatModel(norm, eps, "AutoAttack")
         if attacks is not None:
             unknown = [a for a in attacks if a not in COMPONENTS]
             if unknown or not attacks:
@@ -109,7 +109,7 @@ class AutoAttack(Attack):
             version = "custom"
         elif version not in VERSIONS:
             raise TopoatError(f"AutoAttack: version must be one of {', '.join(VERSIONS)}, got {version!r}")
-        self.eps, self.norm, self.version, self.seed = float(eps), norm, version, int(seed)
+        self.eps, self.norm, self.version, self.seed = threat.eps, threat.norm, version, int(seed)
         self.attacks = None if attacks is None else list(attacks)
         self.notes: list[str] = []
         self._note_keys: set[str] = set()

@@ -1,4 +1,5 @@
-"""Downloads with checksum verification, and reading or extracting tar/zip archives without trusting them.
+"""Downloads with checksum verification, finding a published data set's archive or folder, and reading
+tar/zip archives without trusting them (extract.py extracts them).
 
 A dataset archive comes from the network or from a user's disk, so every member is checked before a
 byte of it is used: no absolute paths, no `..` components, no links or device files, and no member
@@ -10,10 +11,10 @@ read. An archive bearing an official archive's name (OFFICIAL_MD5) must also mat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -22,6 +23,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, cast
 
@@ -45,6 +47,7 @@ OFFICIAL_MD5 = {
 }
 # Errors a damaged gzip/tar/zip stream raises somewhere in the standard library.
 CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
+ARCHIVE_SUFFIXES = (".gz", ".tgz", ".zip")  # a data.root ending so names an archive, not a folder to download into
 
 
 # -- checksums and downloads ------------------------------------------------------------------------
@@ -132,10 +135,8 @@ def download(
 
 
 def _remove_quietly(path: str | Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 # -- member checks ----------------------------------------------------------------------------------
@@ -316,87 +317,46 @@ class SafeZip:
         self.close()
 
 
-# -- extraction -------------------------------------------------------------------------------------
-def safe_extract(
-    archive: str | Path,
-    dest: str | Path,
-    *,
-    max_member_bytes: int = MAX_MEMBER_BYTES,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
-) -> Path:
-    """Extract a .tar(.gz/.bz2/.xz) or .zip into the new folder `dest`, all or nothing.
+# -- finding a published data set -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    """A data set published as one archive: its file name, download address and MD5, the folder it
+    extracts to, and a file that marks that folder (so an extracted copy is found too)."""
 
-    Members are checked (see the module docstring) and written into a temporary folder beside
-    `dest`, which is renamed to `dest` only when everything was extracted: an interrupted or refused
-    extraction leaves no half-filled `dest`. File modes from the archive are not applied.
-    """
-    archive, dest = Path(archive), Path(dest)
-    if dest.exists():
-        raise TopoatError(f"cannot extract {archive}: {dest} already exists")
-    if not archive.is_file():
-        raise TopoatError(f"archive not found: {archive}")
-    verify_official(archive)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-        honour_umask(tmp)
-    except OSError as e:
-        raise TopoatError(f"cannot create {dest.parent}: {e.strerror or e}") from None
-    try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(archive, tmp, max_member_bytes, max_total_bytes)
-        else:
-            _extract_tar(archive, tmp, max_member_bytes, max_total_bytes)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    title: str
+    archive: str
+    folder: str
+    marker: str
+    url: str
+    md5: str
+
+    @property
+    def how_to_get(self) -> str:
+        return (
+            f"point data.root at {self.archive} (from {self.url}), at the extracted {self.folder}/ folder "
+            f"or at a folder holding either, or set data.download: true to download it"
+        )
 
 
-def _write_member(root: Path, name: str, source: IO[bytes], size: int, archive, limit: int) -> None:
-    target = root / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(target, "wb") as out:
-        for chunk in iter(lambda: source.read(CHUNK), b""):
-            written += len(chunk)
-            if written > min(size, limit):
-                raise TopoatError(f"{archive}: refusing member {name!r}: it unpacks to more bytes than declared")
-            out.write(chunk)
-    if written != size:
-        raise _corrupt(archive, EOFError(f"member {name} is cut short"))
-
-
-def _extract_tar(archive: Path, root: Path, max_member_bytes: int, max_total_bytes: int) -> None:
-    try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            for info, name in _checked_tar_members(tar, archive, max_member_bytes, max_total_bytes):
-                if not name:
-                    continue
-                if info.isdir():
-                    (root / name).mkdir(parents=True, exist_ok=True)
-                else:
-                    source = tar.extractfile(info)
-                    assert source is not None  # a regular member (links and special files were refused)
-                    _write_member(root, name, source, info.size, archive, max_member_bytes)
-            _read_to_end(tar)
-    except TopoatError:
-        raise
-    except CORRUPT as e:
-        raise _corrupt(archive, e) from None
-
-
-def _extract_zip(archive: Path, root: Path, max_member_bytes: int, max_total_bytes: int) -> None:
-    with SafeZip(archive, max_member_bytes=max_member_bytes, max_total_bytes=max_total_bytes) as z:
-        for name in sorted(z.dirs):
-            if name:
-                (root / name).mkdir(parents=True, exist_ok=True)
-        for name, info in z.files.items():
-            try:
-                with z.zip.open(info) as f:
-                    _write_member(root, name, f, info.file_size, archive, max_member_bytes)
-            except TopoatError:
-                raise
-            except CORRUPT as e:
-                raise _corrupt(archive, e) from None
+def locate(
+    published: Published, root: str | None, default: Path, allow_download: bool, progress: bool = True
+) -> tuple[Path, bool]:
+    """Where `published` is under `root` (default: `default`), and whether that is its archive (else its
+    extracted folder): `root` itself, an extracted folder at or in it, or the archive in it; else, if
+    allowed, the archive downloaded into it and checked against its MD5."""
+    path = Path(root).expanduser() if root else default
+    if path.is_file():
+        return path, True
+    if path.is_dir():
+        for folder in (path, path / published.folder):
+            if (folder / published.marker).is_file():
+                return folder, False
+        if (path / published.archive).is_file():
+            return path / published.archive, True
+    elif path.exists():
+        raise TopoatError(f"{published.title}: {path} is neither a file nor a folder")
+    if not allow_download:
+        raise TopoatError(f"{published.title} not found in {path}; {published.how_to_get}")
+    if path.suffix in ARCHIVE_SUFFIXES:
+        raise TopoatError(f"{published.title}: archive {path} not found (to download, set data.root to a folder)")
+    return download(published.url, path / published.archive, md5=published.md5, progress=progress), True

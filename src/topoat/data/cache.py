@@ -3,6 +3,9 @@ keyed by the source's fingerprint and the decoder's version, trusted only if its
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,3 +34,26 @@ def read_array_cache(
     except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile):
         return None
     return arrays if is_sound(arrays) else None
+
+
+def cache_file(source: Path, stem: str, suffix: str) -> Path:
+    """Where the decoded arrays of `source` are cached: `stem + suffix` beside it when its folder is
+    writable, else in the user's cache folder under a name that also tells the source's path."""
+    folder = source.resolve().parent
+    if _writable(folder):
+        return folder / (stem + suffix)
+    key = hashlib.sha256(str(source.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return _user_cache() / f"{stem}-{key}{suffix}"
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "topoat"
+
+
+def _writable(folder: Path) -> bool:
+    """A folder topoat may write into: writable, and not marked read-only (which root could still write)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK | os.X_OK)

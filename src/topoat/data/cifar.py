@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import TopoatError
-from .archive import OFFICIAL_MD5, read_tar_members
-from .archive import download as download_file
+from .archive import OFFICIAL_MD5, Published, locate, read_tar_members
 from .base import ImageDataset
 from .registry import register_dataset
 
@@ -52,6 +51,10 @@ class CifarSpec:
     @property
     def members(self) -> tuple[str, ...]:
         return self.train_files + self.test_files + (self.names_file,)
+
+    @property
+    def published(self) -> Published:
+        return Published(self.title, self.archive, self.folder, self.train_files[0], self.url, self.md5)
 
 
 CIFAR10 = CifarSpec(
@@ -93,20 +96,6 @@ CIFAR100 = CifarSpec(
 SPECS = {s.name: s for s in (CIFAR10, CIFAR100)}
 
 
-def _how_to_get(spec: CifarSpec) -> str:
-    return (
-        f"point data.root at {spec.archive} (from {spec.url}), at the extracted {spec.folder}/ folder "
-        f"or at a folder holding either, or set data.download: true to download it"
-    )
-
-
-def _folder_with_members(path: Path, spec: CifarSpec) -> Path | None:
-    for candidate in (path, path / spec.folder):
-        if (candidate / spec.train_files[0]).is_file():
-            return candidate
-    return None
-
-
 def _read_folder(folder: Path, spec: CifarSpec) -> dict[str, bytes]:
     found = {}
     for name in spec.members:
@@ -129,25 +118,10 @@ def _read_archive(archive: Path, spec: CifarSpec) -> dict[str, bytes]:
     return found
 
 
-def locate(spec: CifarSpec, root: str | None, allow_download: bool, progress: bool = True) -> dict[str, bytes]:
+def read_members(spec: CifarSpec, root: str | None, allow_download: bool, progress: bool = True) -> dict[str, bytes]:
     """The raw bytes of every member the dataset needs, from wherever `root` points."""
-    path = Path(root).expanduser() if root else DEFAULT_ROOT
-    if path.is_file():
-        return _read_archive(path, spec)
-    if path.is_dir():
-        folder = _folder_with_members(path, spec)
-        if folder is not None:
-            return _read_folder(folder, spec)
-        if (path / spec.archive).is_file():
-            return _read_archive(path / spec.archive, spec)
-    elif path.exists():
-        raise TopoatError(f"{spec.title}: {path} is neither a file nor a folder")
-    if not allow_download:
-        raise TopoatError(f"{spec.title} not found in {path}; {_how_to_get(spec)}")
-    if path.suffix in (".gz", ".tgz"):
-        raise TopoatError(f"{spec.title}: archive {path} not found (to download, set data.root to a folder)")
-    archive = download_file(spec.url, path / spec.archive, md5=spec.md5, progress=progress)
-    return _read_archive(archive, spec)
+    path, is_archive = locate(spec.published, root, DEFAULT_ROOT, allow_download, progress)
+    return _read_archive(path, spec) if is_archive else _read_folder(path, spec)
 
 
 def parse_records(raw: bytes, spec: CifarSpec, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +147,7 @@ def _split(
     xs, ys = [], []
     for name in files:
         if name not in members:
-            raise TopoatError(f"{spec.title}: {name} is missing; {_how_to_get(spec)}")
+            raise TopoatError(f"{spec.title}: {name} is missing; {spec.published.how_to_get}")
         x, y = parse_records(members[name], spec, name)
         xs.append(x)
         ys.append(y)
@@ -198,7 +172,7 @@ def load_cifar(
 ) -> ImageDataset:
     """CIFAR-10 (`name="cifar10"`) or CIFAR-100 (`"cifar100"`); `full_size` insists on 50k/10k images."""
     spec = SPECS[name]
-    members = locate(spec, root, download, progress)
+    members = read_members(spec, root, download, progress)
     x_train, y_train = _split(members, spec.train_files, spec, spec.n_train if full_size else None, "train")
     x_test, y_test = _split(members, spec.test_files, spec, spec.n_test if full_size else None, "test")
     return ImageDataset(

@@ -38,7 +38,7 @@ from ..files import write_atomic
 from ..runtime import bar_disabled
 from .archive import SafeZip, file_digest, read_tar_tree
 from .base import ImageDataset, exact_channel_stats
-from .cache import read_array_cache
+from .cache import cache_file, read_array_cache
 from .registry import register_dataset
 
 NAME = "image-folder"
@@ -310,26 +310,9 @@ def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
 
 
 # -- cache ------------------------------------------------------------------------------------------
-def _user_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "topoat"
-
-
-def _writable(folder: Path) -> bool:
-    """A folder topoat may write into: writable, and not marked read-only (which root could still write)."""
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK | os.X_OK)
-
-
 def cache_path(path: Path, is_archive: bool) -> Path:
     """Where the decoded arrays of the source at `path` are cached (see the module docstring)."""
-    stem = _archive_stem(path) if is_archive else path.resolve().name
-    if _writable(path.resolve().parent):
-        return path.resolve().parent / (stem + CACHE_SUFFIX)
-    key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return _user_cache() / f"{stem}-{key}{CACHE_SUFFIX}"
+    return cache_file(path, _archive_stem(path) if is_archive else path.resolve().name, CACHE_SUFFIX)
 
 
 CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes", "mean", "std", "source", "version")

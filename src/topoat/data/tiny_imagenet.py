@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import TopoatError
 from ..files import honour_umask
 from ..runtime import bar_disabled
-from .archive import OFFICIAL_MD5, SafeZip
-from .archive import download as download_file
+from .archive import OFFICIAL_MD5, Published, SafeZip, locate
 from .base import ImageDataset, exact_channel_stats
 from .cache import read_array_cache
 from .registry import register_dataset
@@ -39,10 +38,14 @@ CACHE_VERSION = 1
 DEFAULT_ROOT = Path("data")
 SIZE = 64
 N_CLASSES, N_TRAIN_PER_CLASS, N_VAL = 200, 500, 10000
-HOW_TO_GET = (
-    f"point data.root at {ARCHIVE} (from {URL}), at the extracted {FOLDER}/ folder or at a folder "
-    "holding either, or set data.download: true to download it"
-)
+
+
+def published() -> Published:
+    """Tiny ImageNet's archive; URL and MD5 are read when called, so they can be pointed at a local copy."""
+    return Published("Tiny ImageNet", ARCHIVE, FOLDER, "wnids.txt", URL, MD5)
+
+
+HOW_TO_GET = published().how_to_get
 
 
 class _FolderSource:
@@ -116,25 +119,12 @@ class _ZipSource:
         self.zip.close()
 
 
-def _open_source(root: str | None, allow_download: bool, progress: bool):
+def _open_source(root: str | None, allow_download: bool, progress: bool) -> tuple[_FolderSource | _ZipSource, Path]:
     """The data source and where its decoded cache lives."""
-    path = Path(root).expanduser() if root else DEFAULT_ROOT
-    if path.is_file():
+    path, is_archive = locate(published(), root, DEFAULT_ROOT, allow_download, progress)
+    if is_archive:
         return _ZipSource(path), path.with_name(path.name.removesuffix(".zip") + CACHE_SUFFIX)
-    if path.is_dir():
-        for folder in (path, path / FOLDER):
-            if (folder / "wnids.txt").is_file():
-                return _FolderSource(folder), folder.with_name(folder.name + CACHE_SUFFIX)
-        if (path / ARCHIVE).is_file():
-            return _ZipSource(path / ARCHIVE), path / (FOLDER + CACHE_SUFFIX)
-    elif path.exists():
-        raise TopoatError(f"Tiny ImageNet: {path} is neither a file nor a folder")
-    if not allow_download:
-        raise TopoatError(f"Tiny ImageNet not found in {path}; {HOW_TO_GET}")
-    if path.suffix == ".zip":
-        raise TopoatError(f"Tiny ImageNet: archive {path} not found (to download, set data.root to a folder)")
-    archive = download_file(URL, path / ARCHIVE, md5=MD5, progress=progress)
-    return _ZipSource(archive), path / (FOLDER + CACHE_SUFFIX)
+    return _FolderSource(path), path.with_name(path.name + CACHE_SUFFIX)
 
 
 def _lines(raw: bytes) -> list[str]:

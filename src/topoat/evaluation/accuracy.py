@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..attacks.names import AttackSpec as AttackSpec
 from ..attacks.names import build_attack as build_attack
 from ..attacks.names import parse_attack
+from ..attacks.threat import ThreatModel
 from ..data import ImageDataset, load_dataset, to_float
 from ..errors import TopoatError
 from ..runtime import bar_disabled
@@ -189,6 +190,7 @@ def evaluate(
         raise TopoatError("evaluate: batch_size must be >= 1")
     if autoattack_n is not None and autoattack_n < 1:
         raise TopoatError("evaluate: autoattack_n must be >= 1")
+    threat = ThreatModel(norm, eps, "evaluate")
     specs = [parse_attack(a) for a in attacks]
     names = [s.name for s in specs] + list(custom or {})
     if len(set(names)) != len(names):
@@ -199,7 +201,7 @@ def evaluate(
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         named: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-            s.name: build_attack(s.name, model, norm, eps, step_size, seed=seed) for s in specs
+            s.name: build_attack(s.name, model, threat.norm, threat.eps, step_size, seed=seed) for s in specs
         }
         named.update(custom or {})
         everywhere = torch.ones(n, dtype=torch.bool, device=x.device)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..attacks import PGD
 from ..attacks.names import parse_attack
 from ..attacks.pgd import Norm
+from ..attacks.threat import ThreatModel
 from ..errors import TopoatError
 from .accuracy import EvalResult, evaluate
 
@@ -129,13 +130,14 @@ def sanity_checks(
     images whose attacks are reused rather than run again; `reference` is a standard model for the
     transfer attack (skipped without one); `autoattack` names the AutoAttack spec to compare with PGD
     (default: the one in `known`, else apgd-ce)."""
-    if eps <= 0:
+    threat = ThreatModel(norm, eps, "sanity checks")
+    if threat.eps == 0:
         raise TopoatError("sanity checks need eps > 0")
     if steps < 1:
         raise TopoatError("sanity checks need steps >= 1")
     n = x.shape[0]
     tol = tolerance(n)
-    ratio = (step_size if step_size is not None else eps / 4) / eps
+    ratio = threat.step(step_size) / eps
     base = f"pgd-{steps}"
     more_steps, restarts = f"pgd-{MORE_STEPS_FACTOR * steps}", f"pgd-{steps}-r{MORE_RESTARTS}"
     if autoattack is None:

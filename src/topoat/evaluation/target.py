@@ -5,7 +5,6 @@ rebuild their test set and radius here and nowhere else."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attacks.threat import ThreatModel
 from ..config import TrainConfig, from_dict
 from ..data import ImageDataset, load_configured, load_dataset, to_float
 from ..errors import TopoatError
@@ -92,23 +92,17 @@ def recorded_threat(
     eps: float | None = None,
     step_size: float | None = None,
     command: str = "eval",
-) -> tuple[str, float]:
-    """The norm and radius to attack with: those given, else those the checkpoint's config records."""
+) -> ThreatModel:
+    """The threat model to attack with: the norm and radius given, else those the checkpoint's config records."""
     attack = (_as_record(record).config or {}).get("attack")
     attack = attack if isinstance(attack, dict) else {}
-    norm = norm or attack.get("norm", "Linf")
     value: Any = eps if eps is not None else attack.get("eps")
     if value is None:
         raise TopoatError(f"{command}: --eps is required (the checkpoint does not record its threat model)")
-    if norm not in ("Linf", "L2"):
-        raise TopoatError(f"{command}: norm must be Linf or L2, got {norm!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise TopoatError(f"{command}: eps must be a finite number >= 0, got {value!r}")
-    if norm == "Linf" and value > 1:  # images are in [0, 1]: such a ball holds every image (8 meant for 8/255?)
-        raise TopoatError(f"{command}: Linf eps must be <= 1 (images are in [0, 1]), got {value:g}")
+    threat = ThreatModel(norm or attack.get("norm", "Linf"), value, command)
     if step_size is not None and step_size <= 0:
         raise TopoatError(f"{command}: --step-size must be > 0, got {step_size:g}")
-    return norm, float(value)
+    return threat
 
 
 def check_fits(

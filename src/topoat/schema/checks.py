@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..attacks.names import parse_attack  # a misspelt attack fails at validation, not after the training
+from ..attacks.threat import ThreatModel
 from ..errors import TopoatError
 from ..registry import DATASETS, KERNELS, METHODS
 
@@ -66,13 +67,8 @@ def validate(cfg: TrainConfig) -> None:
 
 def _attack_checks(cfg: TrainConfig) -> Checks:
     a = cfg.attack
+    ThreatModel(a.norm, a.eps, "attack")  # the norm and radius, checked where every threat model is
     return [
-        (_finite(a.eps) and a.eps >= 0, "attack.eps must be >= 0 and finite"),
-        # images live in [0, 1]: an L-inf ball wider than 1 contains every image, so it is a typo (8, not 8/255)
-        (
-            a.norm != "Linf" or a.eps <= 1,
-            "attack.eps must be <= 1 for the Linf norm (images are in [0, 1]; write 8/255 as 0.0314)",
-        ),
         (_finite(a.step_size) and a.step_size > 0, "attack.step_size must be > 0 and finite"),
         (a.steps >= 0, "attack.steps must be >= 0"),
     ]
