@@ -9,6 +9,7 @@
 #   GPU_CHECK_QUICK=1 benchmarks/gpu_check.sh        # a CPU rehearsal with tiny sizes (a few minutes)
 #   GPU_CHECK_STAGES=study benchmarks/gpu_check.sh   # only some stages (default: eager,compile,study)
 #   CIFAR_ROOT=carry/cifar-10-jpg.tar.gz GPU_CHECK_STAGES=cifar benchmarks/gpu_check.sh   # CIFAR-10, its own call
+#   GPU_CHECK_STAGES=frontier-preact benchmarks/gpu_check.sh   # the PreAct frontier, its own calls (resumes)
 #
 # Frontier points (studies/fashion-mnist-gpu.yaml): all of Fashion-MNIST, preact-resnet18, PGD-10 (eps 0.1,
 # step 0.025), bf16 on CUDA, one seed; a standard teacher, PGD-AT, PGD-AT + TRAIN (the verdict's variant, then
@@ -21,6 +22,10 @@
 # PreAct ResNet-18 at full width, PGD-10 (8/255, step 2/255), 15 epochs, a standard teacher, PGD-AT and
 # PGD-AT + TRAIN (topology's defaults), natural and APGD-CE + APGD-T on 1,000 test images. Carry the
 # 19 MB tarball (../shared/datasets/cifar-10-jpg.tar.gz) and point CIFAR_ROOT at it.
+#
+# PreAct frontier stage (studies/frontier-preact.yaml, asked for by name): the frontier study with PreAct
+# ResNet-18 (width 16) on the Fashion-MNIST frontier schedule, 3 seeds, 42 runs, natural and APGD-CE +
+# APGD-T on 1,000 test images. More than one budget: each call resumes the study in $OUT/frontier-preact.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -41,6 +46,8 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
              --set validation.n=64 --set attack.steps=2 --set optim.batch_size=64)
   CIFAR_SET=(--set data.train_subset=256 --set optim.epochs=1 --set 'model.args={width: 4}' --set evaluation.n=32
              --set validation.n=32 --set attack.steps=2 --set optim.batch_size=64)
+  PREACT_SET=(--set data.train_subset=256 --set optim.epochs=1 --set 'model.args={width: 4}' --set evaluation.n=32
+              --set validation.n=32 --set attack.steps=2 --set optim.batch_size=64 --runs '*-s0')
   BENCH=(--device cpu --quick --modes pgd-at,pgd-at+train --graph-sizes 128)
   SCALING=(--batch-sizes 16,32)
   COMPILE_SCALING=(--batch-sizes 16)
@@ -51,6 +58,7 @@ else
   DEVICE=cuda
   STUDY_SET=()
   CIFAR_SET=()
+  PREACT_SET=()
   BENCH=(--device cuda --amp bf16 --batch-size 512 --repeats 2)  # GPU timings are steady: 2 rounds fit the budget
   # batch 128 against 512 for both models: the launch-bound share of a step
   SCALING=(--batch-sizes 128,512 --scaling-models small-cnn,preact-resnet18)
@@ -98,5 +106,9 @@ fi
 if wanted cifar; then
   study_stage cifar10-jpg studies/cifar10-jpg-gpu.yaml "CIFAR-10 (JPEG copy): standard, PGD-AT, PGD-AT + TRAIN" \
     "$CIFAR_ROOT" "${CIFAR_SET[@]}"
+fi
+if wanted frontier-preact; then
+  study_stage frontier-preact studies/frontier-preact.yaml "PreAct ResNet-18 frontier on Fashion-MNIST, 3 seeds" \
+    "$FMNIST_DIR" "${PREACT_SET[@]}"
 fi
 stage "done: $OUT"
