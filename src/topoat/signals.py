@@ -3,6 +3,7 @@ stage it was in (the training loop installs its own handler, which saves a check
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -70,9 +71,7 @@ def exit_on_signals(when: str, hint: str = "") -> dict:
 
 
 def _exit_now(when: str, hint: str, signum: int, _frame) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()  # what the command printed comes before the line
-    except (OSError, ValueError):
-        pass
     os.write(2, f"topoat: {Interrupted(signum, when, hint)}\n".encode())
     os._exit(128 + signum)

@@ -10,6 +10,7 @@ rebuilt whenever the source archive or folder changes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -228,10 +229,8 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
         os.replace(tmp, path)
     except OSError as e:
         print(f"topoat: warning: cannot write {path} ({e.strerror})", file=sys.stderr)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def load_tiny_imagenet(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import cast
 
 from torch import Tensor, nn
@@ -188,7 +189,7 @@ def sanity_checks(
             seed=seed,
         ).robust_acc[base]
     points = sorted(curve.items())
-    rises = [(a, b) for (a, va), (b, vb) in zip(points, points[1:]) if vb > va + tol]
+    rises = [(a, b) for (a, va), (b, vb) in pairwise(points) if vb > va + tol]
     text = f"{base}: " + ", ".join(f"eps {e:g} {_pct(v)}" for e, v in points)
     if rises:
         text += "; rises from eps " + ", ".join(f"{a:g} to {b:g}" for a, b in rises)

@@ -93,7 +93,7 @@ class AdversarialWeightPerturbation(Objective):
         optimizer.step()
         offsets: list[tuple[Tensor, Tensor]] = []
         with torch.no_grad():
-            for w, w_proxy in zip(net.parameters(), proxy.parameters()):
+            for w, w_proxy in zip(net.parameters(), proxy.parameters(), strict=True):
                 if w.dim() <= 1:
                     continue
                 d = w_proxy - w

@@ -225,8 +225,9 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Path | 
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     positions = list(range(len(weights)))
+    # natural accuracy, then up to two attacks (fewer when the runs share fewer)
     for key, label, colour in [(None, "natural", "tab:blue")] + [
-        (a, a.upper(), c) for a, c in zip(attacks[:2], ("tab:red", "tab:orange"))
+        (a, a.upper(), c) for a, c in zip(attacks[:2], ("tab:red", "tab:orange"), strict=False)
     ]:
         means, stds = [], []
         for rs in weights.values():

@@ -263,7 +263,7 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     fig = Figure(figsize=(7.0 * len(methods), 5.6))
     axes = fig.subplots(1, len(methods), squeeze=False)
     markers = {"cosine": "s", "softmax-cosine": "^", "perplexity": "D", "gaussian": "v", "student-t": "P"}
-    for ax, method in zip(axes[0], methods):
+    for ax, method in zip(axes[0], methods, strict=True):
         curve = f.curves[method]
         pts = curve.mean_points  # in knob order: the path the knob traces
         ax.errorbar(

@@ -3,6 +3,7 @@ and tabulated into one results.json. Re-running with resume continues where it s
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -337,10 +338,8 @@ def _with_runs_done_elsewhere(
     in the study's order."""
     earlier: dict[str, str] = {}
     if study.results.is_file() and not _torn(study.results):
-        try:
+        with contextlib.suppress(TopoatError):  # a damaged study results.json is written anew below
             earlier = read_results(study.results).failed
-        except TopoatError:
-            pass  # a damaged study results.json is written anew below
     joined, failures = {}, {}
     for p in whole_study:
         folder = study.run(p.name)
@@ -349,10 +348,8 @@ def _with_runs_done_elsewhere(
         elif p.name in failed:
             failures[p.name] = failed[p.name]
         elif folder.results.is_file() and not _torn(folder.results):
-            try:
+            with contextlib.suppress(TopoatError):  # its own process, or a later --resume, reports it
                 joined[p.name] = read_results(folder.results, p.name).runs[p.name].rebased(p.name)
-            except TopoatError:
-                pass  # its own process, or a later --resume, reports it
         elif p.name in earlier:
             failures[p.name] = earlier[p.name]
     return joined, failures
