@@ -7,8 +7,12 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import TopoatError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TEMP_SUFFIX = ".tmp"  # temporary files are ".NAME.XXXXXXXX.tmp" next to NAME
 
@@ -53,7 +57,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
-def write_figure_atomic(fig, path: str | Path, **savefig_options) -> Path:
+def write_figure_atomic(fig: Figure, path: str | Path, **savefig_options: Any) -> Path:
     """A matplotlib figure drawn in memory, then written by `write_atomic`: a full disk leaves the previous
     picture (or none), never a truncated PNG."""
     import io

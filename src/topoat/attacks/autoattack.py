@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from typing import Any
 from collections.abc import Sequence
 
 import torch
@@ -120,7 +121,7 @@ class AutoAttack(Attack):
             self._note_keys.add(key)
             self.notes.append(text)
 
-    def _build(self, num_classes: int, device: torch.device):
+    def _build(self, num_classes: int, device: torch.device) -> Any:  # pyautoattack's AutoAttack, untyped
         from pyautoattack import AutoAttack as AuthorsAutoAttack
 
         adversary = AuthorsAutoAttack(

@@ -173,6 +173,9 @@ def _resolve(root: str | None) -> tuple[Path, bool]:
     raise TopoatError(f"{NAME}: {path} not found; {HOW}")
 
 
+_Source = _FolderSource | _TarSource | _ZipSource  # what a data set is read from
+
+
 def _archive_fingerprint(path: Path) -> str:
     try:
         return f"sha256:{file_digest(path, 'sha256')}"
@@ -180,14 +183,14 @@ def _archive_fingerprint(path: Path) -> str:
         raise TopoatError(f"{NAME}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _open_archive(path: Path):
+def _open_archive(path: Path) -> _Source:
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         return _ZipSource(path)
     return _TarSource(path)
 
 
 # -- layout -----------------------------------------------------------------------------------------
-def _layout(source) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+def _layout(source: _Source) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """The class names, and per split the (file, label) pairs in order: by class, then by path."""
     dirs = {d for d in source.dirs if not _ignored(d)}
     if "train" in dirs or "test" in dirs:
@@ -266,7 +269,7 @@ def decode_image(raw: bytes, name: str, size: tuple[int, int] | None = None) -> 
         raise TopoatError(f"{NAME}: cannot decode {name} ({e.__class__.__name__}); the file is corrupt") from None
 
 
-def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
+def _decode_all(source: _Source, progress: bool) -> dict[str, np.ndarray]:
     names, files = _layout(source)
     total = sum(len(pairs) for pairs in files.values())
     arrays: dict[str, np.ndarray] = {}

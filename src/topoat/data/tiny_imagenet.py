@@ -145,7 +145,7 @@ def decode_jpeg(raw: bytes, name: str) -> np.ndarray:
         raise TopoatError(f"Tiny ImageNet: cannot decode {name} ({e.__class__.__name__})") from None
 
 
-def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
+def _decode_all(source: _FolderSource | _ZipSource, progress: bool) -> dict[str, np.ndarray]:
     wnids = _lines(source.read("wnids.txt"))
     if len(set(wnids)) != len(wnids) or not wnids:
         raise TopoatError(f"Tiny ImageNet: wnids.txt in {source.description} is empty or lists a class twice")

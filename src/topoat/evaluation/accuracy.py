@@ -33,7 +33,9 @@ def fixed_subset(n_total: int, n: int | None, seed: int = 0) -> Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def held_out_subset(dataset, n: int | None, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def held_out_subset(
+    dataset: ImageDataset, n: int | None, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
     """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call, as
     floats in [0, 1] on `device`."""
     idx = fixed_subset(dataset.x_test.shape[0], n, seed)

@@ -235,12 +235,12 @@ class TopologyRegularized(Wrapper):
                 bank.teacher = state[f"bank.{key}.teacher"].to(device)
                 bank.labels = state[f"bank.{key}.labels"].to(device)
 
-    def adversarial(self, model, x, y):
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         if self.attack_uses_topology and self.lambda_adv > 0:
             return Objective.adversarial(self, model, x, y)  # the base's attack settings, our attack_objective
         return self.base.adversarial(model, x, y)
 
-    def attack_objective(self, model, x, y):
+    def attack_objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         """n * (mean base attack loss + lambda_adv * L_topo(h_f(x'), h_g(x))) as a function of x'
         with `attack_uses_topology`, the base method's attack objective without."""
         if not (self.attack_uses_topology and self.lambda_adv > 0):
@@ -271,7 +271,7 @@ class TopologyRegularized(Wrapper):
         )
         self._temperature_fitted = True
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)
         teacher_repr = self._teacher_representation(x)
         self._fit_temperature(teacher_repr)

@@ -130,7 +130,7 @@ def selected(name: str, only: list[str] | None) -> bool:
     return only is None or any(fnmatch.fnmatchcase(name, pattern) for pattern in only)
 
 
-def check_run_name(path: Path, name) -> None:
+def check_run_name(path: Path, name: object) -> None:
     """A run's folder is `--out/NAME`: a name with a separator, `..` or an absolute path would put it (and
     its training) outside the study folder."""
     bad = (
@@ -170,7 +170,7 @@ def run_study(
     resume: bool = False,
     extra: list[str] | None = None,
     progress: bool = True,
-    echo=print,
+    echo: Callable[[str], None] = print,
     only: list[str] | None = None,
 ) -> dict:
     """Train and evaluate every planned run (those matching a pattern of `only`, if given) not yet done.
@@ -294,7 +294,7 @@ def _finished(folder: RunFolder) -> bool:
     return folder.results.is_file() and not _torn(folder.results)
 
 
-def _wait_until_finished(study: RunFolder, name: str, waiting: str, echo) -> bool:
+def _wait_until_finished(study: RunFolder, name: str, waiting: str, echo: Callable[[str], None]) -> bool:
     """Whether run `name` is finished, waiting while another process trains it (holds its lock). A run of
     this process came earlier in the loop, so it is finished or failed, never locked here."""
     folder = study.run(name)
