@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
