@@ -36,8 +36,8 @@ test: setup
 
 lint: setup
 	$(PY) -m pip install -q -e ".[lint]"
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks docs
+	$(PY) -m ruff format --check src tests benchmarks docs
 	$(PY) -m mypy
 
 clean:

@@ -40,7 +40,8 @@ def test_fashion_mnist_rejects_bad_files(fmnist_dir, tmp_path):
     images = fmnist_dir / "train-images-idx3-ubyte.gz"
     with pytest.raises(TopoatError, match="magic"):
         read_idx(images, LABEL_MAGIC)
-    raw = gzip.open(images).read()
+    with gzip.open(images) as f:
+        raw = f.read()
     with gzip.open(images, "wb") as f:
         f.write(raw[:-5])
     with pytest.raises(TopoatError, match="payload"):
@@ -107,7 +108,8 @@ def test_idx_file_cut_inside_its_header_is_a_one_line_error(fmnist_dir, kind, si
     # an image file cut between bytes 8 and 16 used to end in struct.error
     path = fmnist_dir / f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
     magic = IMAGE_MAGIC if kind == "images" else LABEL_MAGIC
-    raw = gzip.open(path).read()
+    with gzip.open(path) as f:
+        raw = f.read()
     with gzip.open(path, "wb") as f:
         f.write(raw[:size])
     with pytest.raises(TopoatError, match="too short to be an IDX file"):

@@ -114,7 +114,7 @@ def tiny_imagenet_files(bad_annotation=False, odd_size=False):
         "words.txt": b"n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
         b"n01641577\tbullfrog, Rana catesbeiana\nn09999999\tunused\n",
     }
-    for w, color in zip(TINY_WNIDS, TINY_COLORS):
+    for w, color in zip(TINY_WNIDS, TINY_COLORS, strict=True):
         files[f"train/{w}/{w}_boxes.txt"] = b"ignored\n"
         for k in range(2):
             files[f"train/{w}/images/{w}_{k}.JPEG"] = jpeg(color)
@@ -403,7 +403,10 @@ def test_a_flipped_byte_in_a_tar_gz_is_refused_by_extraction_too(tmp_path):
     for position in (len(raw) // 2, len(raw) - 6):  # inside the deflated member, and in gzip's CRC
         bad = tmp_path / f"bad{position}.tar.gz"
         bad.write_bytes(raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1 :])
-        for read in (lambda: read_tar_members(bad, lambda name: True), lambda: safe_extract(bad, tmp_path / "x")):
+        for read in (
+            lambda bad=bad: read_tar_members(bad, lambda name: True),
+            lambda bad=bad: safe_extract(bad, tmp_path / "x"),
+        ):
             with pytest.raises(TopoatError, match="corrupt or truncated") as e:
                 read()
             one_line(e)

@@ -26,7 +26,9 @@ class TwoLayer(nn.Module):
         self.fc1 = nn.Linear(w1.shape[1], w1.shape[0])
         self.fc2 = nn.Linear(w2.shape[1], w2.shape[0])
         with torch.no_grad():
-            for p, v in zip([self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias], [w1, b1, w2, b2]):
+            for p, v in zip(
+                [self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias], [w1, b1, w2, b2], strict=True
+            ):
                 p.copy_(torch.tensor(v, dtype=torch.float32))
 
     def forward(self, x, return_features=False):
@@ -303,7 +305,7 @@ def test_awp_restores_the_weights_and_waits_for_its_warmup():
     out = awp.loss(model, x, y, x_adv)
     assert not torch.equal(model.fc1.weight, before[0])  # perturbed while the loss is taken
     out.after_step()  # no optimizer step: the original weights come back
-    assert all(torch.allclose(p, b, rtol=0, atol=1e-7) for p, b in zip(model.parameters(), before))
+    assert all(torch.allclose(p, b, rtol=0, atol=1e-7) for p, b in zip(model.parameters(), before, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -276,7 +276,7 @@ def test_terms_equal_one_loss_per_feature_set_in_value_and_gradient(kernel, kw, 
     apart = torch.stack([loss(nat, teacher, labels), loss(adv, teacher, labels)])
     apart_grads = torch.autograd.grad((apart * torch.tensor([3.0, 7.0])).sum(), [nat, adv])
     torch.testing.assert_close(fused, apart, rtol=1e-4, atol=1e-6)
-    for f, a in zip(fused_grads, apart_grads):
+    for f, a in zip(fused_grads, apart_grads, strict=True):
         torch.testing.assert_close(f, a, rtol=1e-4, atol=1e-6)
 
 

@@ -137,16 +137,18 @@ def test_batchnorm_modes_of_the_clean_forward():
     before = running_stats(model)
     with batchnorm_mode(model, "frozen"):
         frozen = model(x)
-    assert all(torch.equal(a, b) for a, b in zip(before, running_stats(model)))  # untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, running_stats(model), strict=True))  # untouched
     with batchnorm_mode(model, "eval"):
         evaluated = model(x)
-    assert all(torch.equal(a, b) for a, b in zip(before, running_stats(model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, running_stats(model), strict=True))
     norms = [b for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
     assert model.training and all(b.training and b.momentum == 0.1 for b in norms)  # restored
     torch.testing.assert_close(evaluated, model.eval()(x))
     model.train()
     torch.testing.assert_close(frozen, model(x))  # batch statistics, as in train mode
-    assert not all(torch.equal(a, b) for a, b in zip(before, running_stats(model)))  # train mode updates them
+    assert not all(
+        torch.equal(a, b) for a, b in zip(before, running_stats(model), strict=True)
+    )  # train mode updates them
 
 
 @pytest.mark.parametrize("mode,updates", [("train", True), ("frozen", False), ("eval", False)])
@@ -162,7 +164,7 @@ def test_train_clean_forward_leaves_running_statistics_to_the_base_method(mode, 
     after_base = running_stats(model)
     model = bn_model()
     objective.loss(model, x, y, x_adv)
-    same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after_base, running_stats(model)))
+    same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after_base, running_stats(model), strict=True))
     assert same != updates
 
 
@@ -320,9 +322,9 @@ def test_projection_head_is_trained_with_the_model_and_saved(tmp_path):
     parts.optimizer.zero_grad()
     out.loss.backward()
     parts.optimizer.step()
-    assert any(not torch.equal(a, b) for a, b in zip(before, head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
     state = parts.objective.state_dict()
     again = build_run(cfg).objective
     again.load_state_dict(state)
-    for a, b in zip(head.parameters(), again.head.parameters()):
+    for a, b in zip(head.parameters(), again.head.parameters(), strict=True):
         torch.testing.assert_close(a, b)

@@ -607,7 +607,7 @@ def test_the_compiled_training_model_gives_the_eager_outputs_and_gradients(tmp_p
             results.append((loss.detach(), grads))
         (eager_loss, eager_grads), (graph_loss, graph_grads) = results
         torch.testing.assert_close(graph_loss, eager_loss, rtol=1e-5, atol=1e-6)
-        for g, e in zip(graph_grads, eager_grads):
+        for g, e in zip(graph_grads, eager_grads, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import TopoatError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TEMP_SUFFIX = ".tmp"  # temporary files are ".NAME.XXXXXXXX.tmp" next to NAME
 
@@ -52,7 +57,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
-def write_figure_atomic(fig, path: str | Path, **savefig_options) -> Path:
+def write_figure_atomic(fig: Figure, path: str | Path, **savefig_options: Any) -> Path:
     """A matplotlib figure drawn in memory, then written by `write_atomic`: a full disk leaves the previous
     picture (or none), never a truncated PNG."""
     import io
@@ -121,10 +126,8 @@ def _cause(e: OSError) -> str:
 
 
 def _remove_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def check_output_folder(flag: str, path: str | Path | None) -> None:

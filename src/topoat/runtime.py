@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import ContextManager, TypeVar, cast
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def set_deterministic(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast(device: torch.device, amp: str) -> ContextManager:
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast (weights stay fp32) on CUDA when amp is auto or bf16; fp32 otherwise."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()

@@ -3,16 +3,20 @@ stage it was in (the training loop installs its own handler, which saves a check
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from types import FrameType
+from typing import NoReturn
 
 from .errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+Handler = Callable[[int, FrameType | None], None]  # what signal.signal calls
 _stages: list[tuple[str, str]] = []  # (when, hint) of the innermost stage last
 
 
@@ -26,12 +30,12 @@ def stage(when: str, hint: str = "") -> Iterator[None]:
         _stages.pop()
 
 
-def _raise(signum, _frame):
+def _raise(signum: int, _frame: FrameType | None) -> NoReturn:
     when, hint = _stages[-1] if _stages else ("", "")
     raise Interrupted(signum, when, hint)
 
 
-def install(handler) -> dict:
+def install(handler: Handler) -> dict:
     """SIGINT and SIGTERM go to `handler`; returns the handlers it replaced (none outside the main thread)."""
     previous = {}
     try:
@@ -48,7 +52,7 @@ def restore(previous: dict) -> None:
 
 
 @contextmanager
-def handling_signals(handler) -> Iterator[None]:
+def handling_signals(handler: Handler) -> Iterator[None]:
     """SIGINT and SIGTERM go to `handler` inside the block; the previous handlers come back after it."""
     previous = install(handler)
     try:
@@ -57,7 +61,7 @@ def handling_signals(handler) -> Iterator[None]:
         restore(previous)
 
 
-def raise_on_signals():
+def raise_on_signals() -> AbstractContextManager[None]:
     """SIGINT/SIGTERM raise `Interrupted` in the main thread (the default SIGTERM kills without a word)."""
     return handling_signals(_raise)
 
@@ -69,10 +73,8 @@ def exit_on_signals(when: str, hint: str = "") -> dict:
     return install(functools.partial(_exit_now, when, hint))
 
 
-def _exit_now(when: str, hint: str, signum: int, _frame) -> None:
-    try:
+def _exit_now(when: str, hint: str, signum: int, _frame: FrameType | None) -> NoReturn:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()  # what the command printed comes before the line
-    except (OSError, ValueError):
-        pass
     os.write(2, f"topoat: {Interrupted(signum, when, hint)}\n".encode())
     os._exit(128 + signum)

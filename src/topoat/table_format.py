@@ -28,13 +28,16 @@ def text_table(
     """Columns padded to their widest cell and joined by `gap`; a dashed `rule` under the header.
     Left-aligned unless `align` says otherwise. Lines carry no trailing spaces."""
     table = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(c) for c in column) for column in zip(*table)]
+    # not strict: a ragged row is cut to the shortest row's columns rather than refused
+    widths = [max(len(c) for c in column) for column in zip(*table, strict=False)]
     sides = _alignment(align, len(widths)) or "l" * len(widths)
     if rule:
         table.insert(1, ["-" * w for w in widths])
 
     def line(cells: list[str]) -> str:
-        return gap.join(c.rjust(w) if side == "r" else c.ljust(w) for c, w, side in zip(cells, widths, sides)).rstrip()
+        return gap.join(
+            c.rjust(w) if side == "r" else c.ljust(w) for c, w, side in zip(cells, widths, sides, strict=False)
+        ).rstrip()
 
     return "\n".join(line(cells) for cells in table)
 

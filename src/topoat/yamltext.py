@@ -41,11 +41,11 @@ class _BoundedLoader(yaml.SafeLoader):
     composes nodes recursively (a RecursionError near 500 levels) and its scanner looks back over every open
     bracket (5000 of them take seconds)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.depth = 0
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH + 1:  # + 1: the scalars inside the deepest containers
@@ -54,7 +54,7 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":

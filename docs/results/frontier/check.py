@@ -64,7 +64,7 @@ def ms(values, sign=""):
 def gains(runs: dict, attack: str) -> dict:
     """group -> per-seed rows of (seed, natural, robust, natural gain, robust gain, outside, ends)."""
     out: dict = {}
-    for name, r in sorted(runs.items()):
+    for _, r in sorted(runs.items()):
         if not r["regularized"] or r["method"] not in KNOB or attack not in r["robust"]:
             continue
         base = [

@@ -11,6 +11,7 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -120,7 +121,7 @@ class AutoAttack(Attack):
             self._note_keys.add(key)
             self.notes.append(text)
 
-    def _build(self, num_classes: int, device: torch.device):
+    def _build(self, num_classes: int, device: torch.device) -> Any:  # pyautoattack's AutoAttack, untyped
         from pyautoattack import AutoAttack as AuthorsAutoAttack
 
         adversary = AuthorsAutoAttack(

@@ -58,10 +58,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": ce_loss, "margin"
 def ascent_step(x_adv: Tensor, grad: Tensor, x: Tensor, step_size: float, eps: float, norm: Norm) -> Tensor:
     """x_adv moved one steepest-ascent step along `grad` (its sign for L-inf, its direction for L2), then
     projected into the eps-ball around x and into [0, 1]."""
-    if norm == "Linf":
-        step = step_size * grad.sign()
-    else:
-        step = step_size * grad / _flat_norm(grad)
+    step = step_size * grad.sign() if norm == "Linf" else step_size * grad / _flat_norm(grad)
     delta = project(x_adv + step - x, eps, norm)
     return (x + delta).clamp(0.0, 1.0)
 

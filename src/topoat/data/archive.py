@@ -153,7 +153,9 @@ def safe_member_name(name: str, archive: str | Path) -> str:
     return "/".join(parts)
 
 
-def _check_size(name: str, size: int, total: int, archive, max_member_bytes: int, max_total_bytes: int) -> None:
+def _check_size(
+    name: str, size: int, total: int, archive: str | Path, max_member_bytes: int, max_total_bytes: int
+) -> None:
     if size > max_member_bytes:
         raise TopoatError(
             f"{archive}: refusing member {name!r}: {size} bytes exceeds the {max_member_bytes}-byte limit per member"
@@ -162,7 +164,7 @@ def _check_size(name: str, size: int, total: int, archive, max_member_bytes: int
         raise TopoatError(f"{archive}: refusing archive: members add up to more than {max_total_bytes} bytes")
 
 
-def _read_limited(f: IO[bytes], name: str, archive, limit: int) -> bytes:
+def _read_limited(f: IO[bytes], name: str, archive: str | Path, limit: int) -> bytes:
     """Read a member's bytes, refusing more than `limit` whatever its header claimed."""
     data = f.read(limit + 1)
     if len(data) > limit:
@@ -170,14 +172,14 @@ def _read_limited(f: IO[bytes], name: str, archive, limit: int) -> bytes:
     return data
 
 
-def _corrupt(archive, e: BaseException) -> TopoatError:
+def _corrupt(archive: str | Path, e: BaseException) -> TopoatError:
     detail = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
     return TopoatError(f"{archive} is corrupt or truncated ({detail}); delete it and download it again")
 
 
 # -- tar --------------------------------------------------------------------------------------------
 def _checked_tar_members(
-    tar: tarfile.TarFile, archive, max_member_bytes: int, max_total_bytes: int
+    tar: tarfile.TarFile, archive: str | Path, max_member_bytes: int, max_total_bytes: int
 ) -> Iterator[tuple[tarfile.TarInfo, str]]:
     total = 0
     for info in tar:
@@ -313,7 +315,7 @@ class SafeZip:
     def __enter__(self) -> SafeZip:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

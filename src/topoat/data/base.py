@@ -24,7 +24,7 @@ class ImageDataset:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise TopoatError(

@@ -63,7 +63,7 @@ def safe_extract(
     return dest
 
 
-def _write_member(root: Path, name: str, source: IO[bytes], size: int, archive, limit: int) -> None:
+def _write_member(root: Path, name: str, source: IO[bytes], size: int, archive: str | Path, limit: int) -> None:
     target = root / name
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0

@@ -180,30 +180,39 @@ def _archive_fingerprint(path: Path) -> str:
         raise TopoatError(f"{NAME}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _open_archive(path: Path):
+def _open_archive(path: Path) -> _ZipSource | _TarSource:
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         return _ZipSource(path)
     return _TarSource(path)
 
 
 # -- layout -----------------------------------------------------------------------------------------
-def _layout(source) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+def _layout(source: _FolderSource | _TarSource | _ZipSource) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """The class names, and per split the (file, label) pairs in order: by class, then by path."""
     dirs = {d for d in source.dirs if not _ignored(d)}
+    prefix = _splits_prefix(source, dirs)
+    names = _class_names(source, dirs, prefix)
+    return names, {split: _split_files(source, f"{prefix}{split}/", names) for split in SPLITS}
+
+
+def _splits_prefix(source: _FolderSource | _TarSource | _ZipSource, dirs: set[str]) -> str:
+    """Where train/ and test/ are: at the top ("") or inside the one top folder ("name/")."""
+    tops = sorted(d for d in dirs if "/" not in d)
     if "train" in dirs or "test" in dirs:
         prefix = ""
+    elif len(tops) == 1 and ({f"{tops[0]}/train", f"{tops[0]}/test"} & dirs):
+        prefix = tops[0] + "/"
     else:
-        tops = sorted(d for d in dirs if "/" not in d)
-        if len(tops) == 1 and ({f"{tops[0]}/train", f"{tops[0]}/test"} & dirs):
-            prefix = tops[0] + "/"
-        else:
-            raise TopoatError(
-                f"{NAME}: {source.description} has no train/ and test/ folders (nor one folder holding them)"
-            )
+        raise TopoatError(f"{NAME}: {source.description} has no train/ and test/ folders (nor one folder holding them)")
     for split in SPLITS:
         if prefix + split not in dirs:
             where = f"{source.description}/{prefix}" if prefix else source.description
             raise TopoatError(f"{NAME}: {where} has no {split}/ folder (need train/<class>/ and test/<class>/)")
+    return prefix
+
+
+def _class_names(source: _FolderSource | _TarSource | _ZipSource, dirs: set[str], prefix: str) -> list[str]:
+    """The class folders, the same in train/ and test/, sorted."""
     classes: dict[str, list[str]] = {}
     for split in SPLITS:
         top = f"{prefix}{split}/"
@@ -218,27 +227,26 @@ def _layout(source) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
         raise TopoatError(
             f"{NAME}: {source.description}: train/ and test/ must have the same class folders ({'; '.join(parts)})"
         )
-    names = classes["train"]
+    return classes["train"]
+
+
+def _split_files(source: _FolderSource | _TarSource | _ZipSource, top: str, names: list[str]) -> list[tuple[str, int]]:
+    """The (file, label) pairs of the images under `top` (a split's folder), every class holding some."""
     index = {c: i for i, c in enumerate(names)}
-    files: dict[str, list[tuple[str, int]]] = {}
-    for split in SPLITS:
-        top = f"{prefix}{split}/"
-        pairs = []
-        for f in source.files:
-            if f.startswith(top) and _is_image(f):
-                cls, sep, _ = f[len(top) :].partition("/")
-                if sep and cls in index:
-                    pairs.append((f, index[cls]))
-        pairs.sort(key=lambda p: (p[1], p[0]))
-        counts = np.bincount([label for _, label in pairs], minlength=len(names))
-        empty = [names[i] for i in np.flatnonzero(counts == 0)]
-        if empty:
-            raise TopoatError(
-                f"{NAME}: {source.description}: {prefix}{split}/{empty[0]}/ holds no "
-                f"{', '.join(IMAGE_SUFFIXES)} images" + (f" (nor do {len(empty) - 1} more)" if len(empty) > 1 else "")
-            )
-        files[split] = pairs
-    return names, files
+    pairs = []
+    for f in source.files:
+        cls, sep, _ = f[len(top) :].partition("/")
+        if f.startswith(top) and _is_image(f) and sep and cls in index:
+            pairs.append((f, index[cls]))
+    pairs.sort(key=lambda p: (p[1], p[0]))
+    counts = np.bincount([label for _, label in pairs], minlength=len(names))
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise TopoatError(
+            f"{NAME}: {source.description}: {top}{empty[0]}/ holds no "
+            f"{', '.join(IMAGE_SUFFIXES)} images" + (f" (nor do {len(empty) - 1} more)" if len(empty) > 1 else "")
+        )
+    return pairs
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -266,7 +274,7 @@ def decode_image(raw: bytes, name: str, size: tuple[int, int] | None = None) -> 
         raise TopoatError(f"{NAME}: cannot decode {name} ({e.__class__.__name__}); the file is corrupt") from None
 
 
-def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
+def _decode_all(source: _FolderSource | _TarSource | _ZipSource, progress: bool) -> dict[str, np.ndarray]:
     names, files = _layout(source)
     total = sum(len(pairs) for pairs in files.values())
     arrays: dict[str, np.ndarray] = {}

@@ -87,5 +87,5 @@ class DeviceLoader:
             yield x, self.y[idx]
         self.perm = None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.batches()

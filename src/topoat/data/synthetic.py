@@ -7,8 +7,10 @@ learnable (accuracy moves) while the data costs nothing to make.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from ..errors import TopoatError
 from .base import ImageDataset
@@ -18,7 +20,12 @@ MAX_SYNTHETIC_BYTES = 8 * 2**30  # far beyond a test or benchmark; a typo (10000
 
 
 def make_synthetic(
-    shape=(1, 28, 28), num_classes: int = 10, n_train: int = 512, n_test: int = 256, seed: int = 0, noise: float = 0.25
+    shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    n_train: int = 512,
+    n_test: int = 256,
+    seed: int = 0,
+    noise: float = 0.25,
 ) -> ImageDataset:
     if len(shape) != 3 or min(shape) < 1:
         raise TopoatError(f"synthetic shape must be [C, H, W], got {list(shape)}")
@@ -33,7 +40,7 @@ def make_synthetic(
         )
     g = torch.Generator().manual_seed(seed)
 
-    def draw(n: int):
+    def draw(n: int) -> tuple[Tensor, Tensor]:
         y = torch.randint(0, num_classes, (n,), generator=g)
         x = prototypes[y] + noise * torch.randn((n, *shape), generator=g)
         return (x.clamp(0, 1) * 255).round().to(torch.uint8), y

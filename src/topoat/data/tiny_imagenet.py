@@ -10,6 +10,7 @@ rebuilt whenever the source archive or folder changes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -144,7 +145,7 @@ def decode_jpeg(raw: bytes, name: str) -> np.ndarray:
         raise TopoatError(f"Tiny ImageNet: cannot decode {name} ({e.__class__.__name__})") from None
 
 
-def _decode_all(source, progress: bool) -> dict[str, np.ndarray]:
+def _decode_all(source: _FolderSource | _ZipSource, progress: bool) -> dict[str, np.ndarray]:
     wnids = _lines(source.read("wnids.txt"))
     if len(set(wnids)) != len(wnids) or not wnids:
         raise TopoatError(f"Tiny ImageNet: wnids.txt in {source.description} is empty or lists a class twice")
@@ -228,10 +229,8 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
         os.replace(tmp, path)
     except OSError as e:
         print(f"topoat: warning: cannot write {path} ({e.strerror})", file=sys.stderr)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def load_tiny_imagenet(

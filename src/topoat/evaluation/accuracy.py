@@ -33,7 +33,9 @@ def fixed_subset(n_total: int, n: int | None, seed: int = 0) -> Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def held_out_subset(dataset, n: int | None, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def held_out_subset(
+    dataset: ImageDataset, n: int | None, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
     """The fixed held-out set: the same `n` test images (chosen by `seed`) for every model and call, as
     floats in [0, 1] on `device`."""
     idx = fixed_subset(dataset.x_test.shape[0], n, seed)
@@ -182,14 +184,7 @@ def evaluate(
     AutoAttack runs on a fixed `autoattack_n` of the images when given (it is costly). Random starts
     come from `seed`; the caller's random state is left as it was.
     """
-    if x.shape[0] != y.shape[0]:
-        raise TopoatError(f"evaluate: {x.shape[0]} images but {y.shape[0]} labels")
-    if x.shape[0] == 0:  # an accuracy over no images is 0/0, not a result
-        raise TopoatError("evaluate: no images to evaluate")
-    if batch_size < 1:
-        raise TopoatError("evaluate: batch_size must be >= 1")
-    if autoattack_n is not None and autoattack_n < 1:
-        raise TopoatError("evaluate: autoattack_n must be >= 1")
+    _check_arguments(x, y, batch_size, autoattack_n)
     threat = ThreatModel(norm, eps, "evaluate")
     specs = [parse_attack(a) for a in attacks]
     names = [s.name for s in specs] + list(custom or {})
@@ -204,14 +199,7 @@ def evaluate(
             s.name: build_attack(s.name, model, threat.norm, threat.eps, step_size, seed=seed) for s in specs
         }
         named.update(custom or {})
-        everywhere = torch.ones(n, dtype=torch.bool, device=x.device)
-        evaluated = {name: everywhere for name in named}
-        if autoattack_n is not None and autoattack_n < n:
-            aa_mask = torch.zeros(n, dtype=torch.bool, device=x.device)
-            aa_mask[fixed_subset(n, autoattack_n, seed).to(x.device)] = True
-            for s in specs:
-                if s.is_autoattack:
-                    evaluated[s.name] = aa_mask
+        evaluated = _coverage(named, specs, n, autoattack_n, seed, x.device)
         natural = torch.zeros(n, dtype=torch.bool, device=x.device)
         non_finite = torch.zeros((), dtype=torch.long, device=x.device)
         correct = {k: torch.zeros(n, dtype=torch.bool, device=x.device) for k in named}
@@ -242,26 +230,67 @@ def evaluate(
         result = EvalResult(
             n, float(natural.float().mean()), natural=natural, correct=correct, evaluated=evaluated, seconds=seconds
         )
-        for name, c in correct.items():
-            result.robust_acc[name] = float(c.sum()) / max(int(evaluated[name].sum()), 1)
-        if int(non_finite):
-            result.notes.append(
-                f"{int(non_finite)} of {n} images gave non-finite logits (NaN or inf weights or "
-                "activations?); they count as wrong"
-            )
-        for name, attack in named.items():
-            result.notes += [f"{name}: {note}" for note in getattr(attack, "notes", [])]
-        common = torch.stack(list(evaluated.values())).all(dim=0) if named else everywhere
-        if len(correct) > 1 and bool(common.all()):
-            result.robust_acc["worst"] = float(torch.stack(list(correct.values())).all(dim=0).float().mean())
-        elif not bool(common.all()):
-            on_subset = result.accuracy_on(common)
-            robust = {k: v for k, v in on_subset.items() if k != "natural"}
-            robust["worst"] = float((torch.stack(list(correct.values())).all(dim=0) & common).sum()) / int(common.sum())
-            result.subset = {"n": int(common.sum()), "natural_acc": on_subset["natural"], "robust_acc": robust}
+        _add_summaries(result, named, int(non_finite), x.device)
         return result
     finally:
         model.train(was_training)
+
+
+def _check_arguments(x: Tensor, y: Tensor, batch_size: int, autoattack_n: int | None) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise TopoatError(f"evaluate: {x.shape[0]} images but {y.shape[0]} labels")
+    if x.shape[0] == 0:  # an accuracy over no images is 0/0, not a result
+        raise TopoatError("evaluate: no images to evaluate")
+    if batch_size < 1:
+        raise TopoatError("evaluate: batch_size must be >= 1")
+    if autoattack_n is not None and autoattack_n < 1:
+        raise TopoatError("evaluate: autoattack_n must be >= 1")
+
+
+def _coverage(
+    named: dict[str, Callable[[Tensor, Tensor], Tensor]],
+    specs: list[AttackSpec],
+    n: int,
+    autoattack_n: int | None,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Per attack, the images it is run on: all of them, but AutoAttack's fixed `autoattack_n` if given."""
+    everywhere = torch.ones(n, dtype=torch.bool, device=device)
+    evaluated = {name: everywhere for name in named}
+    if autoattack_n is not None and autoattack_n < n:
+        aa_mask = torch.zeros(n, dtype=torch.bool, device=device)
+        aa_mask[fixed_subset(n, autoattack_n, seed).to(device)] = True
+        for s in specs:
+            if s.is_autoattack:
+                evaluated[s.name] = aa_mask
+    return evaluated
+
+
+def _add_summaries(
+    result: EvalResult, named: dict[str, Callable[[Tensor, Tensor], Tensor]], non_finite: int, device: torch.device
+) -> None:
+    """Each attack's robust accuracy, the notes, and the worst case: over every image when all attacks
+    covered all of them, else on the images every attack covered (`result.subset`)."""
+    n, correct, evaluated = result.n, result.correct, result.evaluated
+    for name, c in correct.items():
+        result.robust_acc[name] = float(c.sum()) / max(int(evaluated[name].sum()), 1)
+    if non_finite:
+        result.notes.append(
+            f"{non_finite} of {n} images gave non-finite logits (NaN or inf weights or "
+            "activations?); they count as wrong"
+        )
+    for name, attack in named.items():
+        result.notes += [f"{name}: {note}" for note in getattr(attack, "notes", [])]
+    everywhere = torch.ones(n, dtype=torch.bool, device=device)
+    common = torch.stack(list(evaluated.values())).all(dim=0) if named else everywhere
+    if len(correct) > 1 and bool(common.all()):
+        result.robust_acc["worst"] = float(torch.stack(list(correct.values())).all(dim=0).float().mean())
+    elif not bool(common.all()):
+        on_subset = result.accuracy_on(common)
+        robust = {k: v for k, v in on_subset.items() if k != "natural"}
+        robust["worst"] = float((torch.stack(list(correct.values())).all(dim=0) & common).sum()) / int(common.sum())
+        result.subset = {"n": int(common.sum()), "natural_acc": on_subset["natural"], "robust_acc": robust}
 
 
 def format_result(result: EvalResult) -> str:

@@ -14,6 +14,7 @@ import os
 import pickle
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -48,7 +49,13 @@ def load_state_dict_file(path: str | Path) -> dict:
 
 
 def model_from_state_dict(
-    path: str | Path, arch: str, num_classes: int, in_channels: int, mean, std, arch_args: dict | None = None
+    path: str | Path,
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    arch_args: dict | None = None,
 ) -> tuple[nn.Module, list[str]]:
     """A topoat architecture with the weights of a plain state_dict, and notes on what was assumed. The
     normalisation comes from the file when it holds one (as `topoat export` writes), else from `mean`/`std`."""

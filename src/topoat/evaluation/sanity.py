@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import cast
 
 from torch import Tensor, nn
@@ -151,23 +152,30 @@ def sanity_checks(
         # cast: the norm is a str in this public API; PGD rejects any but Linf and L2 (ValueError)
         transfer = PGD(reference, eps, ratio * eps, steps, norm=cast(Norm, norm))
         custom["transfer"] = transfer
-    at_eps = _merge(
-        known,
-        evaluate(
+
+    def attacked(
+        attacks: list[str],
+        e: float,
+        custom: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
+        autoattack_n: int | None = None,
+    ) -> EvalResult:
+        """(x, y) evaluated under `attacks` at radius `e`, the step size scaled with it."""
+        return evaluate(
             model,
             x,
             y,
-            todo,
-            eps=eps,
-            step_size=ratio * eps,
-            custom=custom,
-            autoattack_n=autoattack_n,
+            attacks,
+            eps=e,
+            step_size=ratio * e,
             norm=norm,
             batch_size=batch_size,
             progress=progress,
             seed=seed,
-        ),
-    )
+            custom=custom,
+            autoattack_n=autoattack_n,
+        )
+
+    at_eps = _merge(known, attacked(todo, eps, custom=custom, autoattack_n=autoattack_n))
     report = SanityReport(n)
 
     # 1 and 2: accuracy against eps
@@ -175,20 +183,9 @@ def sanity_checks(
     grid = sorted({eps / 4, eps / 2, 2 * eps, big} - {eps})
     curve = {0.0: at_eps.natural_acc, eps: at_eps.robust_acc[base]}
     for e in grid:
-        curve[e] = evaluate(
-            model,
-            x,
-            y,
-            [base],
-            eps=e,
-            step_size=ratio * e,
-            norm=norm,
-            batch_size=batch_size,
-            progress=progress,
-            seed=seed,
-        ).robust_acc[base]
+        curve[e] = attacked([base], e).robust_acc[base]
     points = sorted(curve.items())
-    rises = [(a, b) for (a, va), (b, vb) in zip(points, points[1:]) if vb > va + tol]
+    rises = [(a, b) for (a, va), (b, vb) in pairwise(points) if vb > va + tol]
     text = f"{base}: " + ", ".join(f"eps {e:g} {_pct(v)}" for e, v in points)
     if rises:
         text += "; rises from eps " + ", ".join(f"{a:g} to {b:g}" for a, b in rises)

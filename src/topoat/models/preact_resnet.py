@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .base import ImageClassifier, PointwiseShortcut
 
@@ -21,7 +23,7 @@ class PreActBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             self.shortcut = PointwiseShortcut(in_planes, planes, stride)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
@@ -30,7 +32,15 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(ImageClassifier):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2), width: int = 64):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_blocks: Sequence[int] = (2, 2, 2, 2),
+        width: int = 64,
+    ):
         super().__init__(mean, std)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
         in_planes = width

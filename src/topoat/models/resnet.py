@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .base import ImageClassifier, PointwiseShortcut
 
@@ -19,14 +21,22 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(PointwiseShortcut(in_planes, planes, stride), nn.BatchNorm2d(planes))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
 
 class ResNet(ImageClassifier):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, num_blocks=(2, 2, 2, 2), width: int = 64):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_blocks: Sequence[int] = (2, 2, 2, 2),
+        width: int = 64,
+    ):
         super().__init__(mean, std)
         layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         in_planes = width

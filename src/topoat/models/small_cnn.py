@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from .base import ImageClassifier
@@ -19,8 +21,8 @@ class SmallCNN(ImageClassifier):
         self,
         num_classes: int,
         in_channels: int,
-        mean,
-        std,
+        mean: Sequence[float],
+        std: Sequence[float],
         width: int = 32,
         feature_dim: int = 256,
         batchnorm: bool = True,

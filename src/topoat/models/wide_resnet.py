@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .base import ImageClassifier, PointwiseShortcut
 
@@ -20,7 +22,7 @@ class WideBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             self.shortcut = PointwiseShortcut(in_planes, planes, stride)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
@@ -35,8 +37,8 @@ class WideResNet(ImageClassifier):
         self,
         num_classes: int,
         in_channels: int,
-        mean,
-        std,
+        mean: Sequence[float],
+        std: Sequence[float],
         depth: int = 34,
         widen_factor: int = 10,
         dropout: float = 0.0,

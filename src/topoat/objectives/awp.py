@@ -64,10 +64,10 @@ class AdversarialWeightPerturbation(Objective):
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)
 
-    def adversarial(self, model, x, y):
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         return self.inner.adversarial(model, x, y)
 
-    def base_loss(self, model, x, y, x_adv):
+    def base_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> Tensor:
         return self.inner.base_loss(model, x, y, x_adv)
 
     def _proxy_of(self, net: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -93,14 +93,14 @@ class AdversarialWeightPerturbation(Objective):
         optimizer.step()
         offsets: list[tuple[Tensor, Tensor]] = []
         with torch.no_grad():
-            for w, w_proxy in zip(net.parameters(), proxy.parameters()):
+            for w, w_proxy in zip(net.parameters(), proxy.parameters(), strict=True):
                 if w.dim() <= 1:
                     continue
                 d = w_proxy - w
                 offsets.append((w, d * (self.gamma * w.norm() / (d.norm() + EPS))))
         return offsets
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         if not self.active:
             return self.inner.loss(model, x, y, x_adv)
         offsets = self.perturbation(model, x, y, x_adv)

@@ -131,19 +131,19 @@ class Wrapper(Objective):
         self.attack = base.attack
         self.makes_adversarial = base.makes_adversarial
 
-    def adversarial(self, model, x, y):
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         return self.base.adversarial(model, x, y)
 
-    def attack_objective(self, model, x, y):
+    def attack_objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         return self.base.attack_objective(model, x, y)
 
-    def attack_loss(self, model, x, y):
+    def attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         return self.base.attack_loss(model, x, y)
 
-    def attack_start(self, x):
+    def attack_start(self, x: Tensor) -> Tensor | None:
         return self.base.attack_start(x)
 
-    def base_loss(self, model, x, y, x_adv):
+    def base_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> Tensor:
         return self.base.base_loss(model, x, y, x_adv)
 
     def set_epoch(self, epoch: int) -> None:

@@ -39,7 +39,7 @@ class Distilled(Wrapper):
         super().compile_parts(compiler)
         self.teacher = compiler(self.teacher)
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)
         if self.weight > 0:
             if out.logits_nat is None:

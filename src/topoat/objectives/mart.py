@@ -13,10 +13,12 @@ The constants 1.0001, 1e-12 and 1.0000001 are the reference code's guards agains
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..config import AttackConfig, MethodConfig
 from .base import Knob, MethodSpec, Objective, ObjectiveOutput, cross_entropy_per_sample, register_method
@@ -39,10 +41,10 @@ class MART(Objective):
         self.attack = attack
         self.beta = beta
 
-    def attack_loss(self, model, x, y):
+    def attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         return lambda logits: cross_entropy_per_sample(logits, y)
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         logits_nat, feats_nat = model(x, return_features=True)
         logits_adv, feats_adv = model(x_adv, return_features=True)
         p_adv = F.softmax(logits_adv.float(), dim=1)

@@ -7,9 +7,11 @@ TRADES'. alpha = 0 is Madry et al.'s objective and costs no natural forward pass
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..config import AttackConfig, MethodConfig
 from .base import Knob, MethodSpec, Objective, ObjectiveOutput, cross_entropy_per_sample, register_method
@@ -32,10 +34,10 @@ class PGDAT(Objective):
         self.attack = attack
         self.natural_weight = natural_weight
 
-    def attack_loss(self, model, x, y):
+    def attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         return lambda logits: cross_entropy_per_sample(logits, y)
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         logits, feats = model(x_adv, return_features=True)
         ce_adv = F.cross_entropy(logits.float(), y)
         out = ObjectiveOutput(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..config import AttackConfig, MethodConfig
 from .base import MethodSpec, Objective, ObjectiveOutput, register_method
@@ -12,7 +13,7 @@ class Standard(Objective):
     name = "standard"
     makes_adversarial = False
 
-    def loss(self, model, x, y, x_adv=None) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None = None) -> ObjectiveOutput:
         logits, feats = model(x, return_features=True)
         loss = F.cross_entropy(logits.float(), y)
         return ObjectiveOutput(loss, logits_nat=logits, features_nat=feats, parts={"ce": loss.detach()})

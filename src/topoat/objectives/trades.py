@@ -12,10 +12,12 @@ as in the reference, so the KL also pulls f(x) towards f(x').
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..config import AttackConfig, MethodConfig
 from .base import Knob, MethodSpec, Objective, ObjectiveOutput, register_method
@@ -38,15 +40,15 @@ class TRADES(Objective):
         self.attack = attack
         self.beta = beta
 
-    def attack_loss(self, model, x, y):
+    def attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         with torch.no_grad():
             p_nat = F.softmax(model(x).float(), dim=1)
         return lambda logits: F.kl_div(F.log_softmax(logits.float(), dim=1), p_nat, reduction="none").sum(dim=1)
 
-    def attack_start(self, x):
+    def attack_start(self, x: Tensor) -> Tensor | None:
         return START_STD * torch.randn_like(x)
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         logits_nat, feats_nat = model(x, return_features=True)
         logits_adv, feats_adv = model(x_adv, return_features=True)
         ce = F.cross_entropy(logits_nat.float(), y)

@@ -53,7 +53,7 @@ def batchnorm_mode(model: nn.Module, mode: CleanBatchNorm) -> Iterator[None]:
                 m.eval()
         yield
     finally:
-        for m, momentum in zip(layers, momenta):
+        for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
             m.train()
 
@@ -235,12 +235,12 @@ class TopologyRegularized(Wrapper):
                 bank.teacher = state[f"bank.{key}.teacher"].to(device)
                 bank.labels = state[f"bank.{key}.labels"].to(device)
 
-    def adversarial(self, model, x, y):
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         if self.attack_uses_topology and self.lambda_adv > 0:
             return Objective.adversarial(self, model, x, y)  # the base's attack settings, our attack_objective
         return self.base.adversarial(model, x, y)
 
-    def attack_objective(self, model, x, y):
+    def attack_objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
         """n * (mean base attack loss + lambda_adv * L_topo(h_f(x'), h_g(x))) as a function of x'
         with `attack_uses_topology`, the base method's attack objective without."""
         if not (self.attack_uses_topology and self.lambda_adv > 0):
@@ -271,7 +271,7 @@ class TopologyRegularized(Wrapper):
         )
         self._temperature_fitted = True
 
-    def loss(self, model, x, y, x_adv) -> ObjectiveOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None) -> ObjectiveOutput:
         out = self.base.loss(model, x, y, x_adv)
         teacher_repr = self._teacher_representation(x)
         self._fit_temperature(teacher_repr)
@@ -327,7 +327,11 @@ class TopologyRegularized(Wrapper):
             g_base = torch.autograd.grad(base_loss, params, retain_graph=True, allow_unused=True)
             g_topo = torch.autograd.grad(topo_total, params, retain_graph=True, allow_unused=True)
             dot = sum(
-                ((a.float() * b.float()).sum() for a, b in zip(g_base, g_topo) if a is not None and b is not None),
+                (
+                    (a.float() * b.float()).sum()
+                    for a, b in zip(g_base, g_topo, strict=True)
+                    if a is not None and b is not None
+                ),
                 torch.zeros((), device=base_loss.device),
             )
             n_base, n_topo = _grad_norm(g_base).to(dot.device), _grad_norm(g_topo).to(dot.device)
@@ -342,5 +346,5 @@ class TopologyRegularized(Wrapper):
         """The topology loss of each feature set. Sets that share the batch's graph (no memory bank, no
         global graph) are one batched computation, with the teacher's graph built once."""
         if len(students) > 1 and self.banks is None and not self.global_graph:
-            return dict(zip(students, self._fused_terms(list(students.values()), teacher, y).unbind()))
+            return dict(zip(students, self._fused_terms(list(students.values()), teacher, y).unbind(), strict=True))
         return {key: self._term(key, student, teacher, y) for key, student in students.items()}

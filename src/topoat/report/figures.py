@@ -11,23 +11,30 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..files import write_figure_atomic
 from .collect import Run, groups_of, lambda_ablation, lambda_label, primary_attack
 from .stats import mean_std
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.typing import ColorType as Colour
+    from numpy.typing import ArrayLike
 
-def _figure(width: float, height: float):
+
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     return write_figure_atomic(fig, path, dpi=100)
 
 
-def class_colours(num_classes: int):
+def class_colours(num_classes: int) -> list[Colour]:
     from matplotlib import colormaps
 
     if num_classes <= 10:
@@ -37,7 +44,7 @@ def class_colours(num_classes: int):
 
 
 def plot_tsne(
-    panels: Sequence[dict], labels, class_names: Sequence[str] | None, path: Path, attack: str, title: str
+    panels: Sequence[dict], labels: ArrayLike, class_names: Sequence[str] | None, path: Path, attack: str, title: str
 ) -> Path:
     """2 rows (natural, adversarial) x one column per model; each panel dict holds `name`, `natural`
     and `adversarial` (n x 2 arrays from `analysis.tsne_map`), and `subtitle`."""
@@ -75,7 +82,9 @@ def plot_tsne(
     return _save(fig, path)
 
 
-def _curve(ax, members: Sequence[Run], key: str, colour, label: str, scale: float = 1.0, style: str = "-") -> bool:
+def _curve(
+    ax: Axes, members: Sequence[Run], key: str, colour: Colour, label: str, scale: float = 1.0, style: str = "-"
+) -> bool:
     """Plot `key` per epoch for a group: the mean over seeds, and a band of ± one std if several."""
     import numpy as np
 
@@ -95,14 +104,14 @@ def _curve(ax, members: Sequence[Run], key: str, colour, label: str, scale: floa
     return True
 
 
-def _group_colours(groups: Sequence[str]) -> dict[str, object]:
+def _group_colours(groups: Sequence[str]) -> dict[str, Colour]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"] if len(groups) <= 10 else colormaps["tab20"]
     return {g: cmap(i % cmap.N) for i, g in enumerate(groups)}
 
 
-def _integer_epochs(ax) -> None:
+def _integer_epochs(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -225,8 +234,9 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Path | 
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     positions = list(range(len(weights)))
+    # natural accuracy, then up to two attacks (fewer when the runs share fewer)
     for key, label, colour in [(None, "natural", "tab:blue")] + [
-        (a, a.upper(), c) for a, c in zip(attacks[:2], ("tab:red", "tab:orange"))
+        (a, a.upper(), c) for a, c in zip(attacks[:2], ("tab:red", "tab:orange"), strict=False)
     ]:
         means, stds = [], []
         for rs in weights.values():
@@ -248,14 +258,14 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Path | 
     return _save(fig, path)
 
 
-def _legend_below(fig, ax) -> None:
+def _legend_below(fig: Figure, ax: Axes) -> None:
     """One legend for the figure, under the axes: inside, it covered the curves."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8)
 
 
-def _min_span(ax, points: float) -> None:
+def _min_span(ax: Axes, points: float) -> None:
     """Widen both axes to at least `points` percentage points, so a difference of a few tenths (often
     seed noise) does not fill the whole picture."""
     for get, set_ in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):

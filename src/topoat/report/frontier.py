@@ -148,65 +148,88 @@ def frontier(runs: Sequence, attack: str = HEADLINE_ATTACK, checkpoint: str = "b
     for r in runs:
         groups.setdefault(r.group, []).append(r)
     for method, symbol in ((spec.name, spec.knob.symbol) for spec in METHODS if spec.knob is not None):
-        base = {
-            g: rs
-            for g, rs in groups.items()
-            if rs[0].method == method and not is_regularized(rs[0]) and any(scores(r, attack, checkpoint) for r in rs)
-        }
-        settings = sorted(
-            {(value, g) for g, rs in base.items() if (value := knob_value(rs[0])) is not None}
-        )  # never None: `method` has a knob
-        if len({v for v, _ in settings}) < 2:
-            continue
-        by_seed: dict[int | None, list[tuple[float, float]]] = {}
-        images = images_by_seed.setdefault(method, {})
-        mean_points: list[tuple[float, float, float, float, float, int]] = []
-        for value, g in settings:
-            scored = {r.seed: scores(r, attack, checkpoint) for r in base[g]}
-            per_seed = {s: v for s, v in scored.items() if v is not None}
-            for s, (rob, nat) in per_seed.items():
-                by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
-            for r in base[g]:
-                if r.seed in per_seed:
-                    images.setdefault(r.seed, set()).add(scored_on(r, attack, checkpoint))
-            robs = [100 * v[0] for v in per_seed.values()]
-            nats = [100 * v[1] for v in per_seed.values()]
-            mean_points.append(
-                (value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats), len(robs))
-            )
-        curves[method] = BaseCurve(method, symbol, settings, by_seed, mean_points)
+        images: dict[int | None, set] = {}
+        curve = _base_curve(method, symbol, groups, attack, checkpoint, images)
+        if curve is not None:
+            curves[method], images_by_seed[method] = curve, images
     for g, rs in groups.items():
         method = rs[0].method
         if method not in curves or not is_regularized(rs[0]):
             continue
-        point = FrontierPoint(method, g, added_term(as_entry(rs[0].entry)))
-        for r in sorted(rs, key=lambda r: (r.seed is None, r.seed)):
-            s = scores(r, attack, checkpoint)
-            curve = curves[method].by_seed.get(r.seed)
-            if s is None or curve is None or len(curve) < 2:
-                continue
-            counts = {c for c in images_by_seed[method][r.seed] if None not in c}  # unrecorded counts match any
-            n_nat, n_attack = scored_on(r, attack, checkpoint)
-            if None not in (n_nat, n_attack) and counts and counts != {(n_nat, n_attack)}:
-                curve_counts = " or ".join(f"{a}/{b}" for a, b in sorted(counts))
-                left_out.append(
-                    f"{r.name}: natural/{attack} on {n_nat}/{n_attack} test images, its base curve on {curve_counts}"
-                )
-                continue
-            rob, nat = 100 * s[0], 100 * s[1]
-            natural_there, outside_r = frontier_at(curve, rob, "robust")
-            robust_there, outside_n = frontier_at(curve, nat, "natural")
-            point.natural.append(nat)
-            point.robust.append(rob)
-            point.gains.append(nat - natural_there)
-            point.robust_gains.append(rob - robust_there)
-            point.seeds.append(r.seed)
-            point.outside |= outside_r
+        point = _place(g, rs, curves[method], images_by_seed[method], attack, checkpoint, left_out)
         if point.gains:
             points[g] = point
     if not curves:
         return None
     return Frontier(attack, checkpoint, curves, list(points.values()), left_out)
+
+
+def _base_curve(
+    method: str, symbol: str, groups: dict[str, list], attack: str, checkpoint: str, images: dict[int | None, set]
+) -> BaseCurve | None:
+    """`method`'s curve over its knob settings, None with fewer than two; `images` gathers, per seed, the
+    test image counts its points were scored on."""
+    base = {
+        g: rs
+        for g, rs in groups.items()
+        if rs[0].method == method and not is_regularized(rs[0]) and any(scores(r, attack, checkpoint) for r in rs)
+    }
+    settings = sorted(
+        {(value, g) for g, rs in base.items() if (value := knob_value(rs[0])) is not None}
+    )  # never None: `method` has a knob
+    if len({v for v, _ in settings}) < 2:
+        return None
+    by_seed: dict[int | None, list[tuple[float, float]]] = {}
+    mean_points: list[tuple[float, float, float, float, float, int]] = []
+    for value, g in settings:
+        scored = {r.seed: scores(r, attack, checkpoint) for r in base[g]}
+        per_seed = {s: v for s, v in scored.items() if v is not None}
+        for s, (rob, nat) in per_seed.items():
+            by_seed.setdefault(s, []).append((100 * rob, 100 * nat))
+        for r in base[g]:
+            if r.seed in per_seed:
+                images.setdefault(r.seed, set()).add(scored_on(r, attack, checkpoint))
+        robs = [100 * v[0] for v in per_seed.values()]
+        nats = [100 * v[1] for v in per_seed.values()]
+        mean_points.append((value, statistics.fmean(robs), _std(robs), statistics.fmean(nats), _std(nats), len(robs)))
+    return BaseCurve(method, symbol, settings, by_seed, mean_points)
+
+
+def _place(
+    group: str,
+    rs: list,
+    base: BaseCurve,
+    images: dict[int | None, set],
+    attack: str,
+    checkpoint: str,
+    left_out: list[str],
+) -> FrontierPoint:
+    """A regularized group's seeds placed against their seed's base curve; a seed scored on other test
+    images than its curve goes to `left_out` instead."""
+    point = FrontierPoint(base.method, group, added_term(as_entry(rs[0].entry)))
+    for r in sorted(rs, key=lambda r: (r.seed is None, r.seed)):
+        s = scores(r, attack, checkpoint)
+        curve = base.by_seed.get(r.seed)
+        if s is None or curve is None or len(curve) < 2:
+            continue
+        counts = {c for c in images[r.seed] if None not in c}  # unrecorded counts match any
+        n_nat, n_attack = scored_on(r, attack, checkpoint)
+        if None not in (n_nat, n_attack) and counts and counts != {(n_nat, n_attack)}:
+            curve_counts = " or ".join(f"{a}/{b}" for a, b in sorted(counts))
+            left_out.append(
+                f"{r.name}: natural/{attack} on {n_nat}/{n_attack} test images, its base curve on {curve_counts}"
+            )
+            continue
+        rob, nat = 100 * s[0], 100 * s[1]
+        natural_there, outside_r = frontier_at(curve, rob, "robust")
+        robust_there, outside_n = frontier_at(curve, nat, "natural")
+        point.natural.append(nat)
+        point.robust.append(rob)
+        point.gains.append(nat - natural_there)
+        point.robust_gains.append(rob - robust_there)
+        point.seeds.append(r.seed)
+        point.outside |= outside_r
+    return point
 
 
 def _fmt(values: Sequence[float], signed: bool = False) -> str:
@@ -263,7 +286,7 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     fig = Figure(figsize=(7.0 * len(methods), 5.6))
     axes = fig.subplots(1, len(methods), squeeze=False)
     markers = {"cosine": "s", "softmax-cosine": "^", "perplexity": "D", "gaussian": "v", "student-t": "P"}
-    for ax, method in zip(axes[0], methods):
+    for ax, method in zip(axes[0], methods, strict=True):
         curve = f.curves[method]
         pts = curve.mean_points  # in knob order: the path the knob traces
         ax.errorbar(

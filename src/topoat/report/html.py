@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 STYLE = """
@@ -64,7 +65,7 @@ def markdown_to_html(text: str, folder: Path) -> str:
     )
 
 
-def _take(lines: list[str], start: int, belongs) -> list[str]:
+def _take(lines: list[str], start: int, belongs: Callable[[str], bool]) -> list[str]:
     """The stripped lines from `start` on that belong to one block."""
     block = []
     for line in lines[start:]:

@@ -13,8 +13,12 @@ from .collect import Run, base_group, groups_of
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
+    from torch import Tensor
 
     from ..config import TrainConfig
+    from ..data import ImageDataset
+    from ..evaluation.graph_metrics import Representations
 
 MAX_TSNE_COLUMNS = 6  # wider than this, the maps get too small to read
 
@@ -56,11 +60,13 @@ class _Representations:
     """Penultimate features of the held-out images and their adversarial examples, per checkpoint:
     a reference shared by many runs is attacked once."""
 
-    def __init__(self, dataset, x, y, device, attack: str, seed: int):
+    def __init__(
+        self, dataset: ImageDataset, x: Tensor, y: Tensor, device: torch.device, attack: str, seed: int
+    ) -> None:
         self.dataset, self.x, self.y, self.device, self.attack, self.seed = dataset, x, y, device, attack, seed
-        self.cache: dict = {}
+        self.cache: dict[Path, Representations] = {}
 
-    def of(self, checkpoint: Path, run: Run):
+    def of(self, checkpoint: Path, run: Run) -> Representations:
         """`checkpoint`'s representations under `run`'s threat model and step size."""
         from ..evaluation.graph_metrics import representations
         from ..runs.checkpoint import check_fits_data, load_checkpoint, model_from_record
@@ -144,7 +150,9 @@ def _add_tsne_maps(
         result.labels = result.labels[:m]
 
 
-def _tsne_panel(run: Run, features, natural, adversarial, metrics: dict) -> dict:
+def _tsne_panel(
+    run: Run, features: Representations, natural: np.ndarray, adversarial: np.ndarray, metrics: dict
+) -> dict:
     if run.checkpoint == run.reference:
         topology = "reference model"
     else:

@@ -94,7 +94,7 @@ def _check_arguments(
 
 
 def _tsne_picture(analysis: Analysis, figures: Path, dataset: str) -> list[Picture]:
-    if not analysis.tsne:
+    if not analysis.tsne or analysis.labels is None:  # the labels are set whenever maps were drawn
         return []
     attack = analysis.attack.upper()
     path = plot_tsne(

@@ -266,10 +266,10 @@ def _is_plain_state_dict(obj: Any) -> bool:
 def _check_record(ckpt: dict, path: Path) -> None:
     """The model record's keys and types, so a damaged or hand-made checkpoint fails here, naming the key."""
 
-    def positive_int(v) -> bool:
+    def positive_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-    def numbers(v) -> bool:
+    def numbers(v: object) -> bool:
         return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
     norm = ckpt.get("normalization")

@@ -3,164 +3,20 @@ and tabulated into one results.json. Re-running with resume continues where it s
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TrainConfig, from_dict, load_config, override, preset_path, read_yaml
+from ..config import TrainConfig, load_config, override, preset_path
 from ..errors import TopoatError, TrainingDiverged
 from ..files import write_atomic
 from ..signals import stage
-from .folder import LOCK, RESULTS, STUDY_FILE, STUDY_LEFTOVERS, RunFolder
+from .folder import STUDY_FILE, STUDY_LEFTOVERS, RunFolder
 from .results import ResultEntry, format_table, read_results, results_document, write_results
 from .scoring import evaluate_missing, evaluate_more_images, method_name, train_and_evaluate
-
-# What a study folder holds besides its runs (report.md, figures/ and analysis.json come from `report`).
-STUDY_NAMES = frozenset({STUDY_FILE, RESULTS, LOCK, "report.md", "figures", "analysis.json"})
-MAX_FOLDER_NAME_BYTES = 255  # what ext4, APFS and NTFS take (a run's name is its folder's)
-
-
-@dataclass
-class StudyRun:
-    name: str
-    config: str  # relative to the study file
-    set: list[str] = field(default_factory=list)
-    teacher: str | None = None  # name of the run whose last checkpoint is the TRAIN teacher
-    # A subset of the study's seeds for this run (e.g. an ablation on one seed). Such runs come after
-    # the whole grid, so the runs every seed needs for paired comparisons finish first.
-    seeds: list[int] | None = None
-
-
-@dataclass
-class StudySpec:
-    name: str = "study"
-    runs: list[StudyRun] = field(default_factory=list)
-    set: list[str] = field(default_factory=list)  # overrides applied to every run
-    seeds: list[int] | None = None  # each run once per seed, named NAME-sSEED
-    # Name of the standard run whose last checkpoint every later run logs its per-epoch topology
-    # metrics against (validation.reference), so PGD-AT gets curves as well as TRAIN.
-    reference: str | None = None
-
-
-@dataclass
-class PlannedRun:
-    name: str
-    config_path: Path
-    overrides: list[str]
-    teacher: str | None
-    reference: str | None = None
-
-    @property
-    def needs(self) -> list[str]:
-        """The runs whose last checkpoint this one reads: its teacher and its reference."""
-        return [r for r in (self.teacher, self.reference) if r is not None]
-
-
-def load_study(path: str | Path, extra: list[str] | None = None) -> tuple[StudySpec, list[PlannedRun]]:
-    path = preset_path(path, "studies")
-    raw = read_yaml(path)
-    runs = raw.get("runs")
-    for run in runs if isinstance(runs, list) else []:
-        if isinstance(run, dict) and "name" in run and not isinstance(run["name"], str):
-            raise TopoatError(
-                f"study {path}: run name {run['name']!r} is not a string (YAML reads yes, 12 or ~ as a "
-                "boolean, number or null); quote it, e.g. name: 'yes'"
-            )
-    spec = from_dict(StudySpec, raw)
-    if not spec.runs:
-        raise TopoatError(f"study {path}: no runs listed")
-    names = [r.name for r in spec.runs]
-    for name in names:
-        check_run_name(path, name)
-    if len(set(names)) != len(names):
-        raise TopoatError(f"study {path}: run names must be unique")
-    if spec.reference is not None and spec.reference not in names:
-        raise TopoatError(f"study {path}: reference {spec.reference!r} is not one of its runs")
-    for r in spec.runs:
-        if r.seeds is not None and (spec.seeds is None or not set(r.seeds) <= set(spec.seeds)):
-            raise TopoatError(
-                f"study {path}: run {r.name!r} lists seeds {r.seeds} that are not among the study's seeds {spec.seeds}"
-            )
-        if r.teacher is not None and r.teacher not in names:
-            raise TopoatError(f"study {path}: run {r.name!r} names unknown teacher run {r.teacher!r}")
-        if r.teacher is not None and names.index(r.teacher) > names.index(r.name):
-            raise TopoatError(f"study {path}: teacher run {r.teacher!r} must come before {r.name!r}")
-        if r.seeds is not None and (r.name == spec.reference or any(q.teacher == r.name for q in spec.runs)):
-            raise TopoatError(
-                f"study {path}: run {r.name!r} is a teacher or the reference, so it runs on every seed "
-                f"(remove its seeds)"
-            )
-    grid: list[PlannedRun] = []
-    subset: list[PlannedRun] = []
-    for seed in spec.seeds if spec.seeds is not None else [None]:
-        suffix = "" if seed is None else f"-s{seed}"
-        for r in spec.runs:
-            if r.seeds is not None and seed not in r.seeds:
-                continue
-            overrides = list(spec.set) + list(r.set) + list(extra or [])
-            if seed is not None:
-                overrides.append(override("seed", seed))
-            after_reference = spec.reference is not None and names.index(r.name) > names.index(spec.reference)
-            (grid if r.seeds is None else subset).append(
-                PlannedRun(
-                    r.name + suffix,
-                    (path.parent / r.config),
-                    overrides,
-                    None if r.teacher is None else r.teacher + suffix,
-                    spec.reference + suffix if after_reference else None,
-                )
-            )
-    planned = grid + subset
-    for run in planned:  # checked now, not when the study reaches that run and cannot make its folder
-        if len(os.fsencode(run.name)) > MAX_FOLDER_NAME_BYTES:
-            raise TopoatError(
-                f"study {path}: run name {run.name[:40]}... is {len(os.fsencode(run.name))} bytes long; "
-                f"a folder name takes at most {MAX_FOLDER_NAME_BYTES}"
-            )
-    return spec, planned
-
-
-def selected(name: str, only: list[str] | None) -> bool:
-    """Run `name` is one `--runs` asks for (every run without --runs)."""
-    return only is None or any(fnmatch.fnmatchcase(name, pattern) for pattern in only)
-
-
-def check_run_name(path: Path, name) -> None:
-    """A run's folder is `--out/NAME`: a name with a separator, `..` or an absolute path would put it (and
-    its training) outside the study folder."""
-    bad = (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or Path(name).is_absolute()
-    )
-    if bad:
-        raise TopoatError(
-            f"study {path}: run name {name!r} must be a plain folder name (no '/', '..' or absolute path)"
-        )
-    if name in STUDY_NAMES:
-        raise TopoatError(f"study {path}: run name {name!r} is the name of a file the study folder holds itself")
-
-
-def teacher_links(p: PlannedRun, teacher: Path) -> list[str]:
-    """Overrides pointing the run's TRAIN and distillation sections (whichever it has) at `teacher`."""
-    cfg = load_config(p.config_path, p.overrides + [override("name", p.name)])
-    links = [
-        override(f"{section}.teacher", str(teacher))
-        for section in ("topology", "distillation")
-        if getattr(cfg, section) is not None
-    ]
-    if not links:
-        raise TopoatError(
-            f"study run {p.name!r} names a teacher but has neither a topology: nor a distillation: section"
-        )
-    return links
+from .study_file import PlannedRun, load_study, selected, teacher_links
 
 
 def run_study(
@@ -169,7 +25,7 @@ def run_study(
     resume: bool = False,
     extra: list[str] | None = None,
     progress: bool = True,
-    echo=print,
+    echo: Callable[[str], None] = print,
     only: list[str] | None = None,
 ) -> dict:
     """Train and evaluate every planned run (those matching a pattern of `only`, if given) not yet done.
@@ -185,16 +41,7 @@ def run_study(
         if not planned:
             raise TopoatError(f"no run of study {path} matches {', '.join(only)}")
     out = Path(out).resolve()
-    if resume and not out.is_dir():
-        raise TopoatError(f"nothing to resume: {out} does not exist")
-    study = RunFolder(out)
-    if study.config.is_file() or study.last.is_file():
-        raise TopoatError(
-            f"{out} is a run's folder (it holds {study.config.name if study.config.is_file() else study.last.name}), "
-            "not a study folder; give the study its own --out"
-        )
-    if not resume:  # refuse a used folder before the configs are read; create it only once they are valid
-        study.prepare(resume=False, create=False, leftovers=STUDY_LEFTOVERS)
+    study = _study_folder(out, resume)
     configs = _validated_configs(planned, study, progress)  # before the first hour of training is spent
     _check_dependencies(planned, study)
     for p in planned:
@@ -207,43 +54,8 @@ def run_study(
     runs: dict[str, ResultEntry] = {}
     failed: dict[str, str] = {}
     for p in planned:
-        cfg = configs[p.name]
-        folder = study.run(p.name)
         hint = f"`topoat study {path} --out {out} --resume` continues without training {p.name} again"
-        if folder.results.is_file() and _torn(folder.results):
-            echo(f"[{p.name}] {folder.results} is not valid JSON (a torn write): evaluating the run again")
-        elif folder.results.is_file():
-            with folder.locked():
-                finished = _complete_finished_run(cfg, folder, p.name, hint, progress, echo)
-            runs[p.name] = finished.rebased(p.name)
-            continue
-        unfinished = [r for r in p.needs if r in failed or not _wait_until_finished(study, r, p.name, echo)]
-        if unfinished:
-            role = "teacher" if unfinished[0] == p.teacher else "reference"
-            failed[p.name] = f"{role} run {unfinished[0]} " + (
-                "failed" if unfinished[0] in failed else "did not finish (its process stopped without results.json)"
-            )
-            echo(f"[{p.name}] not trained: {failed[p.name]}")
-            continue
-        echo(
-            f"[{p.name}] training ({method_name(cfg)}{'' if cfg.topology is None else ' + TRAIN'}, "
-            f"{cfg.optim.epochs} epochs)"
-        )
-        try:
-            entry = train_and_evaluate(
-                cfg,
-                folder.root,
-                resume=folder.last.is_file(),
-                echo=echo,
-                stage_name=f"during the evaluation of run {p.name}",
-                resume_hint=hint,
-            )
-        except TrainingDiverged as e:
-            failed[p.name] = str(e)
-            echo(f"[{p.name}] failed: {e}")
-            continue
-        assert entry is not None  # a study runs in one process, which is the main one
-        runs[p.name] = entry.rebased(p.name)
+        _run_planned(p, configs[p.name], study, hint, progress, echo, runs, failed)
     first = configs[planned[0].name]
     if only is not None:  # processes sharing the folder (--runs) each write the whole study's results.json
         runs, failed = _with_runs_done_elsewhere(whole_study, runs, failed, study)
@@ -255,6 +67,70 @@ def run_study(
         echo(f"{name}: FAILED: {why}")
     echo(f"\nresults: {out / 'results.json'}")
     return document.to_dict()
+
+
+def _study_folder(out: Path, resume: bool) -> RunFolder:
+    """The study's folder, refused when it is a run's or (unless resuming) already used; not created yet."""
+    if resume and not out.is_dir():
+        raise TopoatError(f"nothing to resume: {out} does not exist")
+    study = RunFolder(out)
+    if study.config.is_file() or study.last.is_file():
+        raise TopoatError(
+            f"{out} is a run's folder (it holds {study.config.name if study.config.is_file() else study.last.name}), "
+            "not a study folder; give the study its own --out"
+        )
+    if not resume:  # refuse a used folder before the configs are read; create it only once they are valid
+        study.prepare(resume=False, create=False, leftovers=STUDY_LEFTOVERS)
+    return study
+
+
+def _run_planned(
+    p: PlannedRun,
+    cfg: TrainConfig,
+    study: RunFolder,
+    hint: str,
+    progress: bool,
+    echo: Callable[[str], None],
+    runs: dict[str, ResultEntry],
+    failed: dict[str, str],
+) -> None:
+    """Complete run `p` if it finished, else train and evaluate it once its teacher and reference have;
+    its entry goes to `runs`, or why it has none to `failed`."""
+    folder = study.run(p.name)
+    if folder.results.is_file() and _torn(folder.results):
+        echo(f"[{p.name}] {folder.results} is not valid JSON (a torn write): evaluating the run again")
+    elif folder.results.is_file():
+        with folder.locked():
+            finished = _complete_finished_run(cfg, folder, p.name, hint, progress, echo)
+        runs[p.name] = finished.rebased(p.name)
+        return
+    unfinished = [r for r in p.needs if r in failed or not _wait_until_finished(study, r, p.name, echo)]
+    if unfinished:
+        role = "teacher" if unfinished[0] == p.teacher else "reference"
+        failed[p.name] = f"{role} run {unfinished[0]} " + (
+            "failed" if unfinished[0] in failed else "did not finish (its process stopped without results.json)"
+        )
+        echo(f"[{p.name}] not trained: {failed[p.name]}")
+        return
+    echo(
+        f"[{p.name}] training ({method_name(cfg)}{'' if cfg.topology is None else ' + TRAIN'}, "
+        f"{cfg.optim.epochs} epochs)"
+    )
+    try:
+        entry = train_and_evaluate(
+            cfg,
+            folder.root,
+            resume=folder.last.is_file(),
+            echo=echo,
+            stage_name=f"during the evaluation of run {p.name}",
+            resume_hint=hint,
+        )
+    except TrainingDiverged as e:
+        failed[p.name] = str(e)
+        echo(f"[{p.name}] failed: {e}")
+        return
+    assert entry is not None  # a study runs in one process, which is the main one
+    runs[p.name] = entry.rebased(p.name)
 
 
 def _validated_configs(planned: list[PlannedRun], study: RunFolder, progress: bool) -> dict[str, TrainConfig]:
@@ -293,7 +169,7 @@ def _finished(folder: RunFolder) -> bool:
     return folder.results.is_file() and not _torn(folder.results)
 
 
-def _wait_until_finished(study: RunFolder, name: str, waiting: str, echo) -> bool:
+def _wait_until_finished(study: RunFolder, name: str, waiting: str, echo: Callable[[str], None]) -> bool:
     """Whether run `name` is finished, waiting while another process trains it (holds its lock). A run of
     this process came earlier in the loop, so it is finished or failed, never locked here."""
     folder = study.run(name)
@@ -337,10 +213,8 @@ def _with_runs_done_elsewhere(
     in the study's order."""
     earlier: dict[str, str] = {}
     if study.results.is_file() and not _torn(study.results):
-        try:
+        with contextlib.suppress(TopoatError):  # a damaged study results.json is written anew below
             earlier = read_results(study.results).failed
-        except TopoatError:
-            pass  # a damaged study results.json is written anew below
     joined, failures = {}, {}
     for p in whole_study:
         folder = study.run(p.name)
@@ -349,10 +223,8 @@ def _with_runs_done_elsewhere(
         elif p.name in failed:
             failures[p.name] = failed[p.name]
         elif folder.results.is_file() and not _torn(folder.results):
-            try:
+            with contextlib.suppress(TopoatError):  # its own process, or a later --resume, reports it
                 joined[p.name] = read_results(folder.results, p.name).runs[p.name].rebased(p.name)
-            except TopoatError:
-                pass  # its own process, or a later --resume, reports it
         elif p.name in earlier:
             failures[p.name] = earlier[p.name]
     return joined, failures

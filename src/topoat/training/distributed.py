@@ -43,37 +43,38 @@ SINGLE = DistContext()
 LAUNCH = "launch with torchrun (e.g. torchrun --nproc_per_node 2 -m topoat train ...)"
 
 
+def _env_number(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """The whole number in variable `name`; `default` when it is unset (required when there is none)."""
+    text = env.get(name)
+    if text is None or not text.strip():
+        if default is None:
+            raise TopoatError(f"distributed: WORLD_SIZE is {env['WORLD_SIZE']} but {name} is not set; {LAUNCH}")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise TopoatError(f"distributed: {name} must be a whole number, got {text!r}") from None
+
+
 def launch_environment(env: Mapping[str, str]) -> DistContext:
     """Rank, world size and local rank from torchrun's variables, checked before any process waits for
     another: a rank outside the world or a missing MASTER_ADDR would otherwise wait in the rendezvous
     (deaf to SIGINT and SIGTERM, which Python handles only once torch returns) or fail with a traceback."""
-
-    def number(name: str, default: int | None = None) -> int:
-        text = env.get(name)
-        if text is None or not text.strip():
-            if default is None:
-                raise TopoatError(f"distributed: WORLD_SIZE is {env['WORLD_SIZE']} but {name} is not set; {LAUNCH}")
-            return default
-        try:
-            return int(text)
-        except ValueError:
-            raise TopoatError(f"distributed: {name} must be a whole number, got {text!r}") from None
-
-    world = number("WORLD_SIZE", 1)
+    world = _env_number(env, "WORLD_SIZE", 1)
     if world < 1:
         raise TopoatError(f"distributed: WORLD_SIZE must be >= 1, got {world}")
     if world == 1:
         return SINGLE
-    rank = number("RANK")
+    rank = _env_number(env, "RANK")
     if not 0 <= rank < world:
         raise TopoatError(f"distributed: RANK {rank} is not a rank of WORLD_SIZE {world} (0 to {world - 1})")
-    local_world = number("LOCAL_WORLD_SIZE", world)
-    local_rank = number("LOCAL_RANK", 0)
+    local_world = _env_number(env, "LOCAL_WORLD_SIZE", world)
+    local_rank = _env_number(env, "LOCAL_RANK", 0)
     if not 0 <= local_rank < local_world:
         raise TopoatError(f"distributed: LOCAL_RANK {local_rank} must lie in 0 to {local_world - 1}")
     if not env.get("MASTER_ADDR", "").strip():
         raise TopoatError(f"distributed: WORLD_SIZE is {world} but MASTER_ADDR is not set; {LAUNCH}")
-    port = number("MASTER_PORT")
+    port = _env_number(env, "MASTER_PORT")
     if not 0 < port < 65536:
         raise TopoatError(f"distributed: MASTER_PORT must be a port number (1 to 65535), got {port}")
     return DistContext(rank, world, local_rank)
