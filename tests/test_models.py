@@ -28,7 +28,7 @@ def test_normalisation_lives_inside():
     torch.manual_seed(0)
     a = build_model("small-cnn", 10, 1, [0.0], [1.0], width=4)
     b = build_model("small-cnn", 10, 1, [0.5], [0.25], width=4)
-    b.load_state_dict({k: v for k, v in a.state_dict().items() if k not in ("mean", "std")}, strict=True)
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if k not in ("mean", "std")}, strict=False)
     x = torch.rand(3, 1, 28, 28)
     assert torch.allclose(b(x), a((x - 0.5) / 0.25), atol=1e-5)
 
