@@ -20,9 +20,10 @@ from throughput_costs import (
     sync,
 )
 
-from topoat.config import TrainConfig, load_config
+from topoat.config import load_config
 from topoat.models import build_model
 from topoat.runs.checkpoint import model_record, save_atomic
+from topoat.schema import TrainConfig
 from topoat.training.loop import Trainer
 
 # Batch size and timed steps per model on a CPU (the default of --batch-size and --steps there).

@@ -199,19 +199,6 @@ def test_a_config_can_start_from_a_base_config(tmp_path):
         load_config(tmp_path / "orphan.yaml")
 
 
-def test_every_train_config_is_its_base_config_plus_the_topology_term():
-    from pathlib import Path
-
-    from topoat.config import PRESETS, load_config, to_dict
-
-    for train in sorted(Path(PRESETS, "configs").rglob("*-train.yaml")):
-        with_term, without = to_dict(load_config(train)), to_dict(load_config(str(train).replace("-train", "")))
-        assert with_term["topology"] is not None and without["topology"] is None, train
-        assert {k: v for k, v in with_term.items() if k not in ("name", "topology")} == {
-            k: v for k, v in without.items() if k not in ("name", "topology")
-        }, train
-
-
 def test_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
     # YAML 1.1 reads 5e-4 as a string: `must be a number, got '5e-4'`
     cfg = load_config(data={}, overrides=["optim.weight_decay=5e-4", "optim.lr=1e-3", "attack.eps=8e-2"])

@@ -11,13 +11,13 @@ from topoat.attacks import AutoAttack
 from topoat.attacks.autoattack import plan_for_classes
 from topoat.attacks.threat import ThreatModel
 from topoat.cli import main
-from topoat.config import to_dict
 from topoat.errors import TopoatError
 from topoat.evaluation.accuracy import evaluate, fixed_subset, parse_attack
 from topoat.evaluation.checkpoint_accuracy import evaluate_checkpoint
 from topoat.evaluation.sanity import Check, SanityReport, sanity_checks
 from topoat.runs.checkpoint import model_record, save_atomic
 from topoat.runs.results import format_table
+from topoat.schema import to_dict
 
 SHAPE = [1, 12, 12]
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from topoat.config import load_config, preset_names, to_dict
+from topoat.config import load_config, preset_names
 from topoat.models import build_model
 from topoat.runs.checkpoint import model_record, save_atomic
 from topoat.runs.study import load_study, teacher_links
+from topoat.schema import to_dict
 from topoat.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from topoat.attacks import Attack, AttackFamily, AttackSpec, register_attack
 from topoat.cli import main
-from topoat.config import MethodConfig, dump_config
+from topoat.config import dump_config
 from topoat.data import ImageDataset, load_dataset, register_dataset
 from topoat.data.synthetic import make_synthetic
 from topoat.errors import TopoatError
@@ -20,6 +20,7 @@ from topoat.evaluation.graph_metrics import extract, topology_metrics
 from topoat.objectives import Knob, MethodSpec, Objective, ObjectiveOutput, build_objective, register_method
 from topoat.objectives.base import cross_entropy_per_sample
 from topoat.registry import ATTACKS, DATASETS, KERNELS, METHODS
+from topoat.schema import MethodConfig
 from topoat.topology import Kernel, SoftmaxCosine, TopologyLoss, register_kernel
 from topoat.training.loop import Trainer
 

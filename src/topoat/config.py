@@ -1,7 +1,7 @@
 """Typed, validated configuration: YAML in, dataclasses out, one-line errors naming the key.
 
 This module reads config files (packaged presets, `base:` chains, `--set` overrides); the sections and
-their checks live in `topoat.schema`, whose names it re-exports."""
+their checks live in `topoat.schema`."""
 
 from __future__ import annotations
 
@@ -12,46 +12,13 @@ from typing import Any
 import yaml
 
 from .errors import TopoatError
-from .schema import (
-    SEED_RANGE,
-    AttackConfig,
-    AugmentConfig,
-    AWPConfig,
-    DataConfig,
-    DistillationConfig,
-    EvaluationConfig,
-    MethodConfig,
-    ModelConfig,
-    OptimConfig,
-    RuntimeConfig,
-    TopologyConfig,
-    TrainConfig,
-    ValidationConfig,
-    from_dict,
-    seed_fits,
-    to_dict,
-)
+from .schema import TrainConfig, from_dict, to_dict
 from .yamltext import read_yaml_text, safe_load
 
 __all__ = [
     "PRESETS",
-    "SEED_RANGE",
-    "AWPConfig",
-    "AttackConfig",
-    "AugmentConfig",
-    "DataConfig",
-    "DistillationConfig",
-    "EvaluationConfig",
-    "MethodConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "RuntimeConfig",
-    "TopologyConfig",
-    "TrainConfig",
-    "ValidationConfig",
     "apply_overrides",
     "dump_config",
-    "from_dict",
     "load_config",
     "merge_sections",
     "override",
@@ -59,8 +26,6 @@ __all__ = [
     "preset_path",
     "read_config_yaml",
     "read_yaml",
-    "seed_fits",
-    "to_dict",
 ]
 
 

@@ -49,7 +49,7 @@ def _step(text: str) -> float:
 
 
 def _seed(text: str) -> int:
-    from ..config import SEED_RANGE, seed_fits
+    from ..schema import SEED_RANGE, seed_fits
 
     try:
         value = int(text)

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..attacks.threat import ThreatModel
-from ..config import TrainConfig, from_dict
 from ..data import ImageDataset, load_configured, load_dataset, to_float
 from ..errors import TopoatError
 from ..runs.checkpoint import CheckpointRecord, check_fits_data, check_takes_images, model_from_record, read_checkpoint
+from ..schema import TrainConfig, from_dict
 
 
 @dataclass

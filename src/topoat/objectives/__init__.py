@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import TrainConfig
 from ..errors import TopoatError
 from ..models import representation
 from ..registry import METHODS
+from ..schema import TrainConfig
 from .awp import AdversarialWeightPerturbation
 from .base import Knob, MethodSpec, Objective, ObjectiveOutput, Wrapper, register_method
 from .distillation import Distilled, distillation_loss

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ..attacks import ascent_step, eval_mode, maximize, random_init
 from ..attacks.base import attack_view
-from ..config import AttackConfig, MethodConfig
 from ..registry import METHODS
+from ..schema import AttackConfig, MethodConfig
 
 
 @dataclass

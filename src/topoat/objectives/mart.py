@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AttackConfig, MethodConfig
+from ..schema import AttackConfig, MethodConfig
 from .base import Knob, MethodSpec, Objective, ObjectiveOutput, cross_entropy_per_sample, register_method
 
 LOG_GUARD = 1e-12

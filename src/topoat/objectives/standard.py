@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AttackConfig, MethodConfig
+from ..schema import AttackConfig, MethodConfig
 from .base import MethodSpec, Objective, ObjectiveOutput, register_method
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AttackConfig, MethodConfig
+from ..schema import AttackConfig, MethodConfig
 from .base import Knob, MethodSpec, Objective, ObjectiveOutput, register_method
 
 START_STD = 0.001

@@ -18,7 +18,7 @@ from ..runs.folder import LAST, RunFolder
 from ..runs.results import CheckpointScores, ResultEntry, weights_label
 
 if TYPE_CHECKING:
-    from ..config import TrainConfig
+    from ..schema import TrainConfig
 
 SEED_SUFFIX = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from ..config import TrainConfig
     from ..data import ImageDataset
     from ..evaluation.graph_metrics import Representations
+    from ..schema import TrainConfig
 
 MAX_TSNE_COLUMNS = 6  # wider than this, the maps get too small to read
 

@@ -83,7 +83,7 @@ def incomparable(run: Run, base: Run) -> str | None:
     differences = _differences(run.threat, base.threat, "threat")
     differences += _differences(run.entry.get("n_eval"), base.entry.get("n_eval"), "test images")
     if run.config is not None and base.config is not None:
-        from ..config import to_dict
+        from ..schema import to_dict
 
         mine, theirs = to_dict(run.config), to_dict(base.config)
         differences += _differences(

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import TrainConfig, dump_config, load_config, preset_names, preset_path
+from ..config import dump_config, load_config, preset_names, preset_path
 from ..errors import TopoatError
+from ..schema import TrainConfig
 from .folder import RunFolder
 from .results import ResultEntry
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TopologyConfig, TrainConfig
 from ..errors import TopoatError
 from ..runtime import provenance, resolve_device
+from ..schema import TopologyConfig, TrainConfig
 from ..table_format import text_table
 from .folder import read_json, write_json_atomic
 

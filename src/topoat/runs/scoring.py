@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import TrainConfig, to_dict
 from ..data import ImageDataset, dataset_from_config, to_float
 from ..evaluation.accuracy import EvalResult, evaluate, fixed_subset, held_out_subset
 from ..runtime import as_channels_last, resolve_device, set_threads, use_channels_last
+from ..schema import TrainConfig, to_dict
 from ..training.distributed import SINGLE, DistContext
 from .checkpoint import load_model, model_from_record, read_checkpoint
 from .folder import RunFolder

@@ -9,9 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import TrainConfig, load_config, override, preset_path
+from ..config import load_config, override, preset_path
 from ..errors import TopoatError, TrainingDiverged
 from ..files import write_atomic
+from ..schema import TrainConfig
 from ..signals import stage
 from .folder import STUDY_FILE, STUDY_LEFTOVERS, RunFolder
 from .results import ResultEntry, format_table, read_results, results_document, write_results

@@ -8,8 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import from_dict, load_config, override, preset_path, read_yaml
+from ..config import load_config, override, preset_path, read_yaml
 from ..errors import TopoatError
+from ..schema import from_dict
 from .folder import LOCK, RESULTS, STUDY_FILE
 
 # What a study folder holds besides its runs (report.md, figures/ and analysis.json come from `report`).

@@ -13,7 +13,6 @@ from typing import TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from ..config import TrainConfig
 from ..data import DeviceLoader, ImageDataset, dataset_from_config, to_float
 from ..errors import TopoatError
 from ..models import build_model, check_layer, representation
@@ -35,6 +34,7 @@ from ..runtime import (
     use_channels_last,
     use_compile,
 )
+from ..schema import TrainConfig
 from .distributed import SINGLE, DistContext, device_for
 
 M = TypeVar("M", bound=nn.Module)

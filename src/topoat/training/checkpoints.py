@@ -3,13 +3,14 @@ a resume needs, after each epoch or at an interruption) and best.pt (the best mo
 
 from __future__ import annotations
 
-from ..config import TrainConfig, dump_config, from_dict, to_dict
+from ..config import dump_config
 from ..errors import TopoatError
 from ..files import write_text_atomic
 from ..objectives import Objective
 from ..runs.checkpoint import CheckpointRecord, ResumeState, model_record, read_checkpoint, write_checkpoint
 from ..runs.folder import RunFolder
 from ..runtime import rng_state, set_rng_state
+from ..schema import TrainConfig, from_dict, to_dict
 from .build import RunParts
 from .distributed import SINGLE, DistContext, barrier
 from .state import EpochTotals, TrainingState

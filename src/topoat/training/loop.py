@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import TrainConfig, dump_config
+from ..config import dump_config
 from ..data import ImageDataset
 from ..errors import Interrupted, TopoatError, TrainingDiverged
 from ..objectives.base import ObjectiveOutput
 from ..runs.folder import RunFolder
 from ..runtime import autocast, provenance
+from ..schema import TrainConfig
 from ..signals import handling_signals
 from . import checkpoints, validation
 from .board import EpochBoard

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..config import TrainConfig
 from ..evaluation.accuracy import evaluate
 from ..evaluation.graph_metrics import extract, graph_shape, topology_metrics
 from ..objectives import Objective, TopologyRegularized
+from ..schema import TrainConfig
 from ..topology import TopologyLoss
 from .distributed import SINGLE, DistContext, all_reduce_sum
 from .state import Best
