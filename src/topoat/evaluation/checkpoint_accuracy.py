@@ -200,7 +200,7 @@ def _check_results_fit(
     from ..runs.merge import find_run_slot
 
     find_run_slot(results, run, Path(str(checkpoint)), norm=threat.norm, eps=threat.eps, dataset=target.data.name)
-    config = target.record.get("config")
+    config = target.record.config
     evaluation = config.get("evaluation") if isinstance(config, dict) else None
     run_seed = evaluation.get("seed", seed) if isinstance(evaluation, dict) else seed
     if run_seed != seed:
@@ -223,11 +223,11 @@ def _sanity_reference(reference: str | Path | None, data: ImageDataset, device: 
 
 
 def _say_what(say: Echo, target: Target, x: Tensor, seed: int, threat: ThreatModel) -> None:
-    epoch = f", epoch {target.record['epoch']}" if isinstance(target.record.get("epoch"), int) else ""
-    for note in target.record.get("notes", []):
+    epoch = f", epoch {target.record.epoch}" if target.record.epoch is not None else ""
+    for note in target.notes:
         say(f"note: {note}")
     say(
-        f"{target.label} ({target.record['arch']}{epoch}) on {target.data.name} test: {x.shape[0]} images "
+        f"{target.label} ({target.record.arch}{epoch}) on {target.data.name} test: {x.shape[0]} images "
         f"(seed {seed}), {threat}"
     )
 

@@ -5,7 +5,7 @@ rebuild their test set and radius here and nowhere else."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,10 @@ from ..schema import TrainConfig, from_dict
 @dataclass
 class Target:
     model: nn.Module  # eval mode, on the device
-    record: dict  # the checkpoint, or what --arch / --model tell in its place
+    record: CheckpointRecord  # the checkpoint's, or one made of what --arch / --model / an export tell
     data: ImageDataset
     label: str  # the path or --model spec, as the user gave it
+    notes: list[str] = field(default_factory=list)  # what was assumed to rebuild a model topoat did not train
 
 
 def load_target(
@@ -54,9 +55,8 @@ def load_target(
     saved = read_checkpoint(checkpoint)
     data = recorded_dataset(saved, dataset, root, command)
     model = model_from_record(saved.model, device).eval()
-    record = saved.to_dict()
-    check_fits(model, record, data, checkpoint, device, role)
-    return Target(model, record, data, str(checkpoint))
+    check_fits(model, saved, data, checkpoint, device, role)
+    return Target(model, saved, data, str(checkpoint))
 
 
 def _as_record(record: CheckpointRecord | dict) -> CheckpointRecord:
@@ -106,10 +106,16 @@ def recorded_threat(
 
 
 def check_fits(
-    model: nn.Module, record: dict, data: ImageDataset, path: Any, device: torch.device, role: str = "checkpoint"
+    model: nn.Module,
+    record: CheckpointRecord | dict,
+    data: ImageDataset,
+    path: Any,
+    device: torch.device,
+    role: str = "checkpoint",
 ) -> None:
     """A model built for other images or classes fails here with one line, not deep inside an attack."""
-    check_fits_data(record, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
+    described = _as_record(record).model
+    check_fits_data(described, path, role, data.num_classes, data.in_channels, data.image_size, data.name)
     check_takes_images(model, data.x_test[:1].to(device), str(path), data.name)
 
 
@@ -132,25 +138,25 @@ def _exported(
         for key, value in sections.items()
         if isinstance(value, dict)
     }
-    record: dict = {
+    described: dict[str, Any] = {
         key: description.get(key) for key in ("arch", "arch_args", "num_classes", "in_channels", "image_size")
     }
-    record.update(dataset=description.get("dataset"), config=config, notes=[])
+    record = CheckpointRecord(described, config=config, dataset=description.get("dataset"))
     data = recorded_dataset(record, dataset, root, command)
+    described["in_channels"] = described["in_channels"] or data.in_channels
     model, notes = model_from_state_dict(
         weights,
-        record["arch"],
-        record["num_classes"],
-        record["in_channels"] or data.in_channels,
+        described["arch"],
+        described["num_classes"],
+        described["in_channels"],
         data.mean,
         data.std,
-        record["arch_args"],
+        described["arch_args"],
     )
-    record["in_channels"] = record["in_channels"] or data.in_channels
-    record["notes"] = [f"{record['arch']} rebuilt as {Path(weights).with_suffix('.json')} describes it", *notes]
+    notes = [f"{described['arch']} rebuilt as {Path(weights).with_suffix('.json')} describes it", *notes]
     model = model.to(device).eval()
     check_fits(model, record, data, weights, device, role)
-    return Target(model, record, data, str(weights))
+    return Target(model, record, data, str(weights), notes)
 
 
 def _foreign(
@@ -175,20 +181,18 @@ def _foreign(
     if dataset is None:
         raise TopoatError(f"{command}: --dataset is required for a model from --arch or --model")
     data = load_dataset(dataset, root)
-    record: dict = {
+    described: dict[str, Any] = {
         "arch": arch or "importable model",
         "num_classes": num_classes,
         "in_channels": data.in_channels,
-        "dataset": dataset,
-        "notes": [],
     }
     model: nn.Module
+    notes: list[str] = []
     if arch is not None:
         assert weights is not None and num_classes is not None  # checked above
         model, notes = model_from_state_dict(
             weights, arch, num_classes, data.in_channels, data.mean, data.std, arch_args
         )
-        record["notes"] += notes
     else:
         assert factory is not None
         model = model_from_factory(factory, weights).eval()
@@ -200,7 +204,8 @@ def _foreign(
             raise TopoatError(f"--model {factory} does not take {data.name} images: {first}") from None
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise TopoatError(f"--model {factory} must return logits of shape (batch, classes)")
-        record["num_classes"] = num_classes or int(logits.shape[1])
+        described["num_classes"] = num_classes or int(logits.shape[1])
+    record = CheckpointRecord(described, dataset=dataset)
     model = model.to(device).eval()
     check_fits(model, record, data, weights or factory, device)
-    return Target(model, record, data, str(weights or factory))
+    return Target(model, record, data, str(weights or factory), notes)
