@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import TopoatError
 from ..runs.folder import LAST, RunFolder
-from ..runs.results import CheckpointScores, ResultEntry, weights_label
+from ..runs.results import CheckpointScores, ResultEntry, as_entry, weights_label
 
 if TYPE_CHECKING:
     from ..schema import TrainConfig
@@ -25,11 +25,11 @@ SEED_SUFFIX = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 
 @dataclass
 class Run:
-    """One run of a results.json: its entry (as written; `result` reads it), its folder (config.yaml,
-    metrics.jsonl) and checkpoint."""
+    """One run of a results.json: its entry (typed; a dict as written is read into one), its folder
+    (config.yaml, metrics.jsonl) and checkpoint."""
 
     name: str
-    entry: dict
+    entry: ResultEntry
     folder: Path
     checkpoint: Path
     threat: dict
@@ -47,21 +47,20 @@ class Run:
         m = SEED_SUFFIX.match(self.name)
         return int(m.group("seed")) if m else None
 
-    @property
-    def result(self) -> ResultEntry:
-        return ResultEntry.from_dict(self.entry)
+    def __post_init__(self) -> None:
+        self.entry = as_entry(self.entry)
 
     def scores(self, which: str) -> CheckpointScores | None:
         """The scores of its checkpoint "last" or "best" (None: it has no best)."""
-        return self.result.scores(which)
+        return self.entry.scores(which)
 
     @property
     def is_train(self) -> bool:
-        return bool(self.entry.get("topology"))
+        return bool(self.entry.topology)
 
     @property
     def method(self) -> str:
-        return self.entry.get("method", "?")
+        return self.entry.method
 
     def epochs(self) -> list[dict]:
         path = RunFolder(self.folder).metrics
@@ -76,14 +75,15 @@ class Run:
         return lines
 
 
-def robust_attacks(entries: Iterable[dict]) -> list[str]:
-    """The attacks these results entries report robust accuracy under, in order of first appearance."""
-    return list(dict.fromkeys(a for e in entries for a in e.get("robust_acc", {})))
+def robust_attacks(entries: Iterable[ResultEntry]) -> list[str]:
+    """The attacks these results entries report robust accuracy under (last checkpoint), in order of
+    first appearance."""
+    return list(dict.fromkeys(a for e in entries for a in e.last.robust_acc))
 
 
-def lambda_label(entry: dict) -> str:
+def lambda_label(entry: ResultEntry) -> str:
     """TRAIN's weights in a results entry (see `weights_label`)."""
-    return weights_label(entry.get("topology"))
+    return weights_label(entry.topology)
 
 
 def primary_attack(runs: Sequence[Run]) -> str | None:
@@ -120,7 +120,7 @@ def lambda_ablation(runs: Sequence[Run]) -> tuple[str, dict[float, list[Run]]]:
     for r in runs:
         if r.method == "standard":
             continue
-        topo = r.entry.get("topology") or {}
+        topo = r.entry.topology or {}
         nat, adv = topo.get("lambda_nat", 0.0), topo.get("lambda_adv", 0.0)
         if nat != adv:
             continue
@@ -149,7 +149,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Run], dict]:
             checkpoint = (folder / (entry.last.checkpoint or LAST)).resolve()
             name = _unique_name(name, folder, runs)
             config = _read_config(checkpoint.parent)
-            runs.append(Run(name, entry.to_dict(), checkpoint.parent, checkpoint, doc.threat, config))
+            runs.append(Run(name, entry, checkpoint.parent, checkpoint, doc.threat, config))
     if len(info["datasets"]) > 1:
         raise TopoatError(f"report: the runs use different datasets ({', '.join(map(str, info['datasets']))})")
     return runs, info

@@ -175,25 +175,31 @@ def plot_topology_curves(runs: Sequence[Run], path: Path, title: str, k: int = 1
     return _save(fig, path)
 
 
+def _natural(run: Run) -> float:
+    """The last checkpoint's natural accuracy (NaN, drawn as nothing, for an entry that lacks it)."""
+    value = run.entry.last.natural_acc
+    return float("nan") if value is None else value
+
+
 def plot_tradeoff(runs: Sequence[Run], path: Path, title: str) -> Path | None:
     """Test natural vs robust accuracy, one point per adversarially trained run, λ written by each."""
     adversarial = [r for r in runs if r.method != "standard"]
     shared = [
         a
-        for a in (adversarial[0].entry.get("robust_acc", {}) if adversarial else {})
-        if all(a in r.entry.get("robust_acc", {}) for r in adversarial)
+        for a in (adversarial[0].entry.last.robust_acc if adversarial else {})
+        if all(a in r.entry.last.robust_acc for r in adversarial)
     ]
     # An attack every run reports, so runs evaluated more cheaply (e.g. an ablation) still appear.
     attack = primary_attack(runs) if not shared else ("worst" if "worst" in shared else shared[0])
-    points = [r for r in runs if r.method != "standard" and attack in r.entry.get("robust_acc", {})]
+    points = [r for r in runs if r.method != "standard" and attack in r.entry.last.robust_acc]
     if attack is None or len(points) < 2:  # no attack: no run has a point (JSON keys are never None)
         return None
     colours = _group_colours(list(groups_of(runs)))  # the same colour per run as in the curves
     fig = _figure(8.4, 5.0)
     ax = fig.subplots()
     for group, members in groups_of(points).items():
-        nat = [100 * r.entry["natural_acc"] for r in members]
-        rob = [100 * r.entry["robust_acc"][attack] for r in members]
+        nat = [100 * _natural(r) for r in members]
+        rob = [100 * r.entry.last.robust_acc[attack] for r in members]
         x, y = statistics.fmean(nat), statistics.fmean(rob)
         spread = len(members) > 1
         first = members[0]
@@ -228,9 +234,7 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Path | 
     if not weights:
         return None
     members = [r for rs in weights.values() for r in rs]
-    attacks = [
-        a for a in members[0].entry.get("robust_acc", {}) if all(a in r.entry.get("robust_acc", {}) for r in members)
-    ]
+    attacks = [a for a in members[0].entry.last.robust_acc if all(a in r.entry.last.robust_acc for r in members)]
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     positions = list(range(len(weights)))
@@ -240,7 +244,7 @@ def plot_lambda_ablation(runs: Sequence[Run], path: Path, title: str) -> Path | 
     ]:
         means, stds = [], []
         for rs in weights.values():
-            values = [100 * (r.entry["natural_acc"] if key is None else r.entry["robust_acc"][key]) for r in rs]
+            values = [100 * (_natural(r) if key is None else r.entry.last.robust_acc[key]) for r in rs]
             mean, std = mean_std(values)
             means.append(mean)
             stds.append(std or 0.0)

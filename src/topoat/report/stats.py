@@ -81,7 +81,7 @@ def incomparable(run: Run, base: Run) -> str | None:
     they differ in, read from their configs and results. Runs without a readable config are taken as
     comparable on what their results say."""
     differences = _differences(run.threat, base.threat, "threat")
-    differences += _differences(run.entry.get("n_eval"), base.entry.get("n_eval"), "test images")
+    differences += _differences(run.entry.n_eval, base.entry.n_eval, "test images")
     if run.config is not None and base.config is not None:
         from ..schema import to_dict
 
@@ -108,5 +108,6 @@ def _differences(a: object, b: object, key: str) -> list[str]:
 
 def accuracy(run: Run, attack: str | None) -> float:
     """Natural accuracy (attack None) or robust accuracy under `attack`; NaN if the run lacks it."""
-    value = run.entry.get("natural_acc") if attack is None else run.entry.get("robust_acc", {}).get(attack)
+    last = run.entry.last
+    value = last.natural_acc if attack is None else last.robust_acc.get(attack)
     return math.nan if value is None else float(value)

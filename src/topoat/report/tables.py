@@ -77,7 +77,7 @@ def results_section(runs: Sequence[Run], key: str = "") -> str:
         row += [", ".join(str(e.epoch or "?") for e in entries)] if key else []
         row += [format_spread([e.natural_acc for e in entries])]
         row += [format_spread([e.robust_acc.get(a) for e in entries]) for a in attacks]
-        row += [] if key else [format_spread([r.entry.get("train_seconds") for r in members], scale=1, digits=0)]
+        row += [] if key else [format_spread([r.entry.train_seconds for r in members], scale=1, digits=0)]
         rows.append(row)
     return markdown_table(header, rows) if rows else ""
 
@@ -86,8 +86,8 @@ def fewer_images_notes(runs: Sequence[Run]) -> list[str]:
     """Attacks evaluated on a smaller fixed subset (AutoAttack is slow), as results.json records them."""
     notes: dict[str, str] = {}
     for r in runs:
-        for a, k in r.entry.get("n_by_attack", {}).items():
-            notes.setdefault(a, f"`{a}` was run on a fixed {k} of the {r.entry.get('n_eval', '?')} test images.")
+        for a, k in r.entry.last.n_by_attack.items():
+            notes.setdefault(a, f"`{a}` was run on a fixed {k} of the {r.entry.n_eval or '?'} test images.")
     return list(notes.values())
 
 
