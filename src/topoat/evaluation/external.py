@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import TopoatError
 from ..files import write_text_atomic
 from ..models import build_model
-from ..runs.checkpoint import load_checkpoint, save_atomic, state_mismatch
+from ..runs.checkpoint import load_checkpoint, plain_weights, save_atomic, state_mismatch
 
 NORMALISATION_KEYS = ("mean", "std")  # topoat models hold these as buffers; a foreign state_dict may not
 
@@ -41,11 +41,10 @@ def load_state_dict_file(path: str | Path) -> dict:
         raise TopoatError(f"cannot read {path}: not a torch file ({e.__class__.__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model_state"), dict):
         state = state["model_state"]  # a topoat checkpoint given as weights: its weights
-    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # the common {"state_dict": ...} wrapping
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    weights = plain_weights(state)
+    if weights is None:
         raise TopoatError(f"{path} is not a state_dict (a mapping of names to tensors)")
-    return state
+    return weights
 
 
 def model_from_state_dict(

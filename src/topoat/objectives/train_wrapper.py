@@ -108,8 +108,6 @@ class TopologyRegularized(Wrapper):
         global_graph: bool = False,
         attack_uses_topology: bool = False,
         *,
-        temperature: float | None = None,
-        perplexity: float | None = None,
         divergence: Divergence = "forward",
         entropy_weight: float = 0.0,
         center: Centering = "none",
@@ -127,8 +125,6 @@ class TopologyRegularized(Wrapper):
         self.topology = TopologyLoss(
             kernel,
             class_aware,
-            temperature,
-            perplexity,
             divergence=divergence,
             entropy_weight=entropy_weight,
             center=center,

@@ -243,7 +243,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise TopoatError(
             f"cannot read checkpoint {path}: corrupt or not a torch file ({e.__class__.__name__})"
         ) from None
-    if _is_plain_state_dict(ckpt):
+    if plain_weights(ckpt):  # non-empty weights without a model record
         raise TopoatError(
             f"{path} is a plain state_dict, not a topoat checkpoint: give its architecture "
             "(topoat eval: --arch NAME --num-classes K, or --model MODULE:FACTORY)"
@@ -256,11 +256,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def _is_plain_state_dict(obj: Any) -> bool:
-    """Weights without a model record: names to tensors, bare or wrapped as {"state_dict": ...}."""
+def plain_weights(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The weights of a plain state_dict, bare or wrapped as {"state_dict": ...} (names to tensors, without
+    a model record); None for anything else."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    return None
 
 
 def _check_record(ckpt: dict, path: Path) -> None:
