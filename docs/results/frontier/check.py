@@ -1,7 +1,9 @@
 """Recompute the frontier figures quoted in docs/RESULTS.md from the committed outputs alone.
 
 Reads results.json beside this file (and, with --old, the same file as it was on 500 test images:
-`git show 4d13bdf:docs/results/frontier/results.json > /tmp/frontier-500.json`). It re-implements the
+`git show 4d13bdf:docs/results/frontier/results.json > /tmp/frontier-500.json`; with --add, the runs of
+another results.json of the same study placed against these base curves, e.g. new-default/results.json,
+topology's new default trained later; its teachers are renamed standard-again-sK). It re-implements the
 rule of src/topoat/report/frontier.py with numpy only, so it does not depend on the package:
 
   per seed, the base curve is the upper-right envelope of that seed's base settings (robust, natural);
@@ -127,6 +129,8 @@ def paired(runs: dict, attack: str, group: str, base: str) -> None:
         for s in (0, 1, 2)
         if f"{group}-s{s}" in runs and attack in runs[f"{group}-s{s}"]["robust"]
     ]
+    if not rows:
+        return
     print(
         f"{group} - {base} ({attack}): natural {ms([r[1] for r in rows], '+')}, robust "
         f"{ms([r[2] for r in rows], '+')}; per seed robust " + ", ".join(f"{r[2]:+.1f}" for r in rows)
@@ -145,6 +149,8 @@ def margin(runs: dict, attack: str, group: str) -> None:
         ]
         top = max(base, key=lambda b: (b["robust"][attack], b["natural"]))
         lead.append(r["robust"][attack] - top["robust"][attack])
+    if not lead:
+        return
     print(
         f"{group}: robust minus the most robust base setting's ({attack}): {ms(lead, '+')} "
         f"(per seed {', '.join(f'{x:+.1f}' for x in lead)})"
@@ -154,9 +160,22 @@ def margin(runs: dict, attack: str, group: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, help="the results.json of the 500-image evaluation")
+    parser.add_argument("--add", type=Path, help="another results.json of the study: its runs against these curves")
     args = parser.parse_args()
     runs = load(HERE / "results.json")
     report(runs, "committed results.json")
+    if args.add:
+        added = {n.replace("standard-", "standard-again-"): r for n, r in load(args.add).items()}
+        clash = sorted(set(added) & set(runs))
+        if clash:
+            raise SystemExit(f"{args.add} repeats runs of results.json: {', '.join(clash)}")
+        extra = {**runs, **added}
+        report({n: r for n, r in extra.items() if n in added or not r["regularized"]}, f"{args.add}, added")
+        for attack in ATTACKS:
+            for group in sorted({r["group"] for r in added.values() if r["regularized"]}):
+                paired(extra, attack, group, "pgd-at-nw0")
+                paired(extra, attack, group, "pgd-at-sc-l10")
+                margin(extra, attack, group)
     for attack in ATTACKS:
         paired(runs, attack, "pgd-at-sc-l10", "pgd-at-nw0")
         paired(runs, attack, "trades-sc-l10", "trades-b6")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import TopoatError
+from ..builder_args import builder_defaults, check_builder_args
 from ..registry import DATASETS
 from .base import ImageDataset
 
@@ -29,22 +29,11 @@ class DataSpec:
 
     def arg_defaults(self) -> dict[str, Any]:
         """The loader's own options and their defaults (what `data.args` may set)."""
-        parameters = inspect.signature(self.load).parameters.values()
-        return {p.name: p.default for p in parameters if p.name not in COMMON and p.kind is not p.VAR_KEYWORD}
+        return builder_defaults(self.load, skip=COMMON)
 
     def check_args(self, args: Mapping[str, Any]) -> None:
         """Unknown options, or values not of their default's kind, are a one-line TopoatError."""
-        defaults = self.arg_defaults()
-        unknown = sorted(set(args) - set(defaults))
-        if unknown:
-            allowed = ", ".join(sorted(defaults)) or "none"
-            raise TopoatError(
-                f"data.args: unknown argument(s) {', '.join(unknown)} for {self.name} (allowed: {allowed})"
-            )
-        for key, value in args.items():
-            what = _kind_problem(value, defaults[key])
-            if what:
-                raise TopoatError(f"data.args.{key} must be {what} for {self.name}, got {value!r}")
+        check_builder_args("data.args", self.name, args, self.arg_defaults())
 
     def __call__(
         self, root: str | None, args: Mapping[str, Any], *, download: bool = False, seed: int = 0
@@ -53,20 +42,6 @@ class DataSpec:
         taken = inspect.signature(self.load).parameters
         common = {key: value for key, value in (("download", download), ("seed", seed)) if key in taken}
         return self.load(root, **common, **args)
-
-
-def _kind_problem(value: Any, default: Any) -> str | None:
-    """What `value` should be, when it is not of the default's kind (None: it is, or there is no default)."""
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) else "true or false"
-    if isinstance(default, int):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if isinstance(default, float):
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-    if isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        return None if ok else "a list of integers"
-    return None
 
 
 def register_dataset(name: str, loader: L) -> L:

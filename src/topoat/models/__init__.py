@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..builder_args import builder_defaults, check_builder_args
 from ..errors import TopoatError
 from .base import ImageClassifier
 from .features import check_layer, representation
@@ -28,46 +28,14 @@ def build_model(
     if arch not in ARCHITECTURES:
         raise TopoatError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     builder = ARCHITECTURES[arch]
-    allowed = set(inspect.signature(builder).parameters) - {"num_classes", "in_channels", "mean", "std"}
-    unknown = set(args) - allowed
-    if unknown:
-        raise TopoatError(
-            f"model.args: unknown argument(s) {', '.join(sorted(unknown))} for {arch} "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
-    for name, value in args.items():
-        _check_arg(arch, name, value, inspect.signature(builder).parameters[name].default)
+    defaults = builder_defaults(builder, skip={"num_classes", "in_channels", "mean", "std"})
+    check_builder_args("model.args", arch, args, defaults, least=1)
     if len(mean) != in_channels or len(std) != in_channels:
         raise TopoatError(f"normalisation has {len(mean)} channels, the data {in_channels}")
     try:
         return builder(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **args)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TopoatError(f"model {arch}: {e}") from None
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _check_arg(arch: str, name: str, value: Any, default: Any) -> None:
-    """An argument of the default's kind: sizes (width, depth, blocks per stage) are integers >= 1, since
-    0 or less builds a model that fails in its first step or silently has no layers; switches are booleans
-    (a string such as "no" would be true)."""
-    if isinstance(default, bool):
-        ok, what = isinstance(value, bool), "true or false"
-    elif isinstance(default, int):
-        ok, what = _positive_int(value), "an integer >= 1"
-    elif isinstance(default, float):
-        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    elif isinstance(default, tuple):
-        ok, what = (
-            (isinstance(value, (list, tuple)) and len(value) > 0 and all(_positive_int(v) for v in value)),
-            "a list of integers >= 1",
-        )
-    else:
-        return
-    if not ok:
-        raise TopoatError(f"model.args.{name} must be {what} for {arch}, got {value!r}")
 
 
 def build_model_for(dataset: Any, arch: str = "small-cnn", **args: Any) -> ImageClassifier:
