@@ -4,7 +4,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from topoat.registry import KERNELS
 from topoat.report.frontier import (
+    _marker,
     envelope,
     frontier,
     frontier_at,
@@ -161,3 +163,12 @@ def test_report_section_reads_attacks_run_on_the_best_checkpoint_only(tmp_path):
         r.entry["robust_acc"] = {}  # evaluation.checkpoints: [best]
     ((heading, text, picture),) = frontier_sections(runs, tmp_path, "test")
     assert heading == "Frontier under aa:apgd-ce" and "pgd-at-sc" in text and picture.is_file()
+
+
+def test_every_kernel_has_its_own_marker_and_distillation_another():
+    kernels = KERNELS.names()
+    markers = [_marker(k, kernels) for k in kernels]
+    assert len(set(markers)) == len(kernels)
+    assert _marker(None, kernels) == "X" and "X" not in markers
+    # a kernel registered later (or unknown to this process) still gets a marker of its own
+    assert _marker("my-kernel", kernels) not in markers

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..files import write_figure_atomic
 from ..objectives import Knob
-from ..registry import METHODS
+from ..registry import KERNELS, METHODS
 from ..runs.results import added_term, as_entry
 from ..table_format import markdown_table
 
@@ -112,6 +112,7 @@ class FrontierPoint:
     robust_gains: list[float] = field(default_factory=list)
     outside: bool = False
     seeds: list[int] = field(default_factory=list)
+    kernel: str | None = None  # the graph kernel of a TRAIN point (None: distillation only)
 
 
 @dataclass
@@ -206,7 +207,9 @@ def _place(
 ) -> FrontierPoint:
     """A regularized group's seeds placed against their seed's base curve; a seed scored on other test
     images than its curve goes to `left_out` instead."""
-    point = FrontierPoint(base.method, group, added_term(as_entry(rs[0].entry)))
+    entry = as_entry(rs[0].entry)
+    kernel = entry.topology.get("kernel", "cosine") if entry.topology else None
+    point = FrontierPoint(base.method, group, added_term(entry), kernel=kernel)
     for r in sorted(rs, key=lambda r: (r.seed is None, r.seed)):
         s = scores(r, attack, checkpoint)
         curve = base.by_seed.get(r.seed)
@@ -285,7 +288,7 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     methods = list(f.curves)
     fig = Figure(figsize=(7.0 * len(methods), 5.6))
     axes = fig.subplots(1, len(methods), squeeze=False)
-    markers = {"cosine": "s", "softmax-cosine": "^", "perplexity": "D", "gaussian": "v", "student-t": "P"}
+    kernels = KERNELS.names()  # a kernel's marker follows its place in the registry, so a new one has its own
     for ax, method in zip(axes[0], methods, strict=True):
         curve = f.curves[method]
         pts = curve.mean_points  # in knob order: the path the knob traces
@@ -309,8 +312,7 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
                 color="black",
             )
         for i, p in enumerate(pt for pt in f.points if pt.method == method):
-            kernel = p.label.split(" ")[1].rstrip(",") if p.label.startswith("TRAIN") else None
-            marker = markers.get(kernel, "*") if kernel else "X"
+            marker = _marker(p.kernel, kernels)
             rob, nat = statistics.fmean(p.robust), statistics.fmean(p.natural)
             ax.errorbar(
                 [rob],
@@ -333,6 +335,17 @@ def plot_frontier(f: Frontier, path: Path, title: str) -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     return write_figure_atomic(fig, path, dpi=130, bbox_inches="tight")
+
+
+KERNEL_MARKERS = "s^DvP<>hp*"
+
+
+def _marker(kernel: str | None, kernels: list[str]) -> str:
+    """A TRAIN point's marker by its kernel; "X" for distillation alone."""
+    if kernel is None:
+        return "X"
+    place = kernels.index(kernel) if kernel in kernels else len(kernels)
+    return KERNEL_MARKERS[place % len(KERNEL_MARKERS)]
 
 
 def frontier_section(f: Frontier) -> str:
