@@ -3,7 +3,8 @@
 Reads results.json beside this file (and, with --old, the same file as it was on 500 test images:
 `git show 4d13bdf:docs/results/frontier/results.json > /tmp/frontier-500.json`; with --add, the runs of
 another results.json of the same study placed against these base curves, e.g. new-default/results.json,
-topology's new default trained later; its teachers are renamed standard-again-sK). It re-implements the
+topology's new default trained later; its teachers are renamed standard-again-sK). Any other study's
+results.json (e.g. ../frontier-preact/results.json) is read the same way when named. It re-implements the
 rule of src/topoat/report/frontier.py with numpy only, so it does not depend on the package:
 
   per seed, the base curve is the upper-right envelope of that seed's base settings (robust, natural);
@@ -12,7 +13,7 @@ rule of src/topoat/report/frontier.py with numpy only, so it does not depend on 
   beyond the envelope's range the nearest end is held flat (np.interp), and "(outside)" marks a run
   whose robust accuracy lies outside the envelope's robust range.
 
-    .venv/bin/python docs/results/frontier/check.py [--old /tmp/frontier-500.json]
+    .venv/bin/python docs/results/frontier/check.py [RESULTS] [--old /tmp/frontier-500.json] [--add RESULTS]
 """
 
 from __future__ import annotations
@@ -157,37 +158,15 @@ def margin(runs: dict, attack: str, group: str) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", type=Path, help="the results.json of the 500-image evaluation")
-    parser.add_argument("--add", type=Path, help="another results.json of the study: its runs against these curves")
-    args = parser.parse_args()
-    runs = load(HERE / "results.json")
-    report(runs, "committed results.json")
-    if args.add:
-        added = {n.replace("standard-", "standard-again-"): r for n, r in load(args.add).items()}
-        clash = sorted(set(added) & set(runs))
-        if clash:
-            raise SystemExit(f"{args.add} repeats runs of results.json: {', '.join(clash)}")
-        extra = {**runs, **added}
-        report({n: r for n, r in extra.items() if n in added or not r["regularized"]}, f"{args.add}, added")
-        for attack in ATTACKS:
-            for group in sorted({r["group"] for r in added.values() if r["regularized"]}):
-                paired(extra, attack, group, "pgd-at-nw0")
-                paired(extra, attack, group, "pgd-at-sc-l10")
-                margin(extra, attack, group)
-    for attack in ATTACKS:
-        paired(runs, attack, "pgd-at-sc-l10", "pgd-at-nw0")
-        paired(runs, attack, "trades-sc-l10", "trades-b6")
-    for group in ("pgd-at-sc-l10", "pgd-at-sc-l2", "pgd-at-kd-l2", "trades-sc-l10", "trades-sc-l2", "trades-kd-l2"):
-        margin(runs, "aa:apgd-ce+apgd-t", group)
-    kd = [runs[f"pgd-at-kd-l2-s{s}"]["robust"]["aa:apgd-ce+apgd-t"] for s in (0, 1, 2)]
-    print("pgd-at-kd-l2 APGD-CE + APGD-T per seed:", ", ".join(f"{v:.1f}" for v in kd))
+def apgd_t_drops(runs: dict) -> None:
+    """How much APGD-T lowers each run scored under both attacks."""
     drops = {
         n: r["robust"]["aa:apgd-ce"] - r["robust"]["aa:apgd-ce+apgd-t"]
         for n, r in runs.items()
-        if "aa:apgd-ce+apgd-t" in r["robust"]
+        if {"aa:apgd-ce", "aa:apgd-ce+apgd-t"} <= set(r["robust"])
     }
+    if not drops:
+        return
     print(f"APGD-CE minus APGD-CE + APGD-T, per run: {min(drops.values()):.1f} to {max(drops.values()):.1f}")
     groups: dict = {}
     for n, d in drops.items():
@@ -197,6 +176,46 @@ def main() -> None:
         f"the same, mean over seeds per row: {min(means.values()):.2f} to {max(means.values()):.2f} "
         f"({min(means, key=means.get)} to {max(means, key=means.get)})"
     )
+
+
+def paired_base(runs: dict, group: str) -> str | None:
+    """The base setting a regularized group adds its term to: the same method at the same knob value."""
+    r = next(r for r in runs.values() if r["group"] == group)
+    same = {
+        b["group"]
+        for b in runs.values()
+        if b["method"] == r["method"] and not b["regularized"] and b["knob"] == r["knob"]
+    }
+    return min(same) if same else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, nargs="?", default=HERE / "results.json", help="a study's results.json")
+    parser.add_argument("--old", type=Path, help="the results.json of the 500-image evaluation")
+    parser.add_argument("--add", type=Path, help="another results.json of the study: its runs against these curves")
+    args = parser.parse_args()
+    runs = load(args.results)
+    report(runs, str(args.results))
+    if args.add:
+        added = {n.replace("standard-", "standard-again-"): r for n, r in load(args.add).items()}
+        clash = sorted(set(added) & set(runs))
+        if clash:
+            raise SystemExit(f"{args.add} repeats runs of {args.results}: {', '.join(clash)}")
+        runs = {**runs, **added}
+        report({n: r for n, r in runs.items() if n in added or not r["regularized"]}, f"{args.add}, added")
+    regularized = sorted({r["group"] for r in runs.values() if r["regularized"] and r["method"] in KNOB})
+    for attack in ATTACKS:
+        for group in regularized:
+            base = paired_base(runs, group)
+            if base:
+                paired(runs, attack, group, base)
+    for group in regularized:
+        margin(runs, ATTACKS[0], group)
+    if "pgd-at-kd-l2-s0" in runs and ATTACKS[0] in runs["pgd-at-kd-l2-s0"]["robust"]:
+        kd = [runs[f"pgd-at-kd-l2-s{s}"]["robust"][ATTACKS[0]] for s in (0, 1, 2) if f"pgd-at-kd-l2-s{s}" in runs]
+        print("pgd-at-kd-l2 APGD-CE + APGD-T per seed:", ", ".join(f"{v:.1f}" for v in kd))
+    apgd_t_drops(runs)
     if args.old:
         old = load(args.old)
         report(old, f"{args.old} (earlier evaluation)")
