@@ -25,6 +25,7 @@ def point_label(entry):
 class FakeRun:
     name: str
     entry: dict
+    config: object = None  # a run whose folder has no readable config.yaml
 
     @property
     def group(self):

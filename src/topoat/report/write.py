@@ -166,6 +166,9 @@ def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tu
     attacks = [HEADLINE_ATTACK] + [
         a for a in dict.fromkeys(a for part in scored for a in part.robust_acc) if a not in (HEADLINE_ATTACK, "worst")
     ]
+    models = sorted({_model_label(r) for r in runs if r.config is not None and r.method != "standard"})
+    if models:  # the same study is run with more than one network: say which one each picture shows
+        title = f"{title}; {', '.join(models)}"
     sections = []
     for attack in attacks:
         f = frontier(runs, attack)
@@ -175,6 +178,13 @@ def frontier_sections(runs: Sequence[Run], figures: Path, title: str) -> list[tu
         path = plot_frontier(f, figures / f"frontier-{slug}.png", f"Natural/robust frontier under {attack} ({title})")
         sections.append((f"Frontier under {attack}", frontier_section(f), path))
     return sections
+
+
+def _model_label(run: Run) -> str:
+    """e.g. `preact-resnet18 width=16` (the config's arch and its model.args)."""
+    assert run.config is not None
+    model = run.config.model
+    return " ".join([model.arch, *(f"{k}={v}" for k, v in sorted(model.args.items()))])
 
 
 def _markdown(
