@@ -1,9 +1,9 @@
 """Recompute the frontier figures quoted in docs/RESULTS.md from the committed outputs alone.
 
 Reads results.json beside this file (and, with --old, the same file as it was on 500 test images:
-`git show 4d13bdf:docs/results/frontier/results.json > /tmp/frontier-500.json`; with --add, the runs of
-another results.json of the same study placed against these base curves, e.g. new-default/results.json,
-topology's new default trained later; its teachers are renamed standard-again-sK). Any other study's
+`git show 4d13bdf:docs/results/frontier/results.json > /tmp/frontier-500.json`; with --add, the TRAIN and
+distillation runs of another results.json of the same study placed against these base curves, e.g.
+new-default/results.json, topology's new default trained later). Any other study's
 results.json (e.g. ../frontier-preact/results.json) is read the same way when named. It re-implements the
 rule of src/topoat/report/frontier.py with numpy only, so it does not depend on the package:
 
@@ -193,12 +193,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="?", default=HERE / "results.json", help="a study's results.json")
     parser.add_argument("--old", type=Path, help="the results.json of the 500-image evaluation")
-    parser.add_argument("--add", type=Path, help="another results.json of the study: its runs against these curves")
+    parser.add_argument("--add", type=Path, help="another results.json of the study: its TRAIN runs on these curves")
     args = parser.parse_args()
     runs = load(args.results)
     report(runs, str(args.results))
     if args.add:
-        added = {n.replace("standard-", "standard-again-"): r for n, r in load(args.add).items()}
+        added = {n: r for n, r in load(args.add).items() if r["regularized"]}
         clash = sorted(set(added) & set(runs))
         if clash:
             raise SystemExit(f"{args.add} repeats runs of {args.results}: {', '.join(clash)}")
