@@ -32,7 +32,7 @@ import numpy as np
 from ..files import write_figure_atomic
 from ..objectives import Knob
 from ..registry import KERNELS, METHODS
-from ..runs.results import added_term, as_entry
+from ..runs.results import added_term, as_entry, kernel_name
 from ..table_format import markdown_table
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def _place(
     """A regularized group's seeds placed against their seed's base curve; a seed scored on other test
     images than its curve goes to `left_out` instead."""
     entry = as_entry(rs[0].entry)
-    kernel = entry.topology.get("kernel", "cosine") if entry.topology else None
+    kernel = kernel_name(entry.topology) if entry.topology else None
     point = FrontierPoint(base.method, group, added_term(entry), kernel=kernel)
     for r in sorted(rs, key=lambda r: (r.seed is None, r.seed)):
         s = scores(r, attack, checkpoint)

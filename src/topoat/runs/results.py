@@ -237,15 +237,21 @@ def added_term(entry: ResultEntry) -> str:
     return " + ".join(parts)
 
 
+def kernel_name(topo: Mapping) -> str:
+    """The graph kernel a results entry's topology section records (results written before the kernel was
+    recorded used the cosine graph)."""
+    return str(topo.get("kernel", "cosine"))
+
+
 def _kernel_label(topo: Mapping) -> str:
     """The kernel and its parameters as a results entry's topology section records them (results written
     before a parameter was recorded: its default), e.g. `softmax-cosine T=0.1`."""
     from ..registry import KERNELS  # the kernels import torch; reading results.json does not need it
     from ..topology import kernel_from_settings
 
-    name = topo.get("kernel", "cosine")
+    name = kernel_name(topo)
     if name not in KERNELS:
-        return str(name)
+        return name
     return kernel_from_settings(name, topo, topo.get("kernel_args") or {}).label()
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from topoat.report.collect import SEED_SUFFIX
 from topoat.report.frontier import HEADLINE_ATTACK, frontier, gain_rows, plot_frontier
 from topoat.runs.results import ResultEntry, as_entry
 from topoat.table_format import markdown_table
@@ -31,11 +32,16 @@ class ScoredRun:
 
     @property
     def group(self) -> str:
-        return self.name.rsplit("-s", 1)[0]
+        return self._parts().group("group")
 
     @property
     def seed(self) -> int:
-        return int(self.name.rsplit("-s", 1)[1])
+        return int(self._parts().group("seed"))
+
+    def _parts(self) -> re.Match[str]:
+        parts = SEED_SUFFIX.match(self.name)
+        assert parts is not None, self.name  # KEEP admits only NAME-sK
+        return parts
 
     @property
     def method(self) -> str:
